@@ -1,0 +1,19 @@
+//! flatbridge's tc programs. One program per file, named by where it is attached.
+#![no_std]
+#![no_main]
+
+mod counters;
+mod from_pod;
+mod maps;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic, so this is never called at run time.
+    loop {}
+}
+
+/// The kernel refuses GPL-only helpers (redirect_peer among them) to non-GPL programs.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,63 @@
+//! The eBPF datapath seen from userspace: loading the embedded object once per network,
+//! pinning it, attaching it to devices and reading its maps. Knows nothing of CNI.
+mod loader;
+mod maps;
+
+pub use loader::{Datapath, Hook, PinLayout, ensure_bpffs};
+pub use maps::VerdictCount;
+
+use std::path::PathBuf;
+
+/// The object built by `cargo xtask build-ebpf`, embedded at build time (see build.rs).
+pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FLATBRIDGE_BPF_OBJECT"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("{path} is not a BPF filesystem and mounting one there failed: {source}")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to load the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("failed to {action} program {program}: {source}")]
+    Program {
+        action: &'static str,
+        program: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("failed to turn the TCX attachment of {program} on {ifname} into a pinnable link: {source}")]
+    Link {
+        program: &'static str,
+        ifname: String,
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
+    #[error("failed to pin {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("failed to open pinned map {path}: {source}")]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("the datapath of network {network} is not loaded (no {path})")]
+    NotLoaded { network: String, path: PathBuf },
+    #[error("no network interface named {0}")]
+    NoSuchInterface(String),
+}

@@ -1,0 +1,65 @@
+//! Building the eBPF object (nightly, `-Z build-std=core`, bpf-linker) and the plugin.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::Context;
+
+use crate::util::{exec, root};
+
+/// Where the eBPF object lands; plugin/build.rs embeds it from here.
+pub fn object_path() -> PathBuf {
+    root().join("target/bpf/flatbridge.bpf.o")
+}
+
+/// Builds the eBPF crate and copies the object to [`object_path`].
+pub fn ebpf(release: bool) -> anyhow::Result<PathBuf> {
+    let target_dir = root().join("target/ebpf");
+    let mut cargo = nightly_cargo();
+    cargo
+        .arg("build")
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(root().join("ebpf"));
+    if release {
+        cargo.arg("--release");
+    }
+    exec(&mut cargo).context("building the eBPF object failed (is `cargo xtask setup` done?)")?;
+    let profile = if release { "release" } else { "debug" };
+    let built = target_dir.join(format!("bpfel-unknown-none/{profile}/flatbridge"));
+    let object = object_path();
+    std::fs::create_dir_all(object.parent().expect("object_path() is inside target/"))?;
+    std::fs::copy(&built, &object).with_context(|| format!("copying {built:?} to {object:?}"))?;
+    eprintln!("eBPF object: {}", object.display());
+    Ok(object)
+}
+
+/// Nightly cargo for the eBPF crate. We run under stable cargo, which exports its own
+/// toolchain and flags; the nightly build must not inherit them.
+pub fn nightly_cargo() -> Command {
+    let mut cargo = Command::new("rustup");
+    cargo.args(["run", "nightly", "cargo"]);
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTDOC",
+        "CARGO",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
+        cargo.env_remove(var);
+    }
+    cargo
+}
+
+/// Builds the eBPF object, then the workspace.
+pub fn all(release: bool) -> anyhow::Result<()> {
+    ebpf(release)?;
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(["build", "--workspace"]).current_dir(root());
+    if release {
+        cargo.arg("--release");
+    }
+    exec(&mut cargo)
+}

@@ -1,0 +1,47 @@
+//! `cargo xtask <task>`: the one entry point for everything beyond `cargo build`.
+mod build;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "flatbridge's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install every prerequisite (Debian packages, bpf-linker, rust-src, bpffs). A fast
+    /// no-op when everything is there.
+    Setup,
+    /// Build the eBPF object into target/bpf/flatbridge.bpf.o.
+    BuildEbpf {
+        /// Build with the release profile (LTO).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build the eBPF object and the plugin.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, check formatting and lints, build, and run every unit and integration test.
+    Test {
+        /// Arguments passed to the test binaries (a name filter, `--nocapture`, ...).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf { release } => build::ebpf(release).map(drop),
+        Task::Build { release } => build::all(release),
+        Task::Test { args } => test::run(&args),
+    }
+}

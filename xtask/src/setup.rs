@@ -1,0 +1,160 @@
+//! `cargo xtask setup`: installs every prerequisite on a fresh Debian bookworm machine.
+//! Each step checks first and does nothing when its piece is already there, so running it
+//! again costs a second or two.
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::util::{exec, output, succeeds};
+
+/// Debian packages and why each is needed.
+const PACKAGES: &[(&str, &str)] = &[
+    ("llvm-22-dev", "LLVM 22, which bpf-linker links against"),
+    ("libpolly-22-dev", "needed to link bpf-linker against LLVM 22"),
+    ("bpftool", "inspecting programs and maps (tests, operators)"),
+    ("iproute2", "ip/bridge/tc in the tests and demo"),
+    ("iputils-ping", "ping in the tests and demo"),
+    ("iputils-arping", "ARP probes in the tests"),
+    ("iperf3", "throughput in the demo and benchmarks"),
+    ("sockperf", "latency in the benchmarks"),
+    ("ethtool", "turning veth offloads off in the benchmarks"),
+    ("iptables", "kube-proxy-like rules in the tests and benchmarks"),
+    ("tcpdump", "looking at frames while debugging"),
+    (
+        "util-linux",
+        "nsenter, to run commands in a node namespace without hiding bpffs",
+    ),
+    (
+        "containernetworking-plugins",
+        "the reference bridge/host-local plugins we compare against, and loopback",
+    ),
+    ("golang-go", "building the libcni test driver (cnitool's role)"),
+    (
+        "golang-github-appc-cni-dev",
+        "libcni, the library container runtimes call plugins with",
+    ),
+];
+
+/// bpf-linker 0.13.0 is the release we know works with LLVM 22 on this distribution; its
+/// default feature set wants LLVM 23, which bookworm does not ship.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    ensure_root()?;
+    install_packages()?;
+    install_rust_src()?;
+    install_bpf_linker()?;
+    mount_bpffs()?;
+    eprintln!(
+        "setup: everything is in place ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn ensure_root() -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "setup, the tests and the demo create network namespaces, load BPF programs and install \
+             packages: run them as root"
+        );
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+}
+
+fn package_installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_ok_and(|out| out.stdout.ends_with(b"install ok installed"))
+}
+
+fn install_packages() -> anyhow::Result<()> {
+    let missing: Vec<_> = PACKAGES
+        .iter()
+        .filter(|(package, _)| !package_installed(package))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("setup: Debian packages: all {} present", PACKAGES.len());
+        return Ok(());
+    }
+    for (package, why) in &missing {
+        eprintln!("setup: installing {package}: {why}");
+    }
+    exec(Command::new("apt-get").args(["update", "-q"])).context("apt-get update failed")?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(missing.iter().map(|(package, _)| package))
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| {
+        let names: Vec<_> = missing.iter().map(|(package, _)| *package).collect();
+        format!("installing {} failed", names.join(" "))
+    })
+}
+
+fn install_rust_src() -> anyhow::Result<()> {
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+            .context("rustup is required (the eBPF crate builds with nightly)")?;
+    if !installed.status.success() {
+        bail!(
+            "the nightly toolchain is missing: the eBPF crate needs `-Z build-std=core`; install it with \
+             `rustup toolchain install nightly`"
+        );
+    }
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|line| line.starts_with("rust-src"))
+    {
+        eprintln!("setup: rust-src for nightly: present");
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing rust-src for nightly: -Z build-std=core builds core for bpfel-unknown-none from it"
+    );
+    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn install_bpf_linker() -> anyhow::Result<()> {
+    let version = output(Command::new("bpf-linker").arg("--version"));
+    let wanted = format!("bpf-linker {BPF_LINKER_VERSION}");
+    if version.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == wanted) {
+        eprintln!("setup: {wanted}: present");
+        return Ok(());
+    }
+    eprintln!("setup: installing {wanted} against LLVM 22: rustc links BPF objects with it");
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO_TARGET_DIR"),
+    )
+    .context("building bpf-linker failed")
+}
+
+/// The plugin mounts bpffs itself when its root is not one; mounting the default root here
+/// lets `bpftool` and operators see pins from the first run.
+fn mount_bpffs() -> anyhow::Result<()> {
+    if succeeds(Command::new("mountpoint").args(["-q", "/sys/fs/bpf"])) {
+        eprintln!("setup: bpffs at /sys/fs/bpf: mounted");
+        return Ok(());
+    }
+    eprintln!("setup: mounting bpffs at /sys/fs/bpf: pinned maps, programs and links live there");
+    exec(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
