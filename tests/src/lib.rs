@@ -1,5 +1,6 @@
-//! The integration-test harness: worlds of network namespaces and BPF filesystems that
-//! exist for one test and disappear with it, also when the test panics.
+//! Simulated nodes for the integration tests, the demo and the benchmarks: worlds of
+//! network namespaces and BPF filesystems that exist for one test (or one demo run) and
+//! disappear with it, also when it panics.
 //!
 //! Every namespace and mount is named `fbt-<tag>-<pid>-<n>`, unique per test, so tests run
 //! in parallel; leftovers of a killed run are swept when the next run starts. Commands run
@@ -7,10 +8,16 @@
 //! hide the BPF filesystem.
 pub mod bpffs;
 pub mod netns;
+pub mod node;
+pub mod pod;
 pub mod sweep;
+pub mod tempdir;
 
 pub use bpffs::BpfFs;
 pub use netns::Netns;
+pub use node::{CniEnv, Node, Reply};
+pub use pod::{Pod, VERSIONS, seed_config, with_prev_result};
+pub use tempdir::TempDir;
 
 use std::{
     process::Output,

@@ -1,5 +1,5 @@
-//! Removes what a killed earlier run left behind: namespaces and BPF filesystems whose
-//! name carries the pid of a process that no longer exists.
+//! Removes what a killed earlier run left behind: namespaces, BPF filesystems and state
+//! directories whose name carries the pid of a process that no longer exists.
 use std::{path::Path, process::Command, sync::Once};
 
 use crate::bpffs::{MOUNT_BASE, unmount};
@@ -19,6 +19,16 @@ pub fn once() {
             .unwrap_or_default();
         for name in stale(mounts) {
             unmount(&Path::new(MOUNT_BASE).join(name));
+        }
+        let temp = std::env::temp_dir();
+        let dirs = std::fs::read_dir(&temp)
+            .map(|dir| {
+                dir.filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in stale(dirs) {
+            let _ = std::fs::remove_dir_all(temp.join(name));
         }
     });
 }

@@ -53,9 +53,29 @@ pub fn nightly_cargo() -> Command {
     cargo
 }
 
-/// Builds the eBPF object, then the workspace.
+/// Builds tests/cnitool, the libcni driver that plays cnitool's role in the tests, with
+/// Debian's Go and Debian's libcni sources (GOPATH mode: no module proxy is needed).
+pub fn cnitool() -> anyhow::Result<PathBuf> {
+    let output = root().join("target/cnitool");
+    exec(
+        Command::new("go")
+            .args(["build", "-o"])
+            .arg(&output)
+            .arg("./tests/cnitool")
+            .current_dir(root())
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GO111MODULE", "off")
+            .env("GOCACHE", root().join("target/go-cache"))
+            .env("GOFLAGS", "-mod=mod"),
+    )
+    .context("building the libcni driver failed (is `cargo xtask setup` done?)")?;
+    Ok(output)
+}
+
+/// Builds the eBPF object, the libcni test driver, then the workspace.
 pub fn all(release: bool) -> anyhow::Result<()> {
     ebpf(release)?;
+    cnitool()?;
     let mut cargo = Command::new(env!("CARGO"));
     cargo.args(["build", "--workspace"]).current_dir(root());
     if release {

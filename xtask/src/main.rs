@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the one entry point for everything beyond `cargo build`.
 mod build;
+mod demo;
 mod setup;
 mod test;
 mod util;
@@ -29,6 +30,9 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// The main job, shown: a simulated node, two pods with the seed config, pings and
+    /// iperf3 between them, then DEL and cleanup.
+    Demo,
     /// Set up, check formatting and lints, build, and run every unit and integration test.
     Test {
         /// Arguments passed to the test binaries (a name filter, `--nocapture`, ...).
@@ -42,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::BuildEbpf { release } => build::ebpf(release).map(drop),
         Task::Build { release } => build::all(release),
+        Task::Demo => demo::run(),
         Task::Test { args } => test::run(&args),
     }
 }

@@ -22,6 +22,7 @@ pub fn run(test_args: &[String]) -> anyhow::Result<()> {
             .current_dir(root().join("ebpf")),
     )?;
     build::ebpf(true)?;
+    build::cnitool()?;
     exec(
         Command::new(cargo)
             .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])

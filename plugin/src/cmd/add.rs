@@ -1,0 +1,288 @@
+//! ADD: bridge, address lease, veth pair with its peer created inside the pod, addresses
+//! and routes in the pod. Every step that creates something registers its undo; a failure
+//! at any step undoes them all, so a failed ADD leaves no lease and no veth behind.
+use std::time::{Duration, Instant};
+
+use ipnetwork::IpNetwork;
+
+use super::{block_on, host_veth_name, ipam::Ipam, veth_alias};
+use crate::{
+    cni::{
+        CniError, Request, code,
+        result::{CniResult, Interface, Route},
+    },
+    ipam::Owner,
+    netlink::{Link, LinkKind, Netlink, VethSpec},
+    netns::Netns,
+    node::{self, BridgeSpec},
+};
+
+/// What a failed ADD must take back, in reverse order of creation.
+#[derive(Default)]
+struct Undo {
+    host_veth: Option<String>,
+    leased: bool,
+}
+
+impl Undo {
+    async fn run(self, node: &Netlink, ipam: Option<&Ipam>, request: &Request, owner: &Owner) {
+        if let Some(name) = self.host_veth {
+            let deleted = match node.link_by_name(&name).await {
+                Ok(Some(link)) => node.delete_link(link.index).await,
+                Ok(None) => Ok(()),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = deleted {
+                log::error!("rollback: failed to delete veth {name}: {error}");
+            }
+        }
+        if self.leased
+            && let Some(ipam) = ipam
+            && let Err(error) = ipam.del(request, owner)
+        {
+            log::error!("rollback: failed to release the addresses of {owner}: {error}");
+        }
+    }
+}
+
+pub fn add(request: &Request) -> Result<CniResult, CniError> {
+    let container_id = request.env.require_container_id()?;
+    let ifname = request.env.require_ifname()?;
+    let netns_path = request.env.require_netns()?;
+    let pod_netns = Netns::open(netns_path)?;
+    let mac = request.config.requested_mac(request.env.arg("MAC"))?;
+    let ipam = Ipam::of(request)?;
+    let owner = Owner::new(container_id, ifname);
+    block_on(async {
+        let node = Netlink::open()?;
+        let pod = pod_netns.run(Netlink::open)??;
+        let mut undo = Undo::default();
+        let steps = Steps {
+            request,
+            ifname,
+            pod_netns: &pod_netns,
+            mac,
+            ipam: ipam.as_ref(),
+            owner: &owner,
+            node: &node,
+            pod: &pod,
+        };
+        let result = steps.run(&mut undo).await;
+        if let Err(error) = &result {
+            log::warn!("ADD failed, rolling back: {error}");
+            undo.run(&node, ipam.as_ref(), request, &owner).await;
+        }
+        result
+    })
+}
+
+struct Steps<'a> {
+    request: &'a Request,
+    ifname: &'a str,
+    pod_netns: &'a Netns,
+    mac: Option<[u8; 6]>,
+    ipam: Option<&'a Ipam>,
+    owner: &'a Owner,
+    node: &'a Netlink,
+    pod: &'a Netlink,
+}
+
+impl Steps<'_> {
+    async fn run(&self, undo: &mut Undo) -> Result<CniResult, CniError> {
+        let config = &self.request.config;
+        let net = &config.net;
+        let bridge = node::ensure_bridge(
+            self.node,
+            &BridgeSpec {
+                name: &net.bridge,
+                mtu: net.mtu,
+                promisc: net.promisc_mode,
+            },
+        )
+        .await?;
+        // Without an explicit mtu, pods follow the bridge (which follows its uplink).
+        let mtu = if net.mtu != 0 { net.mtu } else { bridge.mtu };
+        let host_name = host_veth_name(&net.name, &self.owner.container_id, self.ifname);
+        self.clear_leftovers(&host_name).await?;
+
+        let mut result = match self.ipam {
+            Some(ipam) => {
+                let result = ipam.add(self.request, self.owner)?;
+                undo.leased = true;
+                result
+            }
+            None => CniResult::default(),
+        };
+
+        self.node
+            .create_veth(&VethSpec {
+                host_name: &host_name,
+                peer_name: self.ifname,
+                peer_netns: self.pod_netns.file(),
+                mtu,
+                peer_mac: self.mac,
+            })
+            .await?;
+        undo.host_veth = Some(host_name.clone());
+        let host = self.node.require_link(&host_name).await?;
+        // Who owns this veth, for GC and for people reading `ip link`.
+        self.node
+            .set_alias(
+                host.index,
+                &veth_alias(&net.name, &self.owner.container_id, self.ifname),
+            )
+            .await?;
+        self.node.set_master(host.index, bridge.index).await?;
+        if net.hairpin_mode {
+            self.node.set_hairpin(host.index, true).await?;
+        }
+        self.node.set_up(host.index).await?;
+
+        let pod_link = self.configure_pod(&mut result).await?;
+
+        if config.is_gateway() {
+            for ip in &result.ips {
+                if let Some(gateway) = ip.gateway {
+                    let address = IpNetwork::new(gateway, ip.address.prefix()).map_err(|error| {
+                        CniError::new(code::INVALID_CONFIG, format!("gateway {gateway}: {error}"))
+                    })?;
+                    node::ensure_gateway(self.node, &bridge, address, net.force_address).await?;
+                }
+            }
+        }
+        let host = wait_oper_up(self.node, host).await?;
+        // The bridge's MAC may change when its first port arrives: report the current one.
+        let bridge = self.node.require_link(&net.bridge).await?;
+
+        result.interfaces = vec![
+            interface(&bridge, None),
+            interface(&host, None),
+            interface(&pod_link, Some(self.pod_netns.path().display().to_string())),
+        ];
+        for ip in &mut result.ips {
+            ip.interface = Some(2);
+        }
+        if let Some(dns) = &net.dns
+            && !dns.is_empty()
+        {
+            result.dns = dns.clone();
+        }
+        log::info!(
+            "added {} in {} as {} (host {host_name})",
+            self.ifname,
+            self.pod_netns.path().display(),
+            result
+                .ips
+                .iter()
+                .map(|ip| ip.address.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(result)
+    }
+
+    /// A host veth with this attachment's name is left over from an earlier ADD of the same
+    /// container and interface (a retry after a crash): remove it. An interface with the
+    /// pod's name that is not ours is an error, not something to delete.
+    async fn clear_leftovers(&self, host_name: &str) -> Result<(), CniError> {
+        if let Some(stale) = self.node.link_by_name(host_name).await? {
+            log::warn!("removing leftover veth {host_name} of an earlier ADD");
+            self.node.delete_link(stale.index).await?;
+        }
+        if self.pod.link_by_name(self.ifname).await?.is_some() {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!(
+                    "an interface named {} already exists in {}",
+                    self.ifname,
+                    self.pod_netns.path().display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Brings the pod's interface and loopback up and gives it its addresses and routes.
+    async fn configure_pod(&self, result: &mut CniResult) -> Result<Link, CniError> {
+        let config = &self.request.config;
+        let pod_link = self.pod.require_link(self.ifname).await?;
+        if let Some(lo) = self.pod.link_by_name("lo").await? {
+            self.pod.set_up(lo.index).await?;
+        }
+        let arp_notify = format!("/proc/sys/net/ipv4/conf/{}/arp_notify", self.ifname);
+        let accept_dad = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", self.ifname);
+        let dad = if config.net.enable_dad { "1" } else { "0" };
+        self.pod_netns.run(|| {
+            // Announce the address when the link comes up (gratuitous ARP), as the
+            // reference plugin asks the kernel to; IPv6 sysctls exist only with IPv6 on.
+            if let Err(error) = node::write_sysctl(&arp_notify, "1") {
+                log::warn!("{error}");
+            }
+            let _ = node::write_sysctl(&accept_dad, dad);
+        })?;
+        self.pod.set_up(pod_link.index).await?;
+        for ip in &result.ips {
+            self.pod.add_addr(pod_link.index, ip.address).await?;
+        }
+        if config.net.is_default_gateway {
+            for ip in &result.ips {
+                let default = if ip.address.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+                let default: IpNetwork = default.parse().expect("a valid default route");
+                if let Some(gateway) = ip.gateway
+                    && !result.routes.iter().any(|route| route.dst == default)
+                {
+                    result.routes.push(Route {
+                        dst: default,
+                        gw: Some(gateway),
+                    });
+                }
+            }
+        }
+        for route in &result.routes {
+            // A route without a gateway goes via the gateway of its family.
+            let gateway = route.gw.or_else(|| {
+                result
+                    .ips
+                    .iter()
+                    .find(|ip| ip.address.is_ipv4() == route.dst.is_ipv4())
+                    .and_then(|ip| ip.gateway)
+            });
+            self.pod.add_route(route.dst, gateway, pod_link.index).await?;
+        }
+        Ok(self.pod.require_link(self.ifname).await?)
+    }
+}
+
+fn interface(link: &Link, sandbox: Option<String>) -> Interface {
+    Interface {
+        name: link.name.clone(),
+        mac: link.mac.map(format_mac).unwrap_or_default(),
+        mtu: Some(link.mtu),
+        sandbox,
+    }
+}
+
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.map(|byte| format!("{byte:02x}")).join(":")
+}
+
+/// Waits briefly for the host veth to report carrier (both ends up); a port that stays
+/// down is logged, not fatal: the kernel may just be slow to tell.
+async fn wait_oper_up(node: &Netlink, link: Link) -> Result<Link, CniError> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut link = link;
+    while !link.oper_up && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        link = node.require_link(&link.name).await?;
+    }
+    if !link.oper_up {
+        log::warn!("host veth {} is not operationally up yet", link.name);
+    }
+    if link.kind != LinkKind::Veth {
+        return Err(CniError::new(
+            code::INTERNAL,
+            format!("{} is not a veth", link.name),
+        ));
+    }
+    Ok(link)
+}

@@ -1,0 +1,194 @@
+//! IPAM for the verbs: `host-local` is served in-process with its exact semantics and
+//! files; any other `ipam.type` is delegated to that plugin in CNI_PATH.
+use std::{collections::HashSet, net::IpAddr, path::PathBuf};
+
+use ipnetwork::IpNetwork;
+
+use crate::{
+    cni::{
+        CniError, Command, Request, code, delegate,
+        result::{CniResult, Dns, IpConfig, Route},
+    },
+    ipam::{self, DiskStore, IpamConfig, Owner, Store},
+};
+
+pub enum Ipam {
+    HostLocal(IpamConfig),
+    Delegate(PathBuf),
+}
+
+impl Ipam {
+    /// The IPAM of this request; `None` when the config has no `ipam` section (L2 only).
+    pub fn of(request: &Request) -> Result<Option<Self>, CniError> {
+        match request.config.ipam_type()? {
+            None => Ok(None),
+            Some("host-local") => Ok(Some(Ipam::HostLocal(IpamConfig::from_net_config(
+                &request.config.raw,
+                request.env.arg("IP"),
+            )?))),
+            Some(other) => Ok(Some(Ipam::Delegate(delegate::find(other, &request.env.path)?))),
+        }
+    }
+
+    fn store(config: &IpamConfig, request: &Request) -> Result<DiskStore, CniError> {
+        Ok(DiskStore::open(&config.network_dir(&request.config.net.name))?)
+    }
+
+    /// Allocates the pod's addresses; the result has IPs, routes and DNS.
+    pub fn add(&self, request: &Request, owner: &Owner) -> Result<CniResult, CniError> {
+        match self {
+            Ipam::HostLocal(config) => {
+                let mut store = Self::store(config, request)?;
+                let allocations = ipam::allocate(&mut store, config, owner)?;
+                drop(store);
+                log::info!(
+                    "leased {} to {owner}",
+                    allocations
+                        .iter()
+                        .map(|a| a.ip.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                Ok(CniResult {
+                    interfaces: Vec::new(),
+                    ips: allocations
+                        .iter()
+                        .map(|allocation| IpConfig {
+                            address: IpNetwork::new(allocation.ip, allocation.prefix)
+                                .expect("the prefix comes from a valid subnet"),
+                            gateway: Some(allocation.gateway),
+                            interface: None,
+                        })
+                        .collect(),
+                    routes: config
+                        .routes
+                        .iter()
+                        .map(|route| Route {
+                            dst: route.dst,
+                            gw: route.gw,
+                        })
+                        .collect(),
+                    dns: match &config.resolv_conf {
+                        Some(path) => parse_resolv_conf(path)?,
+                        None => Dns::default(),
+                    },
+                })
+            }
+            Ipam::Delegate(binary) => delegate::ipam_add(binary, &request.config.raw),
+        }
+    }
+
+    /// Releases the pod's addresses; releasing nothing is success.
+    pub fn del(&self, request: &Request, owner: &Owner) -> Result<(), CniError> {
+        match self {
+            Ipam::HostLocal(config) => {
+                let mut store = Self::store(config, request)?;
+                let released = ipam::release(&mut store, owner)?;
+                if !released.is_empty() {
+                    log::info!(
+                        "released {} of {owner}",
+                        released
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                Ok(())
+            }
+            Ipam::Delegate(binary) => delegate::exec(binary, Command::Del, &request.config.raw).map(drop),
+        }
+    }
+
+    /// Checks that `owner` still holds every address in `ips`.
+    pub fn check(&self, request: &Request, owner: &Owner, ips: &[IpAddr]) -> Result<(), CniError> {
+        match self {
+            Ipam::HostLocal(config) => {
+                let leases = Self::store(config, request)?.leases()?;
+                for ip in ips {
+                    match leases.get(ip) {
+                        Some(holder) if holder.matches(owner) => {}
+                        Some(holder) => {
+                            return Err(CniError::new(
+                                code::CHECK_FAILED,
+                                format!("address {ip} is leased to {holder}, not to {owner}"),
+                            ));
+                        }
+                        None => {
+                            return Err(CniError::new(
+                                code::CHECK_FAILED,
+                                format!("address {ip} of {owner} has no lease in IPAM"),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Ipam::Delegate(binary) => delegate::exec(binary, Command::Check, &request.config.raw).map(drop),
+        }
+    }
+
+    /// Readiness: the lease directory takes writes and no range set is full.
+    pub fn status(&self, request: &Request) -> Result<(), CniError> {
+        match self {
+            Ipam::HostLocal(config) => {
+                let not_available = |why: String| CniError::new(code::NOT_AVAILABLE, why);
+                let store = Self::store(config, request).map_err(|error| not_available(error.msg))?;
+                store
+                    .check_writable()
+                    .map_err(|error| not_available(format!("the IPAM store is not writable: {error}")))?;
+                for usage in ipam::usage(&store, config)? {
+                    if usage.leased >= usage.size {
+                        return Err(not_available(format!(
+                            "range set {} ({}) is exhausted: {} of {} addresses leased",
+                            usage.range_set, usage.ranges, usage.leased, usage.size
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            Ipam::Delegate(binary) => delegate::exec(binary, Command::Status, &request.config.raw).map(drop),
+        }
+    }
+
+    /// Releases every lease whose attachment is not in `valid`.
+    pub fn gc(&self, request: &Request, valid: &HashSet<Owner>) -> Result<(), CniError> {
+        match self {
+            Ipam::HostLocal(config) => {
+                let mut store = Self::store(config, request)?;
+                for (ip, holder) in store.leases()? {
+                    // An ID-only lease is valid while any interface of its container is.
+                    let still_used = valid.iter().any(|owner| holder.matches(owner));
+                    if !still_used {
+                        store.remove(ip)?;
+                        log::info!("GC released {ip} of {holder}");
+                    }
+                }
+                Ok(())
+            }
+            Ipam::Delegate(binary) => delegate::exec(binary, Command::Gc, &request.config.raw).map(drop),
+        }
+    }
+}
+
+/// host-local's `resolvConf`: nameserver, domain, search and options lines.
+fn parse_resolv_conf(path: &std::path::Path) -> Result<Dns, CniError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        CniError::new(
+            code::IO_FAILURE,
+            format!("failed to read resolvConf {}: {error}", path.display()),
+        )
+    })?;
+    let mut dns = Dns::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => dns.nameservers.extend(words.next().map(str::to_owned)),
+            Some("domain") => dns.domain = words.next().map(str::to_owned),
+            Some("search") => dns.search.extend(words.map(str::to_owned)),
+            Some("options") => dns.options.extend(words.map(str::to_owned)),
+            _ => {}
+        }
+    }
+    Ok(dns)
+}

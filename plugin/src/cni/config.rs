@@ -1,0 +1,420 @@
+//! The network configuration on stdin: the reference `bridge` plugin's fields (so its
+//! configs work unchanged), the runtime's additions, and flatbridge's own options.
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    error::{CniError, code},
+    result::Dns,
+    version::CniVersion,
+};
+
+pub const DEFAULT_BRIDGE: &str = "cni0";
+pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf";
+pub const DEFAULT_LOG_FILE: &str = "/var/log/flatbridge.log";
+
+/// One (containerID, ifname) pair the runtime still uses, from `cni.dev/valid-attachments`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    /// The `mac` capability.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// `args.cni` in the config (the Kubernetes "CNI args" convention).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ConfigArgs {
+    #[serde(default)]
+    pub cni: Option<CniConfigArgs>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct CniConfigArgs {
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+
+    // --- the reference bridge plugin's options ---
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    #[serde(default)]
+    pub is_gateway: bool,
+    #[serde(default)]
+    pub is_default_gateway: bool,
+    #[serde(default)]
+    pub force_address: bool,
+    #[serde(default)]
+    pub ip_masq: bool,
+    #[serde(default)]
+    pub mtu: u32,
+    #[serde(default)]
+    pub hairpin_mode: bool,
+    #[serde(default)]
+    pub promisc_mode: bool,
+    #[serde(default)]
+    pub vlan: u32,
+    #[serde(default)]
+    pub vlan_trunk: Option<Value>,
+    #[serde(default)]
+    pub preserve_default_vlan: bool,
+    #[serde(default, rename = "macspoofchk")]
+    pub mac_spoof_check: bool,
+    #[serde(default, rename = "enabledad")]
+    pub enable_dad: bool,
+    #[serde(default)]
+    pub disable_container_interface: bool,
+    #[serde(default)]
+    pub port_isolation: bool,
+    #[serde(default)]
+    pub ipam: Option<Value>,
+    #[serde(default)]
+    pub dns: Option<Dns>,
+
+    // --- what the runtime adds ---
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+    #[serde(default)]
+    pub args: Option<ConfigArgs>,
+    #[serde(default)]
+    pub prev_result: Option<Value>,
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<Attachment>>,
+
+    // --- flatbridge's own ---
+    /// Where the BPF filesystem is (its pins go to `<bpfRoot>/flatbridge/<name>/`).
+    #[serde(default)]
+    pub bpf_root: Option<PathBuf>,
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    /// error, warn, info, debug or trace.
+    #[serde(default)]
+    pub log_level: Option<String>,
+}
+
+fn default_bridge() -> String {
+    DEFAULT_BRIDGE.to_owned()
+}
+
+/// A config that decoded and passed validation, with its version parsed.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub version: CniVersion,
+    pub net: NetConf,
+    /// The raw stdin, passed unchanged to a delegated IPAM plugin.
+    pub raw: Vec<u8>,
+}
+
+impl Config {
+    /// Decodes and validates stdin.
+    pub fn parse(raw: &[u8]) -> Result<Self, CniError> {
+        let net: NetConf = serde_json::from_slice(raw).map_err(|error| {
+            CniError::new(
+                code::DECODE_FAILURE,
+                format!("failed to decode the network configuration: {error}"),
+            )
+        })?;
+        let version = CniVersion::parse(&net.cni_version).ok_or_else(|| {
+            CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!(
+                    "cniVersion {:?} is not supported; supported versions: {}",
+                    net.cni_version,
+                    CniVersion::ALL.map(CniVersion::as_str).join(", ")
+                ),
+            )
+        })?;
+        let config = Self {
+            version,
+            net,
+            raw: raw.to_vec(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), CniError> {
+        let net = &self.net;
+        validate_network_name(&net.name)?;
+        super::env::validate_ifname(&net.bridge).map_err(|why| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("bridge {:?} is not a valid interface name: {why}", net.bridge),
+            )
+        })?;
+        if net.mtu != 0 && !(68..=65535).contains(&net.mtu) {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "mtu {} is out of range: it must be between 68 and 65535 (or 0 for the default)",
+                    net.mtu
+                ),
+            ));
+        }
+        if net.hairpin_mode && net.promisc_mode {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "hairpinMode and promiscMode cannot both be set (as with the reference bridge plugin)",
+            ));
+        }
+        let unsupported = [
+            (
+                net.ip_masq,
+                "ipMasq",
+                "pods on a flat L2 are reachable by their own address; NAT them on the router",
+            ),
+            (
+                net.vlan != 0,
+                "vlan",
+                "put the uplink on a VLAN interface instead",
+            ),
+            (
+                net.vlan_trunk.is_some(),
+                "vlanTrunk",
+                "VLAN filtering on the bridge is not supported",
+            ),
+            (
+                net.preserve_default_vlan,
+                "preserveDefaultVlan",
+                "VLAN filtering on the bridge is not supported",
+            ),
+            (net.mac_spoof_check, "macspoofchk", "not supported yet"),
+            (
+                net.disable_container_interface,
+                "disableContainerInterface",
+                "not supported",
+            ),
+            (net.port_isolation, "portIsolation", "not supported yet"),
+        ];
+        if let Some((_, field, why)) = unsupported.iter().find(|(set, _, _)| *set) {
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                format!("{field} is not supported by flatbridge: {why}"),
+            ));
+        }
+        if let Some(mac) = self.requested_mac_text() {
+            parse_mac(mac)?;
+        }
+        if let Some(level) = &net.log_level
+            && level.parse::<log::LevelFilter>().is_err()
+        {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("logLevel {level:?} is not one of off, error, warn, info, debug, trace"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `ipam.type`, when there is an `ipam` section.
+    pub fn ipam_type(&self) -> Result<Option<&str>, CniError> {
+        match &self.net.ipam {
+            None => Ok(None),
+            Some(ipam) => match ipam.get("type") {
+                Some(Value::String(kind)) if !kind.is_empty() => Ok(Some(kind)),
+                _ => Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    "ipam.type must be a non-empty string",
+                )),
+            },
+        }
+    }
+
+    /// isDefaultGateway implies isGateway, as in the reference plugin.
+    pub fn is_gateway(&self) -> bool {
+        self.net.is_gateway || self.net.is_default_gateway
+    }
+
+    pub fn bpf_root(&self) -> PathBuf {
+        self.net
+            .bpf_root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_BPF_ROOT))
+    }
+
+    /// The MAC requested for the container interface: runtimeConfig beats config args,
+    /// which beat CNI_ARGS (the order of the reference plugin); CNI_ARGS is resolved by
+    /// the caller and passed as `env_mac`.
+    fn requested_mac_text(&self) -> Option<&str> {
+        self.net
+            .runtime_config
+            .mac
+            .as_deref()
+            .or_else(|| self.net.args.as_ref()?.cni.as_ref()?.mac.as_deref())
+            .filter(|mac| !mac.is_empty())
+    }
+
+    pub fn requested_mac(&self, env_mac: Option<&str>) -> Result<Option<[u8; 6]>, CniError> {
+        self.requested_mac_text()
+            .or(env_mac.filter(|mac| !mac.is_empty()))
+            .map(parse_mac)
+            .transpose()
+    }
+}
+
+/// The spec: starts with an alphanumeric character, then alphanumerics, `_`, `.`, `-`.
+/// The name becomes a directory name (IPAM data, BPF pins), so this also keeps paths safe.
+fn validate_network_name(name: &str) -> Result<(), CniError> {
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|first| first.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "network name {name:?} is invalid: it must start with a letter or digit and contain only \
+                 letters, digits, '_', '.' and '-'"
+            ),
+        ))
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`; a unicast address.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], CniError> {
+    let invalid = || {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+        )
+    };
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().filter(|part| part.len() == 2).ok_or_else(invalid)?;
+        *byte = u8::from_str_radix(part, 16).map_err(|_| invalid())?;
+    }
+    if parts.next().is_some() {
+        return Err(invalid());
+    }
+    if mac[0] & 1 == 1 {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("{text} is a multicast MAC address"),
+        ));
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"{"cniVersion":"0.3.1","name":"data","type":"flatbridge","bridge":"cni0","promiscMode":true,
+     "ipam":{"type":"host-local","ranges":[[{"subnet":"10.10.0.0/16","rangeStart":"10.10.1.1",
+     "rangeEnd":"10.10.1.101","gateway":"10.10.1.0"}]],"routes":[{"dst":"0.0.0.0/0"}]}}"#;
+
+    fn with(field: &str, value: &str) -> String {
+        let mut config: Value = serde_json::from_str(SEED).expect("seed parses");
+        config[field] = serde_json::from_str(value).expect("value parses");
+        config.to_string()
+    }
+
+    #[test]
+    fn seed_config_parses() {
+        let config = Config::parse(SEED.as_bytes()).expect("seed config");
+        assert_eq!(config.version, CniVersion::V0_3_1);
+        assert_eq!(config.net.name, "data");
+        assert_eq!(config.net.bridge, "cni0");
+        assert!(config.net.promisc_mode);
+        assert!(!config.is_gateway());
+        assert_eq!(config.ipam_type().expect("ipam"), Some("host-local"));
+        assert_eq!(config.bpf_root(), PathBuf::from("/sys/fs/bpf"));
+    }
+
+    #[test]
+    fn bridge_defaults_to_cni0() {
+        let config =
+            Config::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"flatbridge"}"#).expect("minimal");
+        assert_eq!(config.net.bridge, "cni0");
+        assert_eq!(config.ipam_type().expect("no ipam"), None);
+    }
+
+    #[test]
+    fn errors_carry_the_right_code() {
+        let cases: Vec<(String, u32)> = vec![
+            ("not json".into(), code::DECODE_FAILURE),
+            (r#"{"cniVersion":"0.3.1"}"#.into(), code::DECODE_FAILURE),
+            (with("mtu", r#""big""#), code::DECODE_FAILURE),
+            (with("cniVersion", r#""0.2.0""#), code::INCOMPATIBLE_VERSION),
+            (with("cniVersion", r#""2.0.0""#), code::INCOMPATIBLE_VERSION),
+            (with("name", r#""../etc""#), code::INVALID_CONFIG),
+            (with("name", r#""""#), code::INVALID_CONFIG),
+            (with("bridge", r#""a/b""#), code::INVALID_CONFIG),
+            (with("bridge", r#""waytoolongbridgename""#), code::INVALID_CONFIG),
+            (with("mtu", "20"), code::INVALID_CONFIG),
+            (with("hairpinMode", "true"), code::INVALID_CONFIG),
+            (with("logLevel", r#""loud""#), code::INVALID_CONFIG),
+            (with("ipMasq", "true"), code::UNSUPPORTED_FIELD),
+            (with("vlan", "100"), code::UNSUPPORTED_FIELD),
+            (
+                with("runtimeConfig", r#"{"mac":"zz:00:00:00:00:01"}"#),
+                code::INVALID_CONFIG,
+            ),
+            (
+                with("runtimeConfig", r#"{"mac":"01:00:00:00:00:01"}"#),
+                code::INVALID_CONFIG,
+            ),
+        ];
+        for (input, expected) in cases {
+            let error = Config::parse(input.as_bytes()).expect_err(&input);
+            assert_eq!(error.code, expected, "{input}: {error}");
+            assert!(!error.msg.is_empty());
+        }
+    }
+
+    #[test]
+    fn mac_precedence_is_runtime_config_then_args_then_env() {
+        let both = with("runtimeConfig", r#"{"mac":"02:00:00:00:00:01"}"#);
+        let mut value: Value = serde_json::from_str(&both).expect("json");
+        value["args"] = serde_json::json!({"cni": {"mac": "02:00:00:00:00:02"}});
+        let config = Config::parse(value.to_string().as_bytes()).expect("config");
+        assert_eq!(
+            config.requested_mac(Some("02:00:00:00:00:03")).expect("mac"),
+            Some([2, 0, 0, 0, 0, 1])
+        );
+        let config = Config::parse(SEED.as_bytes()).expect("config");
+        assert_eq!(
+            config.requested_mac(Some("02:00:00:00:00:03")).expect("mac"),
+            Some([2, 0, 0, 0, 0, 3])
+        );
+        assert_eq!(config.requested_mac(None).expect("mac"), None);
+    }
+
+    #[test]
+    fn valid_attachments_decode() {
+        let config = Config::parse(
+            with(
+                "cni.dev/valid-attachments",
+                r#"[{"containerID":"c1","ifname":"eth0"}]"#,
+            )
+            .as_bytes(),
+        )
+        .expect("config");
+        assert_eq!(
+            config.net.valid_attachments,
+            Some(vec![Attachment {
+                container_id: "c1".into(),
+                ifname: "eth0".into()
+            }])
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! Where leases live. [`DiskStore`] is host-local's layout: in `<dataDir>/<network>/`, one
+//! file per leased address named by the address and holding `<containerID>\r\n<ifname>`,
+//! `last_reserved_ip.<set>` with the last address handed out per range set, and `lock`,
+//! flock()ed by every writer (ours and the reference plugin's alike).
+//! [`MemoryStore`] is the same contract in memory, for tests.
+use std::{
+    collections::BTreeMap,
+    fmt,
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    net::IpAddr,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::IpamError;
+
+const LOCK_FILE: &str = "lock";
+const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
+const LINE_BREAK: &str = "\r\n";
+/// Longer than any sane ADD holds the lock; past it the runtime gets "try again later".
+const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Who holds a lease.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Owner {
+    pub container_id: String,
+    /// Empty for leases written by host-local versions that recorded only the ID.
+    pub ifname: String,
+}
+
+impl Owner {
+    pub fn new(container_id: &str, ifname: &str) -> Self {
+        Self {
+            container_id: container_id.trim().to_owned(),
+            ifname: ifname.to_owned(),
+        }
+    }
+
+    fn encode(&self) -> String {
+        format!("{}{LINE_BREAK}{}", self.container_id, self.ifname)
+    }
+
+    fn decode(text: &str) -> Self {
+        let text = text.trim();
+        match text.split_once(LINE_BREAK) {
+            Some((id, ifname)) => Owner::new(id, ifname),
+            None => Owner::new(text, ""),
+        }
+    }
+
+    /// True when this lease belongs to `who`; an ID-only lease belongs to any interface
+    /// of its container, as host-local treats it.
+    pub fn matches(&self, who: &Owner) -> bool {
+        self.container_id == who.container_id && (self.ifname == who.ifname || self.ifname.is_empty())
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.container_id, self.ifname)
+    }
+}
+
+/// The operations the allocator needs; every call happens under the store's lock.
+pub trait Store {
+    /// Records `ip` for `owner` unless it is taken; returns whether it was free.
+    fn reserve(&mut self, ip: IpAddr, owner: &Owner, range_set: usize) -> Result<bool, IpamError>;
+    fn last_reserved(&self, range_set: usize) -> Result<Option<IpAddr>, IpamError>;
+    /// Removes one lease.
+    fn remove(&mut self, ip: IpAddr) -> Result<(), IpamError>;
+    /// Every lease, by address.
+    fn leases(&self) -> Result<BTreeMap<IpAddr, Owner>, IpamError>;
+}
+
+/// host-local's on-disk store, locked for as long as it is open.
+pub struct DiskStore {
+    dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl DiskStore {
+    /// Opens (creating it if needed) `<data_dir>/<network>` and takes its lock.
+    pub fn open(dir: &Path) -> Result<Self, IpamError> {
+        fs::create_dir_all(dir).map_err(|source| io_error("create", dir, source))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|source| io_error("open", &lock_path, source))?;
+        let lock = lock_with_timeout(file, &lock_path)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `content` to `name` atomically: a temporary file, fsync, then `link` (which
+    /// fails if `name` exists, for exclusive creation) or `rename` (to replace).
+    fn write_atomically(&self, name: &str, content: &str, exclusive: bool) -> Result<bool, IpamError> {
+        let target = self.dir.join(name);
+        let temp = self.dir.join(format!(".tmp-{}-{name}", std::process::id()));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|source| io_error("create", &temp, source))?;
+        let written = file.write_all(content.as_bytes()).and_then(|()| file.sync_all());
+        drop(file);
+        if let Err(source) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(io_error("write", &temp, source));
+        }
+        let placed = if exclusive {
+            let linked = fs::hard_link(&temp, &target);
+            let _ = fs::remove_file(&temp);
+            match linked {
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+                other => other,
+            }
+        } else {
+            fs::rename(&temp, &target)
+        };
+        placed.map_err(|source| io_error("write", &target, source))?;
+        self.sync_dir()?;
+        Ok(true)
+    }
+
+    fn sync_dir(&self) -> Result<(), IpamError> {
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|source| io_error("sync", &self.dir, source))
+    }
+
+    /// Checks that the directory takes new files (for STATUS).
+    pub fn check_writable(&self) -> Result<(), IpamError> {
+        self.write_atomically(".write-check", "", false)?;
+        let path = self.dir.join(".write-check");
+        fs::remove_file(&path).map_err(|source| io_error("remove", &path, source))
+    }
+}
+
+fn lock_with_timeout(mut file: File, path: &Path) -> Result<Flock<File>, IpamError> {
+    let started = Instant::now();
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((returned, nix::errno::Errno::EWOULDBLOCK)) => {
+                if started.elapsed() > LOCK_TIMEOUT {
+                    return Err(IpamError::LockTimeout {
+                        path: path.to_path_buf(),
+                        seconds: LOCK_TIMEOUT.as_secs(),
+                    });
+                }
+                file = returned;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((_, errno)) => return Err(io_error("lock", path, errno.into())),
+        }
+    }
+}
+
+fn io_error(action: &'static str, path: &Path, source: io::Error) -> IpamError {
+    IpamError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Store for DiskStore {
+    fn reserve(&mut self, ip: IpAddr, owner: &Owner, range_set: usize) -> Result<bool, IpamError> {
+        if !self.write_atomically(&ip.to_string(), &owner.encode(), true)? {
+            return Ok(false);
+        }
+        self.write_atomically(
+            &format!("{LAST_RESERVED_PREFIX}{range_set}"),
+            &ip.to_string(),
+            false,
+        )?;
+        Ok(true)
+    }
+
+    fn last_reserved(&self, range_set: usize) -> Result<Option<IpAddr>, IpamError> {
+        let path = self.dir.join(format!("{LAST_RESERVED_PREFIX}{range_set}"));
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.trim().parse().ok()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(io_error("read", &path, source)),
+        }
+    }
+
+    fn remove(&mut self, ip: IpAddr) -> Result<(), IpamError> {
+        let path = self.dir.join(ip.to_string());
+        match fs::remove_file(&path) {
+            Ok(()) => self.sync_dir(),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(io_error("remove", &path, source)),
+        }
+    }
+
+    fn leases(&self) -> Result<BTreeMap<IpAddr, Owner>, IpamError> {
+        let entries = fs::read_dir(&self.dir).map_err(|source| io_error("list", &self.dir, source))?;
+        let mut leases = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| io_error("list", &self.dir, source))?;
+            // Lease files are named by their address; everything else (lock, last_reserved_ip.N,
+            // temporary files) is not a lease.
+            let Some(ip) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<IpAddr>().ok())
+            else {
+                continue;
+            };
+            let path = entry.path();
+            match fs::read_to_string(&path) {
+                Ok(text) => {
+                    leases.insert(ip, Owner::decode(&text));
+                }
+                // Released by someone else between listing and reading.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(io_error("read", &path, source)),
+            }
+        }
+        Ok(leases)
+    }
+}
+
+/// The store contract in memory, for unit tests of the allocator.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    pub leases: BTreeMap<IpAddr, Owner>,
+    pub last: BTreeMap<usize, IpAddr>,
+}
+
+impl Store for MemoryStore {
+    fn reserve(&mut self, ip: IpAddr, owner: &Owner, range_set: usize) -> Result<bool, IpamError> {
+        if self.leases.contains_key(&ip) {
+            return Ok(false);
+        }
+        self.leases.insert(ip, owner.clone());
+        self.last.insert(range_set, ip);
+        Ok(true)
+    }
+
+    fn last_reserved(&self, range_set: usize) -> Result<Option<IpAddr>, IpamError> {
+        Ok(self.last.get(&range_set).copied())
+    }
+
+    fn remove(&mut self, ip: IpAddr) -> Result<(), IpamError> {
+        self.leases.remove(&ip);
+        Ok(())
+    }
+
+    fn leases(&self) -> Result<BTreeMap<IpAddr, Owner>, IpamError> {
+        Ok(self.leases.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("flatbridge-store-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn disk_layout_is_host_local_s() {
+        let temp = TempDir::new("layout");
+        let dir = temp.0.join("data");
+        let mut store = DiskStore::open(&dir).expect("open");
+        let ip: IpAddr = "10.10.1.1".parse().expect("ip");
+        let owner = Owner::new("c0ffee", "eth0");
+        assert!(store.reserve(ip, &owner, 0).expect("reserve"));
+        assert!(
+            !store
+                .reserve(ip, &Owner::new("other", "eth0"), 0)
+                .expect("reserve again")
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("10.10.1.1")).expect("lease file"),
+            "c0ffee\r\neth0"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("last_reserved_ip.0")).expect("last"),
+            "10.10.1.1"
+        );
+        assert!(dir.join("lock").exists());
+        let names: Vec<String> = fs::read_dir(&dir)
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name().into_string().expect("utf8"))
+            .collect();
+        assert!(
+            !names.iter().any(|name| name.starts_with(".tmp")),
+            "temporary files left: {names:?}"
+        );
+        assert_eq!(store.leases().expect("leases").get(&ip), Some(&owner));
+        store.remove(ip).expect("remove");
+        assert!(store.leases().expect("leases").is_empty());
+        store.check_writable().expect("writable");
+    }
+
+    #[test]
+    fn reads_leases_written_by_host_local() {
+        let temp = TempDir::new("legacy");
+        let dir = temp.0.join("data");
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join("10.10.1.7"), "abc\r\neth1").expect("write");
+        fs::write(dir.join("10.10.1.8"), "old-id-only\n").expect("write");
+        fs::write(dir.join("fd00::5"), "v6\r\neth0").expect("write");
+        fs::write(dir.join("last_reserved_ip.0"), "10.10.1.8").expect("write");
+        let store = DiskStore::open(&dir).expect("open");
+        let leases = store.leases().expect("leases");
+        assert_eq!(leases.len(), 3);
+        assert_eq!(
+            leases[&"10.10.1.7".parse::<IpAddr>().expect("ip")],
+            Owner::new("abc", "eth1")
+        );
+        let legacy = &leases[&"10.10.1.8".parse::<IpAddr>().expect("ip")];
+        assert!(legacy.matches(&Owner::new("old-id-only", "eth0")));
+        assert_eq!(
+            store.last_reserved(0).expect("last"),
+            Some("10.10.1.8".parse().expect("ip"))
+        );
+        assert_eq!(store.last_reserved(1).expect("last"), None);
+    }
+
+    #[test]
+    fn the_lock_excludes_a_second_opener_until_dropped() {
+        let temp = TempDir::new("lock");
+        let dir = temp.0.join("data");
+        let first = DiskStore::open(&dir).expect("open");
+        let lock_path = dir.join("lock");
+        let other = File::open(&lock_path).expect("open lock");
+        assert!(
+            Flock::lock(other, FlockArg::LockExclusiveNonblock).is_err(),
+            "lock not held"
+        );
+        drop(first);
+        let other = File::open(&lock_path).expect("open lock");
+        assert!(
+            Flock::lock(other, FlockArg::LockExclusiveNonblock).is_ok(),
+            "lock not released"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! Addresses on a link.
+use std::net::IpAddr;
+
+use futures_util::TryStreamExt;
+use ipnetwork::IpNetwork;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+
+use super::{Netlink, NetlinkError, has_errno, request_error};
+
+impl Netlink {
+    /// Adds `address` (with its prefix) to link `index`; an address already there is fine.
+    pub async fn add_addr(&self, index: u32, address: IpNetwork) -> Result<(), NetlinkError> {
+        match self
+            .handle()
+            .address()
+            .add(index, address.ip(), address.prefix())
+            .execute()
+            .await
+        {
+            Err(error) if has_errno(&error, libc::EEXIST) => Ok(()),
+            other => other.map_err(request_error(format!("add address {address} to link #{index}"))),
+        }
+    }
+
+    fn messages_of(
+        &self,
+        index: u32,
+    ) -> impl futures_util::Stream<Item = Result<AddressMessage, rtnetlink::Error>> {
+        self.handle()
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+    }
+
+    /// The addresses of link `index`, with their prefixes.
+    pub async fn addrs(&self, index: u32) -> Result<Vec<IpNetwork>, NetlinkError> {
+        let messages: Vec<AddressMessage> = self
+            .messages_of(index)
+            .try_collect()
+            .await
+            .map_err(request_error(format!("list addresses of link #{index}")))?;
+        Ok(messages
+            .iter()
+            .filter_map(|message| {
+                let ip = message.attributes.iter().find_map(|attribute| match attribute {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })?;
+                IpNetwork::new(ip, message.header.prefix_len).ok()
+            })
+            .collect())
+    }
+
+    /// Removes every address of the family of `ip` from link `index` (forceAddress).
+    pub async fn del_addrs_of_family(&self, index: u32, ipv4: bool) -> Result<(), NetlinkError> {
+        let messages: Vec<AddressMessage> = self
+            .messages_of(index)
+            .try_collect()
+            .await
+            .map_err(request_error(format!("list addresses of link #{index}")))?;
+        for message in messages {
+            let is_v4 = message
+                .attributes
+                .iter()
+                .any(|attribute| matches!(attribute, AddressAttribute::Address(IpAddr::V4(_))));
+            if is_v4 == ipv4 {
+                self.handle()
+                    .address()
+                    .del(message)
+                    .execute()
+                    .await
+                    .map_err(request_error(format!("remove an address from link #{index}")))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,71 @@
+//! rtnetlink with small verbs. One [`Netlink`] per network namespace: the socket is opened
+//! while the thread is inside the namespace and stays bound to it, so later requests need
+//! no namespace switching. Requires a current-thread tokio runtime (see `netns`).
+mod addr;
+mod link;
+mod route;
+
+pub use link::{Link, LinkKind, VethSpec};
+pub use route::RouteEntry;
+
+use std::io;
+
+use rtnetlink::Handle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("failed to open a netlink socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error("failed to {action}: {source}")]
+    Request {
+        action: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("no network interface {0}")]
+    NoSuchLink(String),
+}
+
+impl NetlinkError {
+    /// The kernel's errno for a failed request.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request {
+                source: rtnetlink::Error::NetlinkError(message),
+                ..
+            } => message.code.map(|code| -code.get()),
+            _ => None,
+        }
+    }
+}
+
+/// A netlink socket bound to one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a socket in the calling thread's network namespace; its connection task runs
+    /// on the current tokio runtime.
+    pub fn open() -> Result<Self, NetlinkError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+/// Wraps an rtnetlink error with what we were doing.
+fn request_error(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let action = action.into();
+    move |source| NetlinkError::Request { action, source }
+}
+
+/// True when a request failed with `errno`.
+fn has_errno(error: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(error, rtnetlink::Error::NetlinkError(message) if message.code.is_some_and(|code| -code.get() == errno))
+}

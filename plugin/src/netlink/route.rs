@@ -1,0 +1,123 @@
+//! Routes in the main table.
+use std::net::IpAddr;
+
+use futures_util::TryStreamExt;
+use ipnetwork::IpNetwork;
+use rtnetlink::{
+    RouteMessageBuilder,
+    packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage},
+};
+
+use super::{Netlink, NetlinkError, has_errno, request_error};
+
+/// A route as CHECK compares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: IpNetwork,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+}
+
+fn build(dst: IpNetwork, gateway: Option<IpAddr>, oif: u32) -> RouteMessage {
+    match (dst, gateway) {
+        (IpNetwork::V4(dst), gateway) => {
+            let mut builder = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .destination_prefix(dst.network(), dst.prefix())
+                .output_interface(oif);
+            if let Some(IpAddr::V4(gateway)) = gateway {
+                builder = builder.gateway(gateway);
+            }
+            builder.build()
+        }
+        (IpNetwork::V6(dst), gateway) => {
+            let mut builder = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(dst.network(), dst.prefix())
+                .output_interface(oif);
+            if let Some(IpAddr::V6(gateway)) = gateway {
+                builder = builder.gateway(gateway);
+            }
+            builder.build()
+        }
+    }
+}
+
+fn address(value: &RouteAddress) -> Option<IpAddr> {
+    match value {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+impl Netlink {
+    /// Adds a route via `gateway` (or on-link when `None`) out of link `oif`; a route that
+    /// exists already is fine.
+    pub async fn add_route(
+        &self,
+        dst: IpNetwork,
+        gateway: Option<IpAddr>,
+        oif: u32,
+    ) -> Result<(), NetlinkError> {
+        match self
+            .handle()
+            .route()
+            .add(build(dst, gateway, oif))
+            .execute()
+            .await
+        {
+            Err(error) if has_errno(&error, libc::EEXIST) => Ok(()),
+            other => other.map_err(request_error(match gateway {
+                Some(gateway) => format!("add route {dst} via {gateway}"),
+                None => format!("add route {dst} on link #{oif}"),
+            })),
+        }
+    }
+
+    /// The routes of the main table of one family.
+    pub async fn routes(&self, ipv4: bool) -> Result<Vec<RouteEntry>, NetlinkError> {
+        let query = if ipv4 {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+        };
+        let messages: Vec<RouteMessage> = self
+            .handle()
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request_error("list routes"))?;
+        Ok(messages
+            .into_iter()
+            .filter(|message| message.header.table == RouteHeader::RT_TABLE_MAIN)
+            .map(|message| {
+                let unspecified: IpAddr = if ipv4 {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                };
+                let mut entry = RouteEntry {
+                    dst: IpNetwork::new(unspecified, message.header.destination_prefix_length)
+                        .unwrap_or_else(|_| IpNetwork::new(unspecified, 0).expect("/0 is a valid prefix")),
+                    gateway: None,
+                    oif: None,
+                };
+                for attribute in &message.attributes {
+                    match attribute {
+                        RouteAttribute::Destination(dst) => {
+                            if let Some(ip) = address(dst) {
+                                entry.dst = IpNetwork::new(ip, message.header.destination_prefix_length)
+                                    .unwrap_or(entry.dst);
+                            }
+                        }
+                        RouteAttribute::Gateway(gateway) => entry.gateway = address(gateway),
+                        RouteAttribute::Oif(oif) => entry.oif = Some(*oif),
+                        _ => {}
+                    }
+                }
+                entry
+            })
+            .collect())
+    }
+}
