@@ -1,8 +1,6 @@
 //! ADD: bridge, address lease, veth pair with its peer created inside the pod, addresses
 //! and routes in the pod. Every step that creates something registers its undo; a failure
 //! at any step undoes them all, so a failed ADD leaves no lease and no veth behind.
-use std::time::{Duration, Instant};
-
 use ipnetwork::IpNetwork;
 
 use super::{block_on, host_veth_name, ipam::Ipam, veth_alias};
@@ -12,7 +10,7 @@ use crate::{
         result::{CniResult, Interface, Route},
     },
     ipam::Owner,
-    netlink::{Link, LinkKind, Netlink, VethSpec},
+    netlink::{Link, Netlink, VethSpec},
     netns::Netns,
     node::{self, BridgeSpec},
 };
@@ -150,8 +148,9 @@ impl Steps<'_> {
                 }
             }
         }
-        let host = wait_oper_up(self.node, host).await?;
-        // The bridge's MAC may change when its first port arrives: report the current one.
+        // Report the devices as they are now: a bridge's MAC changes when its first port
+        // arrives unless it was set explicitly (as flatbridge does for bridges it creates).
+        let host = self.node.require_link(&host_name).await?;
         let bridge = self.node.require_link(&net.bridge).await?;
 
         result.interfaces = vec![
@@ -264,25 +263,4 @@ fn interface(link: &Link, sandbox: Option<String>) -> Interface {
 
 pub fn format_mac(mac: [u8; 6]) -> String {
     mac.map(|byte| format!("{byte:02x}")).join(":")
-}
-
-/// Waits briefly for the host veth to report carrier (both ends up); a port that stays
-/// down is logged, not fatal: the kernel may just be slow to tell.
-async fn wait_oper_up(node: &Netlink, link: Link) -> Result<Link, CniError> {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut link = link;
-    while !link.oper_up && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        link = node.require_link(&link.name).await?;
-    }
-    if !link.oper_up {
-        log::warn!("host veth {} is not operationally up yet", link.name);
-    }
-    if link.kind != LinkKind::Veth {
-        return Err(CniError::new(
-            code::INTERNAL,
-            format!("{} is not a veth", link.name),
-        ));
-    }
-    Ok(link)
 }
