@@ -1,5 +1,5 @@
-//! Accounting of every decision a program takes.
-use aya_ebpf::programs::TcContext;
+//! Accounting of every decision, and the single exit for frames that are dropped.
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use flatbridge_common::Verdict;
 
 use crate::maps::COUNTERS;
@@ -14,5 +14,22 @@ pub fn count(ctx: &TcContext, verdict: Verdict) {
             (*slot).packets += 1;
             (*slot).bytes += u64::from(ctx.len());
         }
+    }
+}
+
+/// Every dropped frame leaves through here: counted under its reason, then shot.
+#[inline(always)]
+pub fn drop_frame(ctx: &TcContext, reason: Verdict) -> i32 {
+    count(ctx, reason);
+    TC_ACT_SHOT
+}
+
+/// Ends a program: a verdict that is an error drops the frame, anything else was counted
+/// by the program and is returned as it is.
+#[inline(always)]
+pub fn finish(ctx: &TcContext, result: Result<i32, Verdict>) -> i32 {
+    match result {
+        Ok(action) => action,
+        Err(reason) => drop_frame(ctx, reason),
     }
 }

@@ -1,10 +1,15 @@
-//! flatbridge's tc programs. One program per file, named by where it is attached.
+//! flatbridge's tc programs. One program per file, named by where it is attached; shared
+//! parsing, ARP answering and accounting in their own files; every map in maps.rs.
 #![no_std]
 #![no_main]
 
+mod arp;
 mod counters;
 mod from_pod;
+mod from_uplink;
 mod maps;
+mod parse;
+mod redirect;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,9 +1,33 @@
 //! Every map of the datapath: the whole kernel/userspace ABI on one screen. The types live
-//! in `flatbridge-common`; the plugin pins these maps under `<bpf_root>/flatbridge/<network>/`.
-use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
-use flatbridge_common::{COUNTER_SLOTS, Counter};
+//! in `flatbridge-common`; the plugin pins these maps under `<bpf_root>/flatbridge/<network>/`
+//! and keeps them in step with the pods. The names must match `flatbridge_common::map_name`.
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, PerCpuArray},
+    macros::btf_map,
+};
+use flatbridge_common::{COUNTER_SLOTS, Counter, Endpoint, Ipv4, MAX_GATEWAYS, MAX_PODS, Mac, NodeConfig};
 
 /// Packets and bytes per [`flatbridge_common::Verdict`], per CPU so that no two programs
 /// ever race on a slot.
 #[btf_map(name = "counters")]
 pub static COUNTERS: PerCpuArray<Counter, { COUNTER_SLOTS as usize }> = PerCpuArray::new();
+
+/// Local pods by MAC.
+#[btf_map(name = "pods_by_mac")]
+pub static PODS_BY_MAC: HashMap<Mac, Endpoint, { MAX_PODS as usize }> = HashMap::new();
+
+/// Local pods by IPv4 address (a pod with two IPv4 addresses has two entries).
+#[btf_map(name = "pods_by_ip")]
+pub static PODS_BY_IP: HashMap<Ipv4, Endpoint, { MAX_PODS as usize }> = HashMap::new();
+
+/// Local pods by the ifindex of their host-side veth.
+#[btf_map(name = "ports")]
+pub static PORTS: HashMap<u32, Endpoint, { MAX_PODS as usize }> = HashMap::new();
+
+/// Gateway addresses the node owns, with the MAC that answers for them.
+#[btf_map(name = "gateways")]
+pub static GATEWAYS: HashMap<Ipv4, Mac, { MAX_GATEWAYS as usize }> = HashMap::new();
+
+/// The node's settings at index 0.
+#[btf_map(name = "node")]
+pub static NODE: Array<NodeConfig, 1> = Array::new();

@@ -1,9 +1,11 @@
 //! The `flatbridge` binary. With CNI_COMMAND set it is a CNI plugin (a runtime called
 //! it); otherwise it offers the operator subcommands.
-use clap::Parser;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
 use flatbridge::{
-    cmd::Flatbridge,
-    cni::{self, CniError, CniVersion, code},
+    cmd::{Flatbridge, inspect},
+    cni::{self, CniError, CniVersion, code, config::DEFAULT_BPF_ROOT},
 };
 
 #[derive(Parser)]
@@ -13,11 +15,32 @@ use flatbridge::{
     about = "A CNI plugin for bare-metal Kubernetes on a flat L2 network",
     long_about = "A CNI plugin for bare-metal Kubernetes on a flat L2 network.\n\n\
                   Container runtimes run it with CNI_COMMAND set and the network config on stdin; \
-                  without CNI_COMMAND it offers operator subcommands."
+                  without CNI_COMMAND it offers operator subcommands. Run them on the node (in its \
+                  network namespace)."
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Operator,
+}
 
-fn main() {
+#[derive(Subcommand)]
+enum Operator {
+    /// Show the fast path of each network on this node: programs and where they are
+    /// attached, node settings, known pods, gateways answered for, counters.
+    Status {
+        /// Only this network.
+        #[arg(long)]
+        network: Option<String>,
+        /// Where the BPF filesystem is (the `bpfRoot` of the network config).
+        #[arg(long, default_value = DEFAULT_BPF_ROOT)]
+        bpf_root: PathBuf,
+        /// Print JSON for scripts instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
     if std::env::var_os("CNI_COMMAND").is_some() {
         // stdout is the protocol: even a bug must end in an error JSON, never in a bare
         // panic message the runtime cannot parse.
@@ -28,5 +51,19 @@ fn main() {
         }));
         std::process::exit(cni::run(&Flatbridge));
     }
-    Cli::parse();
+    match Cli::parse().command {
+        Operator::Status {
+            network,
+            bpf_root,
+            json,
+        } => {
+            let report = inspect::report(&bpf_root, network.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", inspect::render(&report));
+            }
+        }
+    }
+    Ok(())
 }

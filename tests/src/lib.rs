@@ -12,6 +12,7 @@ pub mod node;
 pub mod pod;
 pub mod sweep;
 pub mod tempdir;
+pub mod traffic;
 
 pub use bpffs::BpfFs;
 pub use netns::Netns;

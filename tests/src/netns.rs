@@ -69,6 +69,16 @@ impl Netns {
             .expect("ifindex in `ip -o link`")
     }
 
+    /// The MAC address of `ifname`, lower case.
+    pub fn mac(&self, ifname: &str) -> String {
+        let link = self.ok(&["ip", "-o", "link", "show", "dev", ifname]);
+        link.split("link/ether ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no MAC in {link}"))
+            .to_lowercase()
+    }
+
     /// Moves one end of a new veth pair into `peer`: `local` stays here, `remote` goes there.
     pub fn add_veth(&self, local: &str, peer: &Netns, remote: &str) {
         self.ok(&[

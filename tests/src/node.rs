@@ -221,6 +221,54 @@ impl Node {
             .collect()
     }
 
+    /// Enslaves a new veth `local` to the node's cni0 bridge; its peer `remote` goes into
+    /// `peer` (an uplink to a switch or an external host).
+    pub fn add_veth_to_bridge(&self, local: &str, peer: &Netns, remote: &str) {
+        self.netns.add_veth(local, peer, remote);
+        self.netns.ok(&["ip", "link", "set", local, "master", "cni0"]);
+    }
+
+    /// `flatbridge status --json` on this node.
+    pub fn status(&self) -> Value {
+        let output = self
+            .command(&self.plugin())
+            .args(["status", "--json"])
+            .output()
+            .expect("run flatbridge status");
+        assert!(
+            output.status.success(),
+            "flatbridge status failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
+    }
+
+    /// `flatbridge status` as a person reads it.
+    pub fn status_text(&self) -> String {
+        let output = self
+            .command(&self.plugin())
+            .arg("status")
+            .output()
+            .expect("run flatbridge status");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The packets a datapath counter of `network` holds now.
+    pub fn counter(&self, network: &str, verdict: &str) -> u64 {
+        let status = self.status();
+        let networks = status["networks"].as_array().cloned().unwrap_or_default();
+        let Some(report) = networks.iter().find(|report| report["network"] == network) else {
+            return 0;
+        };
+        report["counters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|counter| counter["verdict"] == verdict)
+            .and_then(|counter| counter["packets"].as_u64())
+            .unwrap_or_else(|| panic!("no counter {verdict} in {report}"))
+    }
+
     /// The plugin's log on this node.
     pub fn log(&self) -> String {
         fs::read_to_string(self.state.path().join("log/flatbridge.log")).unwrap_or_default()

@@ -1,10 +1,7 @@
 //! The eBPF chain end to end: the embedded object is loaded and pinned under a private BPF
 //! root, its program attached to tc ingress of a veth in a node namespace; real packets
 //! raise its counter; after detaching, nothing of it is left on the device.
-use flatbridge::{
-    datapath::{Datapath, Hook},
-    netns::Netns as PluginNetns,
-};
+use flatbridge::{datapath::Datapath, netns::Netns as PluginNetns};
 use flatbridge_common::{Verdict, program_name};
 use flatbridge_tests::{BpfFs, Netns, check, require_root};
 
@@ -14,7 +11,7 @@ fn pass_to_bridge_packets(datapath: &Datapath) -> u64 {
     let counters = datapath.counters().expect("read counters");
     counters
         .iter()
-        .find(|count| count.verdict == Verdict::PassToBridge)
+        .find(|count| count.verdict == Verdict::PodToBridge)
         .expect("pass_to_bridge counter")
         .total
         .packets
@@ -48,13 +45,13 @@ fn program_counts_real_packets_until_detached() {
 
     // Load, attach and let every userspace handle go: only the pins keep it alive.
     in_node(&node, || {
-        let datapath = Datapath::ensure_loaded(bpffs.path(), NETWORK).expect("load datapath");
+        let (datapath, _) = Datapath::ensure_loaded(bpffs.path(), NETWORK).expect("load datapath");
         datapath
-            .attach(program_name::FROM_POD, "hostveth", Hook::Ingress)
+            .attach(program_name::FROM_POD, "hostveth")
             .expect("attach");
     });
     let datapath = Datapath::open(bpffs.path(), NETWORK).expect("open the pinned datapath");
-    assert!(datapath.is_attached("hostveth", Hook::Ingress));
+    assert!(in_node(&node, || datapath.is_attached(program_name::FROM_POD, "hostveth")));
 
     // bpftool finds the program and the map by name, with BTF field names.
     let layout = datapath.layout().clone();
@@ -109,8 +106,12 @@ fn program_counts_real_packets_until_detached() {
         "counter went from {before} to {after} for 5 pings"
     );
 
-    assert!(datapath.detach("hostveth", Hook::Ingress).expect("detach"));
-    assert!(!datapath.is_attached("hostveth", Hook::Ingress));
+    assert!(
+        datapath
+            .detach(program_name::FROM_POD, "hostveth")
+            .expect("detach")
+    );
+    assert!(!in_node(&node, || datapath.is_attached(program_name::FROM_POD, "hostveth")));
     let attached = in_node(&node, || {
         aya::programs::SchedClassifier::query_tcx("hostveth", aya::programs::TcAttachType::Ingress)
             .expect("query tcx")

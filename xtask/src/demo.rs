@@ -1,16 +1,13 @@
 //! `cargo xtask demo`: the main job, shown to a person. One simulated node (a network
 //! namespace with its own view of /var/lib/cni, /var/log and /sys/fs/bpf), two pods added
 //! with the seed config of the reference bridge recipe — only the type changed — their
-//! addresses, pings, an iperf3 run between them, then DEL and a check that nothing is left.
+//! addresses, pings, an iperf3 run between them with the fast path's counters, then DEL
+//! and a check that nothing is left.
 //! Everything happens inside namespaces the demo creates and removes.
-use std::{
-    process::{Command, Stdio},
-    time::Instant,
-};
+use std::{process::Command, time::Instant};
 
 use anyhow::{Context, bail};
-use flatbridge_tests::{Node, Pod, seed_config};
-use serde_json::Value;
+use flatbridge_tests::{Node, Pod, seed_config, traffic};
 
 use crate::{
     build, setup,
@@ -81,8 +78,21 @@ pub fn run() -> anyhow::Result<()> {
             .collect::<Vec<_>>();
         println!("pod-a -> {what} ({target}): {}", summary.join("; "));
     }
-    let throughput = iperf3(&pods, &addresses[1])?;
-    println!("iperf3 pod-a -> pod-b, 3 s: {throughput:.2} Gbit/s (through the bridge)");
+    section("the fast path");
+    let before = fast_path_counters(&node);
+    let report = traffic::iperf3(&pods[0].netns, &pods[1].netns, &addresses[1], &["-t", "3"])
+        .map_err(anyhow::Error::msg)?;
+    let throughput = traffic::received_gbits(&report).context("iperf3 report without a received total")?;
+    let after = fast_path_counters(&node);
+    println!("iperf3 pod-a -> pod-b, 3 s: {throughput:.2} Gbit/s");
+    println!("datapath counters during the run (packets):");
+    for ((verdict, was), (_, now)) in before.iter().zip(&after) {
+        if now > was {
+            println!("  {verdict:<22} +{}", now - was);
+        }
+    }
+    println!("\nnode# flatbridge status");
+    print!("{}", node.status_text());
 
     section("DEL and clean up");
     for (name, pod) in ["pod-a", "pod-b"].iter().zip(&pods) {
@@ -101,25 +111,18 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Throughput from pod-a to the iperf3 server in pod-b, in Gbit/s.
-fn iperf3(pods: &[Pod; 2], server: &str) -> anyhow::Result<f64> {
-    let mut server_process = pods[1]
-        .netns
-        .command("iperf3")
-        .args(["-s", "-1"])
-        .stdout(Stdio::null())
-        .spawn()
-        .context("start the iperf3 server")?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let client = pods[0].netns.run(&["iperf3", "-c", server, "-t", "3", "-J"]);
-    let _ = server_process.kill();
-    let _ = server_process.wait();
-    if !client.status.success() {
-        bail!("iperf3 failed: {}", String::from_utf8_lossy(&client.stdout));
-    }
-    let report: Value = serde_json::from_slice(&client.stdout).context("iperf3 -J output")?;
-    report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|bits| bits / 1e9)
-        .context("iperf3 report without end.sum_received")
+/// The datapath's packet counters, by verdict.
+fn fast_path_counters(node: &Node) -> Vec<(String, u64)> {
+    let status = node.status();
+    status["networks"][0]["counters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|counter| {
+            (
+                counter["verdict"].as_str().unwrap_or_default().to_owned(),
+                counter["packets"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
 }

@@ -3,7 +3,7 @@
 //! at any step undoes them all, so a failed ADD leaves no lease and no veth behind.
 use ipnetwork::IpNetwork;
 
-use super::{block_on, host_veth_name, ipam::Ipam, veth_alias};
+use super::{block_on, fastpath, host_veth_name, ipam::Ipam, veth_alias};
 use crate::{
     cni::{
         CniError, Request, code,
@@ -18,12 +18,15 @@ use crate::{
 /// What a failed ADD must take back, in reverse order of creation.
 #[derive(Default)]
 struct Undo {
+    fast_path: fastpath::Added,
     host_veth: Option<String>,
     leased: bool,
 }
 
 impl Undo {
     async fn run(self, node: &Netlink, ipam: Option<&Ipam>, request: &Request, owner: &Owner) {
+        // The endpoint goes before the veth, so no program ever redirects to a dead port.
+        fastpath::undo_add(request, self.fast_path);
         if let Some(name) = self.host_veth {
             let deleted = match node.link_by_name(&name).await {
                 Ok(Some(link)) => node.delete_link(link.index).await,
@@ -148,10 +151,23 @@ impl Steps<'_> {
                 }
             }
         }
-        // Report the devices as they are now: a bridge's MAC changes when its first port
-        // arrives unless it was set explicitly (as flatbridge does for bridges it creates).
+        // The devices as they are now: a bridge's MAC changes when its first port arrives
+        // unless it was set explicitly (as flatbridge does for bridges it creates).
         let host = self.node.require_link(&host_name).await?;
         let bridge = self.node.require_link(&net.bridge).await?;
+        if config.fast_path() {
+            let pod_mac = pod_link.mac.unwrap_or_default();
+            fastpath::add_pod(
+                self.request,
+                self.node,
+                &bridge,
+                &host,
+                pod_mac,
+                &result,
+                &mut undo.fast_path,
+            )
+            .await?;
+        }
 
         result.interfaces = vec![
             interface(&bridge, None),
@@ -186,6 +202,7 @@ impl Steps<'_> {
     async fn clear_leftovers(&self, host_name: &str) -> Result<(), CniError> {
         if let Some(stale) = self.node.link_by_name(host_name).await? {
             log::warn!("removing leftover veth {host_name} of an earlier ADD");
+            fastpath::del_pod(self.request, self.node, host_name, Some(&stale)).await?;
             self.node.delete_link(stale.index).await?;
         }
         if self.pod.link_by_name(self.ifname).await?.is_some() {

@@ -1,6 +1,6 @@
 //! DEL: idempotent and best effort. A missing namespace, veth or lease is success; every
 //! step runs even when an earlier one failed, and the failures are reported together.
-use super::{block_on, host_veth_name, ipam::Ipam};
+use super::{block_on, fastpath, host_veth_name, ipam::Ipam};
 use crate::{
     cni::{CniError, Request},
     ipam::Owner,
@@ -39,10 +39,14 @@ pub fn del(request: &Request) -> Result<(), CniError> {
 async fn delete_links(request: &Request, owner: &Owner) -> Result<(), CniError> {
     let node = Netlink::open()?;
     let host_name = host_veth_name(&request.config.net.name, &owner.container_id, &owner.ifname);
-    if let Some(host) = node.link_by_name(&host_name).await? {
+    let host = node.link_by_name(&host_name).await?;
+    // The endpoint goes before the veth, so no program ever redirects to a dead port.
+    let forgotten = fastpath::del_pod(request, &node, &host_name, host.as_ref()).await;
+    if let Some(host) = host {
         // Deleting one end of a veth pair deletes both.
         node.delete_link(host.index).await?;
     }
+    forgotten?;
     let Some(path) = &request.env.netns else {
         return Ok(());
     };

@@ -2,9 +2,10 @@
 //! attachment is not in `cni.dev/valid-attachments`.
 use std::collections::HashSet;
 
-use super::{block_on, ipam::Ipam, parse_veth_alias};
+use super::{block_on, fastpath, ipam::Ipam, parse_veth_alias};
 use crate::{
     cni::{CniError, Request, code},
+    datapath::Datapath,
     ipam::Owner,
     netlink::Netlink,
 };
@@ -39,6 +40,10 @@ pub fn gc(request: &Request) -> Result<(), CniError> {
                 log::info!("GC removes veth {} of {container_id}/{ifname}", link.name);
                 node.delete_link(link.index).await?;
             }
+        }
+        let config = &request.config;
+        if let Ok(datapath) = Datapath::open(&config.bpf_root(), network) {
+            fastpath::sweep(&datapath, &node, None).await?;
         }
         Ok(())
     })?;

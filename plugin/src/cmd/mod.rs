@@ -4,7 +4,9 @@
 mod add;
 mod check;
 mod del;
+mod fastpath;
 mod gc;
+pub mod inspect;
 mod ipam;
 mod status;
 
@@ -101,7 +103,7 @@ pub fn veth_alias(network: &str, container_id: &str, ifname: &str) -> String {
     format!("{ALIAS_PREFIX}{network}:{container_id}:{ifname}")
 }
 
-const ALIAS_PREFIX: &str = "flatbridge:";
+pub(crate) const ALIAS_PREFIX: &str = "flatbridge:";
 
 /// The (container ID, ifname) of a veth alias written for `network`.
 pub fn parse_veth_alias<'a>(alias: &'a str, network: &str) -> Option<(&'a str, &'a str)> {

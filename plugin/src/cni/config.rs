@@ -102,6 +102,16 @@ pub struct NetConf {
     /// Where the BPF filesystem is (its pins go to `<bpfRoot>/flatbridge/<name>/`).
     #[serde(default)]
     pub bpf_root: Option<PathBuf>,
+    /// The eBPF fast path (default on); off gives the plain bridge.
+    #[serde(default)]
+    pub fast_path: Option<bool>,
+    /// Drop frames whose source MAC or IPv4 is not the sending pod's (default on).
+    #[serde(default)]
+    pub anti_spoof: Option<bool>,
+    /// The bridge port that leads to the wire; found by itself when the bridge has exactly
+    /// one port that is not a pod.
+    #[serde(default)]
+    pub uplink: Option<String>,
     #[serde(default)]
     pub log_file: Option<PathBuf>,
     /// error, warn, info, debug or trace.
@@ -195,7 +205,11 @@ impl Config {
                 "preserveDefaultVlan",
                 "VLAN filtering on the bridge is not supported",
             ),
-            (net.mac_spoof_check, "macspoofchk", "not supported yet"),
+            (
+                net.mac_spoof_check && net.fast_path == Some(false),
+                "macspoofchk",
+                "source checks are done by the fast path, which this config turns off",
+            ),
             (
                 net.disable_container_interface,
                 "disableContainerInterface",
@@ -208,6 +222,14 @@ impl Config {
                 code::UNSUPPORTED_FIELD,
                 format!("{field} is not supported by flatbridge: {why}"),
             ));
+        }
+        if let Some(uplink) = &net.uplink {
+            super::env::validate_ifname(uplink).map_err(|why| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("uplink {uplink:?} is not a valid interface name: {why}"),
+                )
+            })?;
         }
         if let Some(mac) = self.requested_mac_text() {
             parse_mac(mac)?;
@@ -240,6 +262,15 @@ impl Config {
     /// isDefaultGateway implies isGateway, as in the reference plugin.
     pub fn is_gateway(&self) -> bool {
         self.net.is_gateway || self.net.is_default_gateway
+    }
+
+    pub fn fast_path(&self) -> bool {
+        self.net.fast_path.unwrap_or(true)
+    }
+
+    /// On by default; `macspoofchk` (the reference plugin's name) turns it on too.
+    pub fn anti_spoof(&self) -> bool {
+        self.net.anti_spoof.unwrap_or(true) || self.net.mac_spoof_check
     }
 
     pub fn bpf_root(&self) -> PathBuf {
@@ -338,6 +369,8 @@ mod tests {
         assert!(!config.is_gateway());
         assert_eq!(config.ipam_type().expect("ipam"), Some("host-local"));
         assert_eq!(config.bpf_root(), PathBuf::from("/sys/fs/bpf"));
+        assert!(config.fast_path());
+        assert!(config.anti_spoof());
     }
 
     #[test]
@@ -365,6 +398,8 @@ mod tests {
             (with("logLevel", r#""loud""#), code::INVALID_CONFIG),
             (with("ipMasq", "true"), code::UNSUPPORTED_FIELD),
             (with("vlan", "100"), code::UNSUPPORTED_FIELD),
+            (with("uplink", r#""a b""#), code::INVALID_CONFIG),
+            (with("fastPath", r#""yes""#), code::DECODE_FAILURE),
             (
                 with("runtimeConfig", r#"{"mac":"zz:00:00:00:00:01"}"#),
                 code::INVALID_CONFIG,

@@ -4,6 +4,11 @@
 //! The plugin is a short-lived process: everything it sets up must outlive it. Maps and
 //! programs are pinned; each attachment is a TCX link, and a TCX link lives as long as its
 //! pin does, so removing the pin is how a program is detached.
+//!
+//! A node that runs programs of another build (a plugin upgrade) gets the new programs on
+//! the next call: the object is loaded again over the same pinned maps, and every pinned
+//! link is switched to the new program atomically (`BPF_LINK_UPDATE`), without a moment in
+//! which a device has no program.
 use std::{
     fs::{self, File},
     io,
@@ -15,7 +20,7 @@ use aya::{
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
-        tc::TcAttachOptions,
+        tc::{SchedClassifierLink, TcAttachOptions},
     },
 };
 use flatbridge_common::{PIN_DIR, map_name, program_name};
@@ -25,40 +30,12 @@ use nix::{
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 
-use super::{BPF_OBJECT, DatapathError};
-
-/// Every map of the object; each is pinned by name in the network's directory, and a map
-/// already pinned there is reused, so counters and endpoints survive a reload.
-const MAPS: [&str; 1] = [map_name::COUNTERS];
-
-/// Every program of the object.
-const PROGRAMS: [&str; 1] = [program_name::FROM_POD];
-
-/// Where a program is attached on a device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    Ingress,
-    Egress,
-}
-
-impl Hook {
-    fn attach_type(self) -> TcAttachType {
-        match self {
-            Hook::Ingress => TcAttachType::Ingress,
-            Hook::Egress => TcAttachType::Egress,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Hook::Ingress => "ingress",
-            Hook::Egress => "egress",
-        }
-    }
-}
+use super::{BPF_OBJECT, BPF_OBJECT_HASH, DatapathError};
 
 /// The pin paths of one network on one node:
-/// `<root>/flatbridge/<network>/<map>`, `.../progs/<program>`, `.../links/<ifname>@<hook>`.
+/// `<root>/flatbridge/<network>/<map>`, `.../progs/<program>`,
+/// `.../links/<program>/<ifname>`, and `.../build-<hash>`, which says which build of the
+/// programs is loaded.
 #[derive(Clone, Debug)]
 pub struct PinLayout {
     dir: PathBuf,
@@ -84,13 +61,16 @@ impl PinLayout {
         self.dir.join("progs").join(name)
     }
 
-    pub fn links_dir(&self) -> PathBuf {
-        self.dir.join("links")
+    pub fn links_dir(&self, program: &str) -> PathBuf {
+        self.dir.join("links").join(program)
     }
 
-    pub fn link(&self, ifname: &str, hook: Hook) -> PathBuf {
-        self.links_dir()
-            .join(format!("{}@{}", escape_pin_name(ifname), hook.name()))
+    pub fn link(&self, program: &str, ifname: &str) -> PathBuf {
+        self.links_dir(program).join(escape_pin_name(ifname))
+    }
+
+    fn build_marker(&self, hash: &str) -> PathBuf {
+        self.dir.join(format!("build-{hash}"))
     }
 }
 
@@ -98,6 +78,10 @@ impl PinLayout {
 /// percent-escape it, and the escape character itself, so distinct names stay distinct.
 fn escape_pin_name(name: &str) -> String {
     name.replace('%', "%25").replace('.', "%2e")
+}
+
+fn unescape_pin_name(name: &str) -> String {
+    name.replace("%2e", ".").replace("%25", "%")
 }
 
 /// Makes sure `bpf_root` is a BPF filesystem, mounting one when it is not (as on a node
@@ -130,27 +114,23 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads and pins the object unless a previous call already did. Concurrent callers
+    /// Loads and pins the object unless this build is loaded already. Concurrent callers
     /// (many first ADDs at once) are serialised by a lock on the network's pin directory.
-    pub fn ensure_loaded(bpf_root: &Path, network: &str) -> Result<Self, DatapathError> {
+    /// Returns whether this call loaded it.
+    pub fn ensure_loaded(bpf_root: &Path, network: &str) -> Result<(Self, bool), DatapathError> {
         ensure_bpffs(bpf_root)?;
-        let layout = PinLayout::new(bpf_root, network);
-        for dir in [layout.dir().join("progs"), layout.links_dir()] {
-            fs::create_dir_all(&dir).map_err(|source| DatapathError::Io {
-                action: "create pin directory",
-                path: dir.clone(),
-                source,
-            })?;
-        }
-        let _lock = lock_dir(layout.dir())?;
         let datapath = Self {
-            layout,
+            layout: PinLayout::new(bpf_root, network),
             network: network.to_owned(),
         };
-        if !datapath.is_loaded() {
+        let progs = datapath.layout.dir().join("progs");
+        create_dir(&progs)?;
+        let _lock = lock_dir(datapath.layout.dir())?;
+        let load = !datapath.is_loaded();
+        if load {
             datapath.load()?;
         }
-        Ok(datapath)
+        Ok((datapath, load))
     }
 
     /// Opens an already loaded datapath without loading anything.
@@ -159,14 +139,26 @@ impl Datapath {
             layout: PinLayout::new(bpf_root, network),
             network: network.to_owned(),
         };
-        if datapath.is_loaded() {
+        if datapath.has_programs() {
             Ok(datapath)
         } else {
             Err(DatapathError::NotLoaded {
                 network: network.to_owned(),
-                path: datapath.layout.program(PROGRAMS[0]),
+                path: datapath.layout.program(program_name::FROM_POD),
             })
         }
+    }
+
+    /// The networks with a datapath under `bpf_root`.
+    pub fn networks(bpf_root: &Path) -> Vec<String> {
+        let mut networks: Vec<String> = fs::read_dir(bpf_root.join(PIN_DIR))
+            .map(|dir| {
+                dir.filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        networks.sort();
+        networks
     }
 
     pub fn layout(&self) -> &PinLayout {
@@ -177,21 +169,26 @@ impl Datapath {
         &self.network
     }
 
-    fn is_loaded(&self) -> bool {
-        PROGRAMS
+    fn has_programs(&self) -> bool {
+        program_name::ALL
             .iter()
             .all(|program| self.layout.program(program).exists())
     }
 
+    /// True when the programs of this very build are pinned.
+    fn is_loaded(&self) -> bool {
+        self.has_programs() && self.layout.build_marker(BPF_OBJECT_HASH).exists()
+    }
+
     fn load(&self) -> Result<(), DatapathError> {
         let mut loader = EbpfLoader::new();
-        for map in MAPS {
+        for map in map_name::ALL {
             loader.map_pin_path(map, self.layout.map(map));
         }
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .map_err(|error| DatapathError::Load(Box::new(error)))?;
-        for name in PROGRAMS {
+        for name in program_name::ALL {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(DatapathError::MissingProgram(name))?
@@ -200,31 +197,50 @@ impl Datapath {
             program
                 .load()
                 .map_err(|error| program_error("load", name, error))?;
+            // Devices attached to an older build switch to this one atomically.
+            for ifname in self.attached(name) {
+                let path = self.layout.link(name, &ifname);
+                let link = PinnedLink::from_pin(&path)
+                    .map_err(|source| link_error(name, &ifname, source))
+                    .and_then(|pinned| {
+                        SchedClassifierLink::try_from(FdLink::from(pinned))
+                            .map_err(|source| link_error(name, &ifname, source))
+                    })?;
+                program
+                    .attach_to_link(link)
+                    .map_err(|error| program_error("switch to the new build of", name, error))?;
+            }
             let path = self.layout.program(name);
-            // A pin left by a process that died half-way through loading is replaced.
+            // A pin of an older build, or of a process that died half-way, is replaced.
             remove_pin(&path)?;
             program
                 .pin(&path)
                 .map_err(|source| DatapathError::Pin { path, source })?;
         }
+        for entry in fs::read_dir(self.layout.dir()).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("build-") {
+                let _ = fs::remove_dir(entry.path());
+            }
+        }
+        create_dir(&self.layout.build_marker(BPF_OBJECT_HASH))?;
         log::info!(
-            "loaded the eBPF datapath of network {} into {:?}",
+            "loaded build {BPF_OBJECT_HASH} of the eBPF datapath of network {} into {}",
             self.network,
-            self.layout.dir()
+            self.layout.dir().display()
         );
         Ok(())
     }
 
-    /// Attaches `program` to `hook` of the device `ifname` in the calling thread's network
-    /// namespace and pins the link, so it stays attached after this process exits.
+    /// Attaches `program` to tc ingress of the device `ifname` in the calling thread's
+    /// network namespace and pins the link, so it stays attached after this process exits.
     /// Attaching again replaces the previous attachment.
-    pub fn attach(&self, program: &'static str, ifname: &str, hook: Hook) -> Result<(), DatapathError> {
+    pub fn attach(&self, program: &'static str, ifname: &str) -> Result<(), DatapathError> {
         let mut classifier = SchedClassifier::from_pin(self.layout.program(program))
             .map_err(|error| program_error("open pinned", program, error))?;
         let link_id = classifier
             .attach_with_options(
                 ifname,
-                hook.attach_type(),
+                TcAttachType::Ingress,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
             .map_err(|error| program_error("attach over TCX", program, error))?;
@@ -232,27 +248,43 @@ impl Datapath {
             .take_link(link_id)
             .map_err(|error| program_error("take the link of", program, error))?
             .try_into()
-            .map_err(|source| DatapathError::Link {
-                program,
-                ifname: ifname.to_owned(),
-                source: Box::new(source),
-            })?;
-        let path = self.layout.link(ifname, hook);
+            .map_err(|source| link_error(program, ifname, source))?;
+        create_dir(&self.layout.links_dir(program))?;
+        let path = self.layout.link(program, ifname);
         remove_pin(&path)?;
         link.pin(&path)
             .map_err(|source| DatapathError::Pin { path, source })?;
         Ok(())
     }
 
-    /// Detaches whatever this network attached to `hook` of `ifname`. Returns false when
-    /// nothing was attached.
-    pub fn detach(&self, ifname: &str, hook: Hook) -> Result<bool, DatapathError> {
-        remove_pin(&self.layout.link(ifname, hook))
+    /// Detaches `program` from `ifname`. Returns false when it was not attached.
+    pub fn detach(&self, program: &str, ifname: &str) -> Result<bool, DatapathError> {
+        remove_pin(&self.layout.link(program, ifname))
     }
 
-    /// True when this network has a live attachment on `hook` of `ifname`.
-    pub fn is_attached(&self, ifname: &str, hook: Hook) -> bool {
-        PinnedLink::from_pin(self.layout.link(ifname, hook)).is_ok()
+    /// The devices `program` has a pinned link on.
+    pub fn attached(&self, program: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.layout.links_dir(program))
+            .map(|dir| {
+                dir.filter_map(|entry| Some(unescape_pin_name(&entry.ok()?.file_name().into_string().ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// True when `program` is attached to tc ingress of `ifname` in the calling thread's
+    /// namespace, as the kernel says (not only as the pins say).
+    pub fn is_attached(&self, program: &str, ifname: &str) -> bool {
+        let Ok(pinned) = SchedClassifier::from_pin(self.layout.program(program)) else {
+            return false;
+        };
+        let Ok(info) = pinned.info() else {
+            return false;
+        };
+        SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+            .is_ok_and(|(_, programs)| programs.iter().any(|attached| attached.id() == info.id()))
     }
 
     /// Detaches every program and removes every pin of this network.
@@ -263,6 +295,14 @@ impl Datapath {
             source,
         })
     }
+}
+
+fn create_dir(dir: &Path) -> Result<(), DatapathError> {
+    fs::create_dir_all(dir).map_err(|source| DatapathError::Io {
+        action: "create pin directory",
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 fn lock_dir(dir: &Path) -> Result<Flock<File>, DatapathError> {
@@ -300,6 +340,14 @@ fn program_error(
     }
 }
 
+fn link_error(program: &str, ifname: &str, source: aya::programs::links::LinkError) -> DatapathError {
+    DatapathError::Link {
+        program: program.to_owned(),
+        ifname: ifname.to_owned(),
+        source: Box::new(source),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,12 +364,12 @@ mod tests {
             Path::new("/sys/fs/bpf/flatbridge/data/progs/from_pod")
         );
         assert_eq!(
-            layout.link("bond0.100", Hook::Ingress),
-            Path::new("/sys/fs/bpf/flatbridge/data/links/bond0%2e100@ingress")
+            layout.link("from_uplink", "bond0.100"),
+            Path::new("/sys/fs/bpf/flatbridge/data/links/from_uplink/bond0%2e100")
         );
-        assert_ne!(
-            layout.link("a%2eb", Hook::Egress),
-            layout.link("a.b", Hook::Egress)
-        );
+        assert_ne!(layout.link("from_pod", "a%2eb"), layout.link("from_pod", "a.b"));
+        for name in ["bond0.100", "a%2eb", "eth0", "x.%.y"] {
+            assert_eq!(unescape_pin_name(&escape_pin_name(name)), name);
+        }
     }
 }

@@ -3,13 +3,16 @@
 mod loader;
 mod maps;
 
-pub use loader::{Datapath, Hook, PinLayout, ensure_bpffs};
+pub use loader::{Datapath, PinLayout, ensure_bpffs};
 pub use maps::VerdictCount;
 
 use std::path::PathBuf;
 
 /// The object built by `cargo xtask build-ebpf`, embedded at build time (see build.rs).
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FLATBRIDGE_BPF_OBJECT"));
+
+/// A fingerprint of [`BPF_OBJECT`]: which build of the programs a node runs.
+pub const BPF_OBJECT_HASH: &str = env!("FLATBRIDGE_BPF_HASH");
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -37,9 +40,9 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("failed to turn the TCX attachment of {program} on {ifname} into a pinnable link: {source}")]
+    #[error("failed to handle the TCX link of {program} on {ifname}: {source}")]
     Link {
-        program: &'static str,
+        program: String,
         ifname: String,
         #[source]
         source: Box<aya::programs::links::LinkError>,

@@ -199,6 +199,13 @@ impl Netlink {
             .await
     }
 
+    /// Sets the MAC address. On a bridge this also stops the kernel from changing the MAC
+    /// as ports come and go.
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index).address(mac.to_vec()).build();
+        self.set(message, format!("set the MAC of link #{index}")).await
+    }
+
     pub async fn set_master(&self, index: u32, master: u32) -> Result<(), NetlinkError> {
         let message = LinkUnspec::new_with_index(index).controller(master).build();
         self.set(message, format!("attach link #{index} to #{master}"))

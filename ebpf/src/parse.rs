@@ -1,0 +1,87 @@
+//! Bounds-checked access to the headers the programs read. Every access goes through
+//! [`header`], which the verifier can follow: a pointer is handed out only when the whole
+//! header lies before `data_end`.
+use core::mem::size_of;
+
+use aya_ebpf::programs::TcContext;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_HLEN: usize = size_of::<EthHdr>();
+pub const ARPOP_REQUEST: u16 = 1;
+pub const ARPOP_REPLY: u16 = 2;
+/// skb->pkt_type for frames addressed to this host.
+pub const PACKET_HOST: u32 = 0;
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    /// Network order.
+    pub proto: u16,
+}
+
+/// An ARP packet for IPv4 over Ethernet (RFC 826), all fields in network order.
+#[repr(C)]
+pub struct ArpIpv4 {
+    pub htype: u16,
+    pub ptype: u16,
+    pub hlen: u8,
+    pub plen: u8,
+    pub op: u16,
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: u16,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+/// A pointer to the `T` at `offset` into the frame, when all of it is inside the frame.
+#[inline(always)]
+pub fn header<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// True for group (broadcast and multicast) addresses.
+#[inline(always)]
+pub fn is_group(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 == 1
+}
+
+/// Compares MACs byte by byte: the verifier refuses wide loads at odd stack offsets.
+#[inline(always)]
+pub fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
+}
+
+/// The ifindex of the device the frame arrived on (the device the program is attached to).
+#[inline(always)]
+pub fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: `skb` points at the context the kernel passed to the program.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// True when the frame carries a VLAN tag outside its data (hardware-accelerated tag).
+#[inline(always)]
+pub fn has_vlan_tag(ctx: &TcContext) -> bool {
+    // SAFETY: as above.
+    unsafe { (*ctx.skb.skb).vlan_present != 0 }
+}

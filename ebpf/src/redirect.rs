@@ -1,0 +1,40 @@
+//! The two ways a frame leaves the fast path: out of a device (`bpf_redirect`, to its
+//! egress) or into a pod (`bpf_redirect_peer`, to the ingress of the veth peer inside the
+//! pod's namespace). Both count the frame under `verdict`; a refused redirect drops it.
+use aya_ebpf::{
+    bindings::TC_ACT_REDIRECT,
+    cty::c_long,
+    helpers::generated::{bpf_redirect, bpf_redirect_peer},
+    programs::TcContext,
+};
+use flatbridge_common::Verdict;
+
+use crate::{counters::count, parse::PACKET_HOST};
+
+#[inline(always)]
+fn done(ctx: &TcContext, action: c_long, verdict: Verdict) -> Result<i32, Verdict> {
+    if action != c_long::from(TC_ACT_REDIRECT) {
+        return Err(Verdict::DropRedirectFailed);
+    }
+    count(ctx, verdict);
+    Ok(TC_ACT_REDIRECT)
+}
+
+/// Out of device `ifindex` (its egress).
+#[inline(always)]
+pub fn to_device(ctx: &TcContext, ifindex: u32, verdict: Verdict) -> Result<i32, Verdict> {
+    // SAFETY: a plain helper call; it only records where the frame goes.
+    let action = unsafe { bpf_redirect(ifindex, 0) };
+    done(ctx, action, verdict)
+}
+
+/// Into the pod behind host veth `ifindex`. Only valid from tc ingress. Before 6.15 the
+/// kernel keeps the pkt_type computed against the receiving device's MAC
+/// (PACKET_OTHERHOST), which the pod would drop: mark the frame as the host's.
+#[inline(always)]
+pub fn to_pod(ctx: &TcContext, ifindex: u32, verdict: Verdict) -> Result<i32, Verdict> {
+    let _ = ctx.change_type(PACKET_HOST);
+    // SAFETY: a plain helper call.
+    let action = unsafe { bpf_redirect_peer(ifindex, 0) };
+    done(ctx, action, verdict)
+}

@@ -1,0 +1,199 @@
+//! The fast path's share of ADD, DEL and GC: the node's settings, the pod's endpoint and
+//! the programs on the pod's host veth and on the uplink.
+use std::net::{IpAddr, Ipv4Addr};
+
+use flatbridge_common::{Endpoint, NODE_ANTI_SPOOF, NODE_ENABLED, NodeConfig, program_name};
+
+use super::ALIAS_PREFIX;
+use crate::{
+    cni::{CniError, Request, result::CniResult},
+    datapath::Datapath,
+    netlink::{Link, Netlink},
+};
+
+/// The bridge's port to the wire: the configured `uplink`, or the one port of the bridge
+/// that is not a pod's veth.
+pub async fn find_uplink(
+    node: &Netlink,
+    bridge: &Link,
+    configured: Option<&str>,
+) -> Result<Option<Link>, CniError> {
+    if let Some(name) = configured {
+        return match node.link_by_name(name).await? {
+            Some(link) if link.master == Some(bridge.index) => Ok(Some(link)),
+            Some(_) => {
+                log::warn!(
+                    "uplink {name} is not a port of {}; the fast path ignores it",
+                    bridge.name
+                );
+                Ok(None)
+            }
+            None => {
+                log::warn!("uplink {name} does not exist; the fast path ignores it");
+                Ok(None)
+            }
+        };
+    }
+    let ports: Vec<Link> = node
+        .links()
+        .await?
+        .into_iter()
+        .filter(|link| link.master == Some(bridge.index))
+        .filter(|link| {
+            !link
+                .alias
+                .as_deref()
+                .is_some_and(|alias| alias.starts_with(ALIAS_PREFIX))
+        })
+        .collect();
+    match ports.as_slice() {
+        [uplink] => Ok(Some(uplink.clone())),
+        [] => Ok(None),
+        many => {
+            let names: Vec<&str> = many.iter().map(|link| link.name.as_str()).collect();
+            log::warn!(
+                "bridge {} has several non-pod ports ({}); set \"uplink\" to choose",
+                bridge.name,
+                names.join(", ")
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// What ADD did to the datapath, for its undo.
+#[derive(Default)]
+pub struct Added {
+    pub endpoint: Option<u32>,
+    pub host_veth: Option<String>,
+}
+
+/// Loads the datapath if needed, records the pod and attaches `from_pod` to its host veth
+/// (and `from_uplink` to the uplink, once). `bridge` must be read after the pod's port was
+/// added to it.
+pub async fn add_pod(
+    request: &Request,
+    node: &Netlink,
+    bridge: &Link,
+    host: &Link,
+    pod_mac: [u8; 6],
+    result: &CniResult,
+    added: &mut Added,
+) -> Result<(), CniError> {
+    let config = &request.config;
+    let (datapath, loaded_now) = Datapath::ensure_loaded(&config.bpf_root(), &config.net.name)?;
+    let bridge_mac = bridge.mac.unwrap_or_default();
+    if loaded_now {
+        // The datapath tells frames for the node by the bridge's MAC, and answers ARP for the
+        // gateway with it. A bridge whose MAC was never set follows its ports' MACs: set it to
+        // what it is now, once, so it stays.
+        node.set_mac(bridge.index, bridge_mac).await?;
+    }
+    let uplink = find_uplink(node, bridge, config.net.uplink.as_deref()).await?;
+    let mut flags = NODE_ENABLED;
+    if config.anti_spoof() {
+        flags |= NODE_ANTI_SPOOF;
+    }
+    datapath.set_node_config(&NodeConfig {
+        bridge_ifindex: bridge.index,
+        uplink_ifindex: uplink.as_ref().map_or(0, |link| link.index),
+        flags,
+        bridge_mac,
+        ..NodeConfig::default()
+    })?;
+
+    let ipv4s: Vec<Ipv4Addr> = result
+        .ips
+        .iter()
+        .filter_map(|ip| match ip.address.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let endpoint = Endpoint {
+        ifindex: host.index,
+        ipv4: ipv4s.first().map_or([0; 4], Ipv4Addr::octets),
+        mac: pod_mac,
+        ..Endpoint::default()
+    };
+    datapath.add_endpoint(endpoint, &ipv4s)?;
+    added.endpoint = Some(host.index);
+    datapath.attach(program_name::FROM_POD, &host.name)?;
+    added.host_veth = Some(host.name.clone());
+
+    if let Some(uplink) = uplink
+        && !datapath.is_attached(program_name::FROM_UPLINK, &uplink.name)
+    {
+        datapath.attach(program_name::FROM_UPLINK, &uplink.name)?;
+        log::info!("attached from_uplink to {}", uplink.name);
+    }
+
+    // Gateways the node owns (their address is on the bridge) are answered by the program.
+    let bridge_addresses = node.addrs(bridge.index).await?;
+    for gateway in result.ips.iter().filter_map(|ip| ip.gateway) {
+        if let IpAddr::V4(v4) = gateway
+            && bridge_addresses.iter().any(|address| address.ip() == gateway)
+        {
+            datapath.set_gateway(v4, bridge_mac)?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes back what [`add_pod`] did; errors are logged, the rollback goes on.
+pub fn undo_add(request: &Request, added: Added) {
+    let config = &request.config;
+    let Ok(datapath) = Datapath::open(&config.bpf_root(), &config.net.name) else {
+        return;
+    };
+    if let Some(host_veth) = added.host_veth
+        && let Err(error) = datapath.detach(program_name::FROM_POD, &host_veth)
+    {
+        log::error!("rollback: {error}");
+    }
+    if let Some(ifindex) = added.endpoint
+        && let Err(error) = datapath.remove_endpoint(ifindex)
+    {
+        log::error!("rollback: {error}");
+    }
+}
+
+/// DEL's share: forget the pod behind `host` (if its veth still exists) and every endpoint
+/// whose veth is gone, and drop the host veth's link pin. A network without a datapath is
+/// fine.
+pub async fn del_pod(
+    request: &Request,
+    node: &Netlink,
+    host_name: &str,
+    host: Option<&Link>,
+) -> Result<(), CniError> {
+    let config = &request.config;
+    let Ok(datapath) = Datapath::open(&config.bpf_root(), &config.net.name) else {
+        return Ok(());
+    };
+    if let Some(host) = host {
+        datapath.remove_endpoint(host.index)?;
+    }
+    datapath.detach(program_name::FROM_POD, host_name)?;
+    sweep(&datapath, node, host.map(|link| link.index)).await
+}
+
+/// Removes endpoints whose host veth no longer exists (its pod's namespace went away before
+/// DEL) and link pins of devices that are gone. `going` is a port about to be deleted.
+pub async fn sweep(datapath: &Datapath, node: &Netlink, going: Option<u32>) -> Result<(), CniError> {
+    let links = node.links().await?;
+    for ifindex in datapath.endpoint_ports()? {
+        if Some(ifindex) == going || !links.iter().any(|link| link.index == ifindex) {
+            datapath.remove_endpoint(ifindex)?;
+            log::info!("removed the endpoint of vanished port #{ifindex}");
+        }
+    }
+    for program in program_name::ALL {
+        for ifname in datapath.attached(program) {
+            if !links.iter().any(|link| link.name == ifname) {
+                datapath.detach(program, &ifname)?;
+            }
+        }
+    }
+    Ok(())
+}

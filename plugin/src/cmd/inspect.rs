@@ -1,0 +1,222 @@
+//! `flatbridge status`: what the datapath of each network on this node is doing — its
+//! programs and where they are attached, the node settings, the pods it knows, the
+//! gateways it answers for, and its counters. Run it in the node's network namespace.
+use std::path::Path;
+
+use anyhow::Context;
+use aya::programs::SchedClassifier;
+use flatbridge_common::{NODE_ANTI_SPOOF, NODE_ENABLED, program_name};
+use serde_json::{Value, json};
+
+use super::add::format_mac;
+use crate::datapath::{BPF_OBJECT_HASH, Datapath};
+
+fn ifname(ifindex: u32) -> String {
+    if ifindex == 0 {
+        return "-".into();
+    }
+    nix::net::if_::if_indextoname(ifindex)
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("(gone #{ifindex})"))
+}
+
+fn network_report(datapath: &Datapath) -> anyhow::Result<Value> {
+    let layout = datapath.layout();
+    let build = std::fs::read_dir(layout.dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_prefix("build-")
+                .map(str::to_owned)
+        })
+        .next()
+        .unwrap_or_default();
+    let programs: Vec<Value> = program_name::ALL
+        .iter()
+        .map(|&name| {
+            let id = SchedClassifier::from_pin(layout.program(name))
+                .ok()
+                .and_then(|program| program.info().ok())
+                .map(|info| info.id());
+            let devices: Vec<Value> = datapath
+                .attached(name)
+                .into_iter()
+                .map(|device| json!({"device": device, "attached": datapath.is_attached(name, &device)}))
+                .collect();
+            json!({"name": name, "id": id, "devices": devices})
+        })
+        .collect();
+    let node = datapath.node_config()?;
+    let endpoints: Vec<Value> = datapath
+        .endpoints()?
+        .into_iter()
+        .map(|(endpoint, addresses)| {
+            let host_veth = ifname(endpoint.ifindex);
+            json!({
+                "addresses": addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "mac": format_mac(endpoint.mac),
+                "host_veth": host_veth,
+                "ifindex": endpoint.ifindex,
+                "attached": datapath.is_attached(program_name::FROM_POD, &host_veth),
+            })
+        })
+        .collect();
+    let gateways: Vec<Value> = datapath
+        .gateways()?
+        .into_iter()
+        .map(|(ip, mac)| json!({"address": ip.to_string(), "mac": format_mac(mac)}))
+        .collect();
+    let counters: Vec<Value> = datapath
+        .counters()?
+        .into_iter()
+        .map(|count| json!({"verdict": count.verdict.name(), "packets": count.total.packets, "bytes": count.total.bytes}))
+        .collect();
+    Ok(json!({
+        "network": datapath.network(),
+        "pins": layout.dir().display().to_string(),
+        "build": build,
+        "build_current": build == BPF_OBJECT_HASH,
+        "node": {
+            "enabled": node.flags & NODE_ENABLED != 0,
+            "bridge": ifname(node.bridge_ifindex),
+            "bridge_mac": format_mac(node.bridge_mac),
+            "uplink": ifname(node.uplink_ifindex),
+            "anti_spoof": node.flags & NODE_ANTI_SPOOF != 0,
+        },
+        "programs": programs,
+        "endpoints": endpoints,
+        "gateways": gateways,
+        "counters": counters,
+    }))
+}
+
+/// The report of every network (or one), as JSON.
+pub fn report(bpf_root: &Path, network: Option<&str>) -> anyhow::Result<Value> {
+    let networks = match network {
+        Some(network) => vec![network.to_owned()],
+        None => Datapath::networks(bpf_root),
+    };
+    let reports = networks
+        .iter()
+        .map(|network| {
+            let datapath = Datapath::open(bpf_root, network)
+                .with_context(|| format!("no datapath for network {network} under {}", bpf_root.display()))?;
+            network_report(&datapath)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(json!({ "networks": reports }))
+}
+
+/// The report as tables for a person.
+pub fn render(report: &Value) -> String {
+    let mut out = String::new();
+    let networks = report["networks"].as_array().cloned().unwrap_or_default();
+    if networks.is_empty() {
+        out.push_str("no flatbridge datapath on this node (no pod added with the fast path yet)\n");
+    }
+    let text = |value: &Value| {
+        value
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| value.to_string())
+    };
+    for network in networks {
+        let node = &network["node"];
+        out.push_str(&format!(
+            "network {}  (pins {}, build {}{})\n",
+            text(&network["network"]),
+            text(&network["pins"]),
+            text(&network["build"]),
+            if network["build_current"] == true {
+                ""
+            } else {
+                ", not this binary's build"
+            }
+        ));
+        out.push_str(&format!(
+            "  node: bridge {} ({}), uplink {}, anti-spoofing {}, fast path {}\n",
+            text(&node["bridge"]),
+            text(&node["bridge_mac"]),
+            text(&node["uplink"]),
+            if node["anti_spoof"] == true { "on" } else { "off" },
+            if node["enabled"] == true { "on" } else { "off" },
+        ));
+        out.push_str("  programs:\n");
+        for program in network["programs"].as_array().into_iter().flatten() {
+            let devices: Vec<String> = program["devices"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|device| {
+                    let mark = if device["attached"] == true {
+                        ""
+                    } else {
+                        " (NOT attached)"
+                    };
+                    format!("{}{mark}", text(&device["device"]))
+                })
+                .collect();
+            out.push_str(&format!(
+                "    {:<12} id {:<6} on {}\n",
+                text(&program["name"]),
+                text(&program["id"]),
+                if devices.is_empty() {
+                    "nothing".into()
+                } else {
+                    devices.join(", ")
+                }
+            ));
+        }
+        let endpoints = network["endpoints"].as_array().cloned().unwrap_or_default();
+        out.push_str(&format!("  endpoints ({}):\n", endpoints.len()));
+        if !endpoints.is_empty() {
+            out.push_str(&format!(
+                "    {:<18} {:<18} {:<16} {}\n",
+                "ADDRESS", "MAC", "HOST VETH", "FAST PATH"
+            ));
+        }
+        for endpoint in &endpoints {
+            let addresses: Vec<String> = endpoint["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect();
+            out.push_str(&format!(
+                "    {:<18} {:<18} {:<16} {}\n",
+                addresses.join(","),
+                text(&endpoint["mac"]),
+                text(&endpoint["host_veth"]),
+                if endpoint["attached"] == true {
+                    "attached"
+                } else {
+                    "NOT attached"
+                }
+            ));
+        }
+        for gateway in network["gateways"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  answers ARP for gateway {} with {}\n",
+                text(&gateway["address"]),
+                text(&gateway["mac"])
+            ));
+        }
+        out.push_str(&format!(
+            "  counters:\n    {:<22} {:>12} {:>16}\n",
+            "VERDICT", "PACKETS", "BYTES"
+        ));
+        for counter in network["counters"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "    {:<22} {:>12} {:>16}\n",
+                text(&counter["verdict"]),
+                text(&counter["packets"]),
+                text(&counter["bytes"])
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,400 @@
+//! The programs frame by frame: each behaviour is one crafted frame run through the loaded
+//! program with BPF_PROG_TEST_RUN, against maps filled as the plugin fills them; the test
+//! checks the verdict, the bytes that come out and the counter that moved.
+use std::net::Ipv4Addr;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use flatbridge::{datapath::Datapath, netns::Netns as PluginNetns};
+use flatbridge_common::{Endpoint, NODE_ANTI_SPOOF, NODE_ENABLED, NodeConfig, Verdict, program_name};
+use flatbridge_tests::{BpfFs, Netns, require_root};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const BRIDGE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xbb];
+const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const MAC_OUTSIDE: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
+const IP_A: [u8; 4] = [10, 10, 1, 1];
+const IP_B: [u8; 4] = [10, 10, 1, 2];
+const IP_GATEWAY: [u8; 4] = [10, 10, 1, 0];
+const IP_OUTSIDE: [u8; 4] = [10, 10, 0, 1];
+
+/// `struct __sk_buff` (include/uapi/linux/bpf.h) is 192 bytes; `ifindex` is at offset 40.
+/// BPF_PROG_TEST_RUN takes the device the frame "arrived on" from it.
+fn skb_ctx(ifindex: u32) -> [u8; 192] {
+    let mut ctx = [0u8; 192];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+fn ethernet(dst: [u8; 6], src: [u8; 6], proto: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(&src);
+    frame.extend_from_slice(&proto.to_be_bytes());
+    frame
+}
+
+fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
+    let mut frame = ethernet([0xff; 6], sha, 0x0806);
+    frame.extend_from_slice(&[0, 1, 0x08, 0, 6, 4]);
+    frame.extend_from_slice(&op.to_be_bytes());
+    for part in [&sha[..], &spa, &tha, &tpa] {
+        frame.extend_from_slice(part);
+    }
+    frame
+}
+
+fn arp_request(sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    arp(1, sha, spa, [0; 6], tpa)
+}
+
+/// An ICMP echo request (the payload does not matter to the programs).
+fn ipv4(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut frame = ethernet(dst_mac, src_mac, 0x0800);
+    frame.extend_from_slice(&[0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 1, 0, 0]);
+    frame.extend_from_slice(&src);
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(&[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
+    frame
+}
+
+/// A node namespace with three real devices (the programs read the ifindex of the device a
+/// frame came in on) and a loaded datapath whose maps know pods A and B and the gateway.
+struct World {
+    node: Netns,
+    _bpffs: BpfFs,
+    datapath: Datapath,
+    host_a: u32,
+    host_b: u32,
+    uplink: u32,
+}
+
+impl World {
+    fn new(flags: u32, with_uplink: bool) -> Self {
+        require_root();
+        let node = Netns::new("prog");
+        for (name, peer) in [("hosta", "hosta-p"), ("hostb", "hostb-p"), ("uplink", "uplink-p")] {
+            node.ok(&["ip", "link", "add", name, "type", "veth", "peer", "name", peer]);
+        }
+        let (host_a, host_b, uplink) = (
+            node.ifindex("hosta"),
+            node.ifindex("hostb"),
+            node.ifindex("uplink"),
+        );
+        let bpffs = BpfFs::new("prog");
+        let (datapath, _) = Datapath::ensure_loaded(bpffs.path(), "prog").expect("load the datapath");
+        datapath
+            .set_node_config(&NodeConfig {
+                bridge_ifindex: 1,
+                uplink_ifindex: if with_uplink { uplink } else { 0 },
+                flags,
+                bridge_mac: BRIDGE_MAC,
+                ..NodeConfig::default()
+            })
+            .expect("node config");
+        for (ifindex, ip, mac) in [(host_a, IP_A, MAC_A), (host_b, IP_B, MAC_B)] {
+            let endpoint = Endpoint {
+                ifindex,
+                ipv4: ip,
+                mac,
+                ..Endpoint::default()
+            };
+            datapath
+                .add_endpoint(endpoint, &[Ipv4Addr::from(ip)])
+                .expect("endpoint");
+        }
+        datapath
+            .set_gateway(Ipv4Addr::from(IP_GATEWAY), BRIDGE_MAC)
+            .expect("gateway");
+        Self {
+            node,
+            _bpffs: bpffs,
+            datapath,
+            host_a,
+            host_b,
+            uplink,
+        }
+    }
+
+    fn default() -> Self {
+        Self::new(NODE_ENABLED | NODE_ANTI_SPOOF, true)
+    }
+
+    /// Runs `program` on `frame` as if it arrived on `ifindex`; returns the action, the
+    /// frame as the program left it, and how much `verdict`'s counter moved.
+    fn run(&self, program: &str, ifindex: u32, frame: &[u8], verdict: Verdict) -> (u32, Vec<u8>, u64) {
+        let before = self.count(verdict);
+        let path = self.datapath.layout().program(program);
+        let ctx = skb_ctx(ifindex);
+        let netns = self.node.path();
+        let (action, out) = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    PluginNetns::open(&netns)
+                        .expect("node netns")
+                        .run(|| {
+                            let program = SchedClassifier::from_pin(&path).expect("pinned program");
+                            let mut out = vec![0u8; frame.len() + 64];
+                            let result = program
+                                .test_run(TestRunOptions {
+                                    data_in: Some(frame),
+                                    data_out: Some(&mut out),
+                                    ctx_in: Some(&ctx),
+                                    ..TestRunOptions::default()
+                                })
+                                .expect("BPF_PROG_TEST_RUN");
+                            out.truncate(result.data_size_out as usize);
+                            (result.return_value, out)
+                        })
+                        .expect("enter the node netns")
+                })
+                .join()
+                .expect("test run thread")
+        });
+        (action, out, self.count(verdict) - before)
+    }
+
+    fn count(&self, verdict: Verdict) -> u64 {
+        self.datapath
+            .counters()
+            .expect("counters")
+            .iter()
+            .find(|count| count.verdict == verdict)
+            .map(|count| count.total.packets)
+            .expect("verdict counter")
+    }
+}
+
+const FROM_POD: &str = program_name::FROM_POD;
+const FROM_UPLINK: &str = program_name::FROM_UPLINK;
+
+#[test]
+fn arp_request_for_a_local_pod_becomes_the_reply() {
+    let world = World::default();
+    let (action, out, counted) = world.run(
+        FROM_POD,
+        world.host_a,
+        &arp_request(MAC_A, IP_A, IP_B),
+        Verdict::PodArpAnswered,
+    );
+    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    assert_eq!(out, {
+        let mut reply = arp(2, MAC_B, IP_B, MAC_A, IP_A);
+        reply[..6].copy_from_slice(&MAC_A);
+        reply
+    });
+}
+
+#[test]
+fn arp_request_for_the_gateway_is_answered_with_the_bridge_mac() {
+    let world = World::default();
+    let (action, out, counted) = world.run(
+        FROM_POD,
+        world.host_a,
+        &arp_request(MAC_A, IP_A, IP_GATEWAY),
+        Verdict::PodArpAnswered,
+    );
+    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    assert_eq!(&out[22..28], &BRIDGE_MAC, "sender MAC of the reply");
+    assert_eq!(&out[28..32], &IP_GATEWAY, "sender IP of the reply");
+}
+
+#[test]
+fn gratuitous_arp_own_address_probes_and_unknown_targets_go_to_the_bridge() {
+    let world = World::default();
+    for (what, frame) in [
+        ("gratuitous", arp_request(MAC_A, IP_A, IP_A)),
+        ("probe for its own address", arp_request(MAC_A, [0; 4], IP_A)),
+        ("unknown target", arp_request(MAC_A, IP_A, IP_OUTSIDE)),
+        ("reply", arp(2, MAC_A, IP_A, MAC_B, IP_B)),
+    ] {
+        let (action, out, counted) = world.run(FROM_POD, world.host_a, &frame, Verdict::PodToBridge);
+        assert_eq!((action, counted), (TC_ACT_OK, 1), "{what}");
+        assert_eq!(out, frame, "{what}: the frame was changed");
+    }
+}
+
+#[test]
+fn spoofed_arp_mac_and_ip_are_dropped() {
+    let world = World::default();
+    let cases = [
+        (
+            "ARP sender MAC of another pod",
+            arp_request(MAC_A, IP_A, IP_B),
+            world.host_b,
+            Verdict::DropSpoofedMac,
+        ),
+        (
+            "ARP sender IP of another pod",
+            {
+                let mut frame = arp_request(MAC_A, IP_B, IP_GATEWAY);
+                frame[6..12].copy_from_slice(&MAC_A);
+                frame
+            },
+            world.host_a,
+            Verdict::DropSpoofedArp,
+        ),
+        (
+            "IPv4 from another pod's address",
+            ipv4(MAC_B, MAC_A, IP_GATEWAY, IP_B),
+            world.host_a,
+            Verdict::DropSpoofedIp,
+        ),
+        (
+            "frame with another pod's MAC",
+            ipv4(MAC_OUTSIDE, MAC_B, IP_A, IP_OUTSIDE),
+            world.host_a,
+            Verdict::DropSpoofedMac,
+        ),
+    ];
+    for (what, frame, port, verdict) in cases {
+        let (action, _, counted) = world.run(FROM_POD, port, &frame, verdict);
+        assert_eq!((action, counted), (TC_ACT_SHOT, 1), "{what}");
+    }
+}
+
+#[test]
+fn anti_spoofing_off_lets_foreign_sources_through() {
+    let world = World::new(NODE_ENABLED, true);
+    let (action, _, _) = world.run(
+        FROM_POD,
+        world.host_a,
+        &ipv4(MAC_B, MAC_A, IP_GATEWAY, IP_B),
+        Verdict::PodToPod,
+    );
+    assert_eq!(action, TC_ACT_REDIRECT);
+}
+
+#[test]
+fn ipv4_to_a_local_pod_is_redirected_into_it() {
+    let world = World::default();
+    let frame = ipv4(MAC_B, MAC_A, IP_A, IP_B);
+    let (action, out, counted) = world.run(FROM_POD, world.host_a, &frame, Verdict::PodToPod);
+    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    assert_eq!(out, frame, "a redirected frame is not rewritten");
+    // To its own port (hairpin) it is the bridge's business.
+    let (action, _, counted) = world.run(
+        FROM_POD,
+        world.host_b,
+        &ipv4(MAC_B, MAC_B, IP_B, IP_B),
+        Verdict::PodToBridge,
+    );
+    assert_eq!((action, counted), (TC_ACT_OK, 1));
+}
+
+#[test]
+fn ipv4_to_other_macs_leaves_by_the_uplink_and_to_the_node_goes_to_the_bridge() {
+    let world = World::default();
+    let (action, _, counted) = world.run(
+        FROM_POD,
+        world.host_a,
+        &ipv4(MAC_OUTSIDE, MAC_A, IP_A, IP_OUTSIDE),
+        Verdict::PodToUplink,
+    );
+    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    let (action, _, counted) = world.run(
+        FROM_POD,
+        world.host_a,
+        &ipv4(BRIDGE_MAC, MAC_A, IP_A, IP_GATEWAY),
+        Verdict::PodToBridge,
+    );
+    assert_eq!((action, counted), (TC_ACT_OK, 1));
+    // Without an uplink, unknown MACs go to the bridge.
+    let world = World::new(NODE_ENABLED | NODE_ANTI_SPOOF, false);
+    let (action, _, counted) = world.run(
+        FROM_POD,
+        world.host_a,
+        &ipv4(MAC_OUTSIDE, MAC_A, IP_A, IP_OUTSIDE),
+        Verdict::PodToBridge,
+    );
+    assert_eq!((action, counted), (TC_ACT_OK, 1));
+}
+
+#[test]
+fn frames_the_programs_do_not_own_reach_the_bridge_unchanged() {
+    let world = World::default();
+    let mut vlan = ethernet(MAC_B, MAC_A, 0x8100);
+    vlan.extend_from_slice(&[0, 7, 0x08, 0]);
+    vlan.extend_from_slice(&ipv4(MAC_B, MAC_A, IP_A, IP_B)[14..]);
+    let mut ipv6 = ethernet(MAC_B, MAC_A, 0x86dd);
+    ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
+    ipv6.extend_from_slice(&[0u8; 32]);
+    let cases = [
+        ("IPv6", ipv6),
+        ("VLAN-tagged", vlan),
+        ("broadcast IPv4", ipv4([0xff; 6], MAC_A, IP_A, [10, 10, 255, 255])),
+        (
+            "multicast IPv4",
+            ipv4([0x01, 0, 0x5e, 0, 0, 1], MAC_A, IP_A, [224, 0, 0, 1]),
+        ),
+        // BPF_PROG_TEST_RUN refuses an IPv4 ethertype without a whole IPv4 header, so the
+        // runt frames are ARP.
+        (
+            "runt: an ARP ethertype and nothing after it",
+            ethernet([0xff; 6], MAC_A, 0x0806),
+        ),
+        ("truncated ARP", arp_request(MAC_A, IP_A, IP_B)[..30].to_vec()),
+        ("LLDP", ethernet([0x01, 0x80, 0xc2, 0, 0, 0x0e], MAC_A, 0x88cc)),
+    ];
+    for (what, frame) in cases {
+        let (action, out, counted) = world.run(FROM_POD, world.host_a, &frame, Verdict::PodToBridge);
+        assert_eq!((action, counted), (TC_ACT_OK, 1), "{what}");
+        assert_eq!(out, frame, "{what}: the frame was changed");
+        let (action, out, _) = world.run(FROM_UPLINK, world.uplink, &frame, Verdict::UplinkToBridge);
+        assert_eq!(action, TC_ACT_OK, "{what} from the uplink");
+        assert_eq!(out, frame, "{what} from the uplink: the frame was changed");
+    }
+}
+
+#[test]
+fn from_the_uplink_pod_traffic_and_arp_are_handled_and_the_rest_passes() {
+    let world = World::default();
+    let (action, _, counted) = world.run(
+        FROM_UPLINK,
+        world.uplink,
+        &ipv4(MAC_A, MAC_OUTSIDE, IP_OUTSIDE, IP_A),
+        Verdict::UplinkToPod,
+    );
+    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    let (action, out, counted) = world.run(
+        FROM_UPLINK,
+        world.uplink,
+        &arp_request(MAC_OUTSIDE, IP_OUTSIDE, IP_A),
+        Verdict::UplinkArpAnswered,
+    );
+    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    assert_eq!(&out[..6], &MAC_OUTSIDE, "the reply goes to the asker");
+    assert_eq!(&out[22..28], &MAC_A, "the reply names the pod's MAC");
+    // Not for the gateway: the node's own stack answers for its addresses.
+    for frame in [
+        arp_request(MAC_OUTSIDE, IP_OUTSIDE, IP_GATEWAY),
+        ipv4(MAC_OUTSIDE, MAC_OUTSIDE, IP_OUTSIDE, IP_OUTSIDE),
+        ipv4(BRIDGE_MAC, MAC_OUTSIDE, IP_OUTSIDE, IP_GATEWAY),
+    ] {
+        let (action, out, counted) = world.run(FROM_UPLINK, world.uplink, &frame, Verdict::UplinkToBridge);
+        assert_eq!((action, counted), (TC_ACT_OK, 1));
+        assert_eq!(out, frame);
+    }
+}
+
+#[test]
+fn a_disabled_datapath_passes_everything() {
+    let world = World::new(0, true);
+    let (action, _, counted) = world.run(
+        FROM_POD,
+        world.host_a,
+        &ipv4(MAC_B, MAC_A, IP_A, IP_B),
+        Verdict::PodToBridge,
+    );
+    assert_eq!((action, counted), (TC_ACT_OK, 1));
+    let (action, _, counted) = world.run(
+        FROM_UPLINK,
+        world.uplink,
+        &arp_request(MAC_OUTSIDE, IP_OUTSIDE, IP_A),
+        Verdict::UplinkToBridge,
+    );
+    assert_eq!((action, counted), (TC_ACT_OK, 1));
+}

@@ -1,0 +1,299 @@
+//! The eBPF fast path with real pods and real packets: pod to pod without the bridge, ARP
+//! answered by the programs, the uplink in both directions, spoofed frames dropped, and
+//! what the operator sees in `flatbridge status` and `bpftool`.
+use std::process::Command;
+
+use flatbridge_tests::{Netns, Node, Pod, require_root, seed_config};
+use serde_json::{Value, json};
+
+const NET: &str = "data";
+
+/// A node whose bridge carries the pods' gateway, as a node of this recipe does.
+fn node_with_gateway(tag: &str) -> Node {
+    let node = Node::new(tag);
+    node.netns.ok(&["ip", "link", "add", "cni0", "type", "bridge"]);
+    node.netns
+        .ok(&["ip", "addr", "add", "10.10.1.0/16", "dev", "cni0"]);
+    node.netns.ok(&["ip", "link", "set", "cni0", "up"]);
+    node
+}
+
+fn add(node: &Node, pod: &Pod, config: &Value) -> Value {
+    node.cni("ADD", &pod.env("eth0"), config).ok("ADD")
+}
+
+fn host_veth(result: &Value) -> String {
+    result["interfaces"][1]["name"]
+        .as_str()
+        .expect("host veth")
+        .to_owned()
+}
+
+fn pod_mac(result: &Value) -> String {
+    result["interfaces"][2]["mac"]
+        .as_str()
+        .expect("pod mac")
+        .to_owned()
+}
+
+#[test]
+fn pod_to_pod_bypasses_the_bridge() {
+    require_root();
+    for fast_path in [true, false] {
+        let node = node_with_gateway("p2p");
+        let mut config = seed_config("1.0.0");
+        config["fastPath"] = json!(fast_path);
+        let (a, b) = (Pod::new("p2pa"), Pod::new("p2pb"));
+        add(&node, &a, &config);
+        let result_b = add(&node, &b, &config);
+        let address_b = b.ipv4("eth0").expect("b's address");
+        assert!(a.ping(&address_b), "fast path {fast_path}: a cannot reach b");
+        // With b's bridge port disabled only a path that does not use the bridge works.
+        node.netns.ok(&[
+            "bridge",
+            "link",
+            "set",
+            "dev",
+            &host_veth(&result_b),
+            "state",
+            "0",
+        ]);
+        a.netns.ok(&["ip", "neigh", "flush", "dev", "eth0"]);
+        let through = a.ping(&address_b);
+        assert_eq!(
+            through, fast_path,
+            "fast path {fast_path}: ping with b's bridge port disabled"
+        );
+        if fast_path {
+            assert!(node.counter(NET, "pod_to_pod") >= 2, "{}", node.status_text());
+            assert!(
+                node.counter(NET, "pod_arp_answered") >= 1,
+                "{}",
+                node.status_text()
+            );
+        } else {
+            assert!(node.status()["networks"].as_array().expect("networks").is_empty());
+        }
+    }
+}
+
+#[test]
+fn arp_for_pods_and_the_gateway_is_answered_by_the_program() {
+    require_root();
+    let node = node_with_gateway("arp");
+    let config = seed_config("1.0.0");
+    let (a, b) = (Pod::new("arpa"), Pod::new("arpb"));
+    add(&node, &a, &config);
+    let result_b = add(&node, &b, &config);
+    let address_b = b.ipv4("eth0").expect("b's address");
+    // Neither b nor the bridge answer ARP themselves now: only the program can.
+    b.netns.ok(&["ip", "link", "set", "eth0", "arp", "off"]);
+    node.netns.ok(&["ip", "link", "set", "cni0", "arp", "off"]);
+    let before = node.counter(NET, "pod_arp_answered");
+    let reply = a
+        .netns
+        .ok(&["arping", "-I", "eth0", "-c", "1", "-w", "2", &address_b]);
+    assert!(
+        reply.to_lowercase().contains(&pod_mac(&result_b).to_lowercase()),
+        "arping for b did not get b's MAC: {reply}"
+    );
+    let bridge_mac = node.netns.mac("cni0");
+    let reply = a
+        .netns
+        .ok(&["arping", "-I", "eth0", "-c", "1", "-w", "2", "10.10.1.0"]);
+    assert!(
+        reply.to_lowercase().contains(&bridge_mac),
+        "arping for the gateway did not get the bridge's MAC {bridge_mac}: {reply}"
+    );
+    assert_eq!(node.counter(NET, "pod_arp_answered"), before + 2);
+}
+
+/// A node with an uplink veth on its bridge whose other end is an external host.
+fn node_with_uplink(tag: &str, external: &Netns) -> Node {
+    let node = node_with_gateway(tag);
+    node.add_veth_to_bridge("uplink0", external, "eth0");
+    external.ok(&["ip", "addr", "add", "10.10.0.1/16", "dev", "eth0"]);
+    node
+}
+
+#[test]
+fn the_uplink_carries_both_directions_on_the_fast_path() {
+    require_root();
+    let external = Netns::new("ext");
+    let node = node_with_uplink("uplink", &external);
+    let pod = Pod::new("upod");
+    add(&node, &pod, &seed_config("1.0.0"));
+    let address = pod.ipv4("eth0").expect("address");
+    let status = node.status();
+    let report = &status["networks"][0];
+    assert_eq!(report["node"]["uplink"], "uplink0", "{report}");
+    let uplink_program = &report["programs"][1];
+    assert_eq!(uplink_program["name"], "from_uplink");
+    assert_eq!(
+        uplink_program["devices"],
+        json!([{"device": "uplink0", "attached": true}])
+    );
+
+    let before = (
+        node.counter(NET, "pod_to_uplink"),
+        node.counter(NET, "uplink_to_pod"),
+        node.counter(NET, "uplink_arp_answered"),
+    );
+    external.ok(&["ip", "neigh", "flush", "dev", "eth0"]);
+    let out = external.ok(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &address]);
+    assert!(out.contains("3 received"), "{out}");
+    assert!(pod.ping("10.10.0.1"), "the pod cannot reach the external host");
+    let after = (
+        node.counter(NET, "pod_to_uplink"),
+        node.counter(NET, "uplink_to_pod"),
+        node.counter(NET, "uplink_arp_answered"),
+    );
+    assert!(after.0 >= before.0 + 4, "pod to uplink: {before:?} -> {after:?}");
+    assert!(after.1 >= before.1 + 4, "uplink to pod: {before:?} -> {after:?}");
+    assert!(
+        after.2 > before.2,
+        "the external host's ARP was not answered by the program: {before:?} -> {after:?}"
+    );
+    // The external host learnt the pod's own MAC.
+    let neighbours = external.ok(&["ip", "neigh", "show", &address]);
+    let mac = pod.netns.mac("eth0");
+    assert!(
+        neighbours.contains(&mac),
+        "external host has {neighbours}, pod MAC is {mac}"
+    );
+}
+
+#[test]
+fn spoofed_frames_are_dropped_and_counted() {
+    require_root();
+    let node = node_with_gateway("spoof");
+    let config = seed_config("1.0.0");
+    let (a, b) = (Pod::new("spa"), Pod::new("spb"));
+    let result_a = add(&node, &a, &config);
+    let result_b = add(&node, &b, &config);
+    let address_b = b.ipv4("eth0").expect("b's address");
+    assert!(a.ping(&address_b));
+
+    // a claims b's address as its source.
+    a.netns
+        .ok(&["ip", "addr", "add", &format!("{address_b}/32"), "dev", "eth0"]);
+    let spoofed_ip = node.counter(NET, "drop_spoofed_ip") + node.counter(NET, "drop_spoofed_arp");
+    assert!(
+        !a.netns
+            .run(&[
+                "ping",
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-I",
+                &address_b,
+                "10.10.1.0"
+            ])
+            .status
+            .success()
+    );
+    let after = node.counter(NET, "drop_spoofed_ip") + node.counter(NET, "drop_spoofed_arp");
+    assert!(
+        after >= spoofed_ip + 2,
+        "spoofed source address not dropped: {spoofed_ip} -> {after}"
+    );
+    a.netns
+        .ok(&["ip", "addr", "del", &format!("{address_b}/32"), "dev", "eth0"]);
+
+    // a takes b's MAC.
+    let spoofed_mac = node.counter(NET, "drop_spoofed_mac");
+    a.netns
+        .ok(&["ip", "link", "set", "eth0", "address", &pod_mac(&result_b)]);
+    assert!(!a.ping(&address_b));
+    assert!(node.counter(NET, "drop_spoofed_mac") > spoofed_mac);
+    a.netns
+        .ok(&["ip", "link", "set", "eth0", "address", &pod_mac(&result_a)]);
+    a.netns.ok(&["ip", "neigh", "flush", "dev", "eth0"]);
+    assert!(a.ping(&address_b), "a does not recover once it stops spoofing");
+
+    // Turned off, the same spoofing gets through.
+    let node = node_with_gateway("nospoof");
+    let mut config = seed_config("1.0.0");
+    config["antiSpoof"] = json!(false);
+    let (a, b) = (Pod::new("nsa"), Pod::new("nsb"));
+    add(&node, &a, &config);
+    add(&node, &b, &config);
+    a.netns.ok(&["ip", "addr", "add", "10.10.1.50/32", "dev", "eth0"]);
+    let address_b = b.ipv4("eth0").expect("b's address");
+    assert!(
+        a.netns
+            .run(&["ping", "-c", "1", "-W", "2", "-I", "10.10.1.50", &address_b])
+            .status
+            .success()
+    );
+    assert_eq!(node.counter(NET, "drop_spoofed_ip"), 0);
+}
+
+#[test]
+fn status_and_bpftool_show_the_datapath_by_name() {
+    require_root();
+    let node = node_with_gateway("show");
+    let config = seed_config("1.0.0");
+    let pod = Pod::new("show");
+    let result = add(&node, &pod, &config);
+    let text = node.status_text();
+    let address = pod.ipv4("eth0").expect("address");
+    for expected in [
+        "network data",
+        "from_pod",
+        &host_veth(&result),
+        &address,
+        "attached",
+        "pod_to_pod",
+        "10.10.1.0",
+    ] {
+        assert!(text.contains(expected), "status lacks {expected:?}:\n{text}");
+    }
+    let pins = node.bpffs.path().join("flatbridge/data");
+    let dump = Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(pins.join("pods_by_ip"))
+        .output()
+        .expect("bpftool");
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    for field in ["\"addr\"", "\"ifindex\"", "\"mac\"", "\"ipv4\""] {
+        assert!(dump.contains(field), "bpftool shows no {field}: {dump}");
+    }
+    // DEL forgets the pod before its veth goes.
+    node.cni("DEL", &pod.env("eth0"), &config).ok("DEL");
+    let report = &node.status()["networks"][0];
+    assert_eq!(report["endpoints"], json!([]));
+    assert_eq!(report["programs"][0]["devices"], json!([]));
+}
+
+#[test]
+fn del_after_the_netns_is_gone_still_forgets_the_pod() {
+    require_root();
+    let node = node_with_gateway("gonefp");
+    let config = seed_config("1.0.0");
+    let (stay, go) = (Pod::new("stay"), Pod::new("go"));
+    add(&node, &stay, &config);
+    add(&node, &go, &config);
+    let env = go.env("eth0");
+    drop(go);
+    let mut gone = env.clone();
+    gone.netns.clear();
+    node.cni("DEL", &gone, &config).ok("DEL without netns");
+    let report = &node.status()["networks"][0];
+    assert_eq!(
+        report["endpoints"].as_array().expect("endpoints").len(),
+        1,
+        "{report}"
+    );
+    assert_eq!(
+        report["programs"][0]["devices"]
+            .as_array()
+            .expect("devices")
+            .len(),
+        1,
+        "{report}"
+    );
+}
