@@ -13,6 +13,11 @@ use core::mem::size_of;
 /// `<bpf_root>/flatbridge/<network>/`.
 pub const PIN_DIR: &str = "flatbridge";
 
+/// The layout of the maps. A build whose maps differ from those pinned on a node (another
+/// key or value layout) cannot reuse them; bump this whenever a map type changes, so that
+/// such a node gets a clear error instead of programs reading the wrong bytes.
+pub const ABI_VERSION: u32 = 1;
+
 /// Names of the maps as they appear in the object file, in `bpftool map show` and as the
 /// file names of their pins.
 pub mod map_name {
@@ -28,9 +33,22 @@ pub mod map_name {
     pub const GATEWAYS: &str = "gateways";
     /// One [`super::NodeConfig`] at index 0.
     pub const NODE: &str = "node";
+    /// Per flow direction, what the ingress programs saw ([`super::FlowSeen`]).
+    pub const FLOWS: &str = "flows";
+    /// Per flow direction, what the egress programs confirmed ([`super::FlowConfirmed`]).
+    pub const CONFIRMED: &str = "confirmed";
 
     /// Every map, for loading, pinning and removal.
-    pub const ALL: [&str; 6] = [COUNTERS, PODS_BY_MAC, PODS_BY_IP, PORTS, GATEWAYS, NODE];
+    pub const ALL: [&str; 8] = [
+        COUNTERS,
+        PODS_BY_MAC,
+        PODS_BY_IP,
+        PORTS,
+        GATEWAYS,
+        NODE,
+        FLOWS,
+        CONFIRMED,
+    ];
 }
 
 /// Names of the tc programs in the object file.
@@ -39,14 +57,31 @@ pub mod program_name {
     pub const FROM_POD: &str = "from_pod";
     /// tc ingress of the uplink (the NIC or bond enslaved to the bridge): frames from the wire.
     pub const FROM_UPLINK: &str = "from_uplink";
+    /// tc egress of a pod's host-side veth: frames the bridge delivered to the pod, after
+    /// netfilter.
+    pub const TO_POD: &str = "to_pod";
+    /// tc egress of the uplink: frames the bridge sends to the wire, after netfilter.
+    pub const TO_UPLINK: &str = "to_uplink";
 
-    pub const ALL: [&str; 2] = [FROM_POD, FROM_UPLINK];
+    pub const ALL: [&str; 4] = [FROM_POD, FROM_UPLINK, TO_POD, TO_UPLINK];
+
+    /// True for the programs attached to tc egress (the others go on tc ingress).
+    pub fn is_egress(program: &str) -> bool {
+        program == TO_POD || program == TO_UPLINK
+    }
 }
 
 /// Map capacities. Changing one changes the ABI: maps pinned by an older version keep
 /// theirs until the datapath is removed and loaded again.
 pub const MAX_PODS: u32 = 4096;
 pub const MAX_GATEWAYS: u32 = 64;
+/// Flow directions tracked. An eviction only ever sends a flow back to the slow path; sized
+/// for tens of thousands of concurrent connections per node.
+pub const MAX_FLOWS: u32 = 65536;
+
+/// The skb mark bit set on frames the fast path sends out of the uplink, so that the
+/// uplink's egress program does not take them for frames netfilter let through.
+pub const OFFLOADED_MARK: u32 = 0x0020_0000;
 
 /// What a program did with a frame. The value is the index of its counter in
 /// [`map_name::COUNTERS`]. Values are never reused: a retired verdict keeps its number.
@@ -75,11 +110,15 @@ pub enum Verdict {
     UplinkArpAnswered = 9,
     /// A redirect helper refused the frame (the target vanished); the frame was dropped.
     DropRedirectFailed = 10,
+    /// to_pod / to_uplink: a flow direction netfilter let through unchanged was confirmed.
+    FlowConfirmed = 11,
+    /// from_pod / from_uplink: a TCP FIN or RST ended a flow (both directions).
+    FlowClosed = 12,
 }
 
 impl Verdict {
     /// Every verdict, in counter order.
-    pub const ALL: [Verdict; 11] = [
+    pub const ALL: [Verdict; 13] = [
         Verdict::PodToBridge,
         Verdict::PodToPod,
         Verdict::PodToUplink,
@@ -91,6 +130,8 @@ impl Verdict {
         Verdict::UplinkToPod,
         Verdict::UplinkArpAnswered,
         Verdict::DropRedirectFailed,
+        Verdict::FlowConfirmed,
+        Verdict::FlowClosed,
     ];
 
     /// Name used by `flatbridge status` and the metrics.
@@ -107,6 +148,8 @@ impl Verdict {
             Verdict::UplinkToPod => "uplink_to_pod",
             Verdict::UplinkArpAnswered => "uplink_arp_answered",
             Verdict::DropRedirectFailed => "drop_redirect_failed",
+            Verdict::FlowConfirmed => "flow_confirmed",
+            Verdict::FlowClosed => "flow_closed",
         }
     }
 }
@@ -163,6 +206,9 @@ const _: () = assert!(size_of::<Endpoint>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeConfig {
+    /// How long an egress confirmation lets a flow direction bypass the bridge; after it
+    /// the next frame goes through netfilter again (revalidation).
+    pub revalidate_ns: u64,
     /// The bridge; frames for its MAC belong to the node's own stack.
     pub bridge_ifindex: u32,
     /// The uplink port of the bridge, 0 when there is none.
@@ -173,12 +219,84 @@ pub struct NodeConfig {
     pub bridge_mac: [u8; 6],
     pub _pad1: [u8; 2],
 }
-const _: () = assert!(size_of::<NodeConfig>() == 24);
+const _: () = assert!(size_of::<NodeConfig>() == 32);
 
 /// NodeConfig.flags: drop frames whose source MAC/IPv4 is not the sending pod's own.
 pub const NODE_ANTI_SPOOF: u32 = 1;
 /// NodeConfig.flags: the datapath is configured and may redirect (0 = pass everything).
 pub const NODE_ENABLED: u32 = 2;
+/// NodeConfig.flags: offload only flows netfilter let through unchanged (the safe default).
+/// Without it every IPv4 unicast frame for a local pod's MAC is redirected ("always" mode,
+/// for nodes without Services or policy).
+pub const NODE_CONFIRM_FLOWS: u32 = 4;
+/// NodeConfig.flags: TCP may be offloaded (conntrack is liberal about TCP windows, or absent).
+pub const NODE_TCP_OFFLOAD: u32 = 8;
+
+/// One direction of a flow, as the sender sent it: IPv4 addresses and ports in network
+/// order. Zeroed padding, so equal flows are equal keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 16);
+
+impl FlowKey {
+    /// The other direction of the same flow.
+    pub const fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// What an ingress program saw of a flow direction. Written only by ingress programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSeen {
+    /// bpf_ktime_get_ns() of the last sighting.
+    pub seen_ns: u64,
+    /// The port the sender is behind.
+    pub in_ifindex: u32,
+    /// 1 after a TCP FIN or RST, until a new SYN.
+    pub closed: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<FlowSeen>() == 32);
+
+/// FlowConfirmed.out_kind: the port is a pod's host veth (redirect with redirect_peer).
+pub const OUT_POD: u32 = 1;
+/// FlowConfirmed.out_kind: the port is the uplink (redirect to its egress).
+pub const OUT_UPLINK: u32 = 2;
+
+/// What an egress program confirmed of a flow direction: the bridge delivered it, after
+/// netfilter, unchanged, to `out_ifindex`. Written only by egress programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowConfirmed {
+    /// bpf_ktime_get_ns() of the last confirmation.
+    pub confirmed_ns: u64,
+    pub out_ifindex: u32,
+    /// OUT_POD or OUT_UPLINK.
+    pub out_kind: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<FlowConfirmed>() == 32);
 
 #[cfg(feature = "user")]
 mod user {
@@ -189,4 +307,7 @@ mod user {
     unsafe impl aya::Pod for super::Ipv4 {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowSeen {}
+    unsafe impl aya::Pod for super::FlowConfirmed {}
 }

@@ -1,18 +1,23 @@
 //! tc ingress of a pod's host-side veth: every frame the pod sends passes here first.
-//! IPv4 unicast to a local pod goes straight into it, to any other MAC but the node's
-//! straight out of the uplink; ARP requests for local pods and the gateway are answered
-//! here; frames with a source that is not the pod's own are dropped. Everything else —
-//! broadcast, multicast, IPv6, tagged, malformed, for the node — goes to the bridge as it is.
+//! ARP requests for local pods and the gateway are answered here; frames with a source that
+//! is not the pod's own are dropped. IPv4 unicast of a flow netfilter accepted (flow.rs)
+//! goes straight into the target pod or out of the uplink; in "always" mode every IPv4
+//! unicast frame for a local pod's MAC does. Everything else — broadcast, multicast, IPv6,
+//! tagged, malformed, for the node, not (yet) confirmed — goes to the bridge as it is.
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use flatbridge_common::{Endpoint, Ipv4, Mac, NODE_ANTI_SPOOF, NODE_ENABLED, NodeConfig, Verdict};
+use flatbridge_common::{
+    Endpoint, Ipv4, Mac, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NodeConfig, OFFLOADED_MARK,
+    OUT_POD, Verdict,
+};
 
 use crate::{
     arp,
     counters::{count, finish},
+    flow,
     maps::{GATEWAYS, NODE, PODS_BY_IP, PODS_BY_MAC, PORTS},
     parse::{
         ArpIpv4, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, has_vlan_tag, header, ifindex, is_group,
-        same_mac,
+        mark, same_mac,
     },
     redirect,
 };
@@ -59,7 +64,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, Verdict> {
     }
     match proto {
         ETH_P_ARP => arp_from_pod(ctx, eth, port_ifindex, check.as_ref()),
-        ETH_P_IP => ipv4_from_pod(ctx, &node, &dst, port_ifindex, check.is_some()),
+        ETH_P_IP => ipv4_from_pod(ctx, &node, &src, &dst, port_ifindex, check.is_some()),
         _ => pass(ctx),
     }
 }
@@ -129,6 +134,7 @@ fn owns(port_ifindex: u32, ip: [u8; 4]) -> bool {
 fn ipv4_from_pod(
     ctx: &TcContext,
     node: &NodeConfig,
+    src: &[u8; 6],
     dst: &[u8; 6],
     port_ifindex: u32,
     anti_spoof: bool,
@@ -144,6 +150,17 @@ fn ipv4_from_pod(
     if is_group(dst) || same_mac(dst, &node.bridge_mac) {
         return pass(ctx);
     }
+    if node.flags & NODE_CONFIRM_FLOWS != 0 {
+        let Some(flow) = flow::parse(ctx, node) else {
+            return pass(ctx);
+        };
+        return match flow::seen(ctx, node, &flow, port_ifindex, src, dst) {
+            Some(out) if out.out_kind == OUT_POD => redirect::to_pod(ctx, out.out_ifindex, Verdict::PodToPod),
+            Some(out) => to_uplink(ctx, out.out_ifindex),
+            None => pass(ctx),
+        };
+    }
+    // "always" mode: every frame for a local pod's MAC goes straight to it.
     // SAFETY: the value is copied out of the map.
     if let Some(target) = unsafe { PODS_BY_MAC.get(Mac::new(*dst)) }.copied() {
         if target.ifindex == port_ifindex {
@@ -153,7 +170,15 @@ fn ipv4_from_pod(
         return redirect::to_pod(ctx, target.ifindex, Verdict::PodToPod);
     }
     if node.uplink_ifindex != 0 {
-        return redirect::to_device(ctx, node.uplink_ifindex, Verdict::PodToUplink);
+        return to_uplink(ctx, node.uplink_ifindex);
     }
     pass(ctx)
+}
+
+/// Out of the uplink, marked so that the uplink's egress program does not take the frame
+/// for one the bridge (and netfilter) let through.
+#[inline(always)]
+fn to_uplink(ctx: &TcContext, uplink_ifindex: u32) -> Result<i32, Verdict> {
+    ctx.set_mark(mark(ctx) | OFFLOADED_MARK);
+    redirect::to_device(ctx, uplink_ifindex, Verdict::PodToUplink)
 }

@@ -1,12 +1,14 @@
-//! tc ingress of the uplink: frames from the wire. IPv4 unicast for a local pod's MAC goes
-//! straight into the pod; ARP requests for a local pod's address are answered from the
-//! map, out of the uplink. Everything else goes to the bridge as it is.
+//! tc ingress of the uplink: frames from the wire. ARP requests for a local pod's address
+//! are answered from the map, out of the uplink. IPv4 unicast of a flow netfilter accepted
+//! (flow.rs) goes straight into its pod; in "always" mode every IPv4 unicast frame for a
+//! local pod's MAC does. Everything else goes to the bridge as it is.
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use flatbridge_common::{Ipv4, Mac, NODE_ENABLED, Verdict};
+use flatbridge_common::{Ipv4, Mac, NODE_CONFIRM_FLOWS, NODE_ENABLED, OUT_POD, Verdict};
 
 use crate::{
     arp,
     counters::{count, finish},
+    flow,
     maps::{NODE, PODS_BY_IP, PODS_BY_MAC},
     parse::{ETH_P_ARP, ETH_P_IP, EthHdr, has_vlan_tag, header, ifindex, is_group},
     redirect,
@@ -27,15 +29,17 @@ fn pass(ctx: &TcContext) -> Result<i32, Verdict> {
 
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<i32, Verdict> {
-    let enabled = NODE.get(0).is_some_and(|node| node.flags & NODE_ENABLED != 0);
-    if !enabled || has_vlan_tag(ctx) {
+    let Some(node) = NODE.get(0).copied() else {
+        return pass(ctx);
+    };
+    if node.flags & NODE_ENABLED == 0 || has_vlan_tag(ctx) {
         return pass(ctx);
     }
     let Some(eth) = header::<EthHdr>(ctx, 0) else {
         return pass(ctx);
     };
     // SAFETY: `header` checked the Ethernet header lies inside the frame.
-    let (dst, proto) = unsafe { ((*eth).dst, u16::from_be((*eth).proto)) };
+    let (src, dst, proto) = unsafe { ((*eth).src, (*eth).dst, u16::from_be((*eth).proto)) };
     match proto {
         ETH_P_ARP => {
             let Some(request) = arp::request(ctx) else {
@@ -59,7 +63,19 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, Verdict> {
                 None => pass(ctx),
             }
         }
+        ETH_P_IP if !is_group(&dst) && node.flags & NODE_CONFIRM_FLOWS != 0 => {
+            let Some(flow) = flow::parse(ctx, &node) else {
+                return pass(ctx);
+            };
+            match flow::seen(ctx, &node, &flow, ifindex(ctx), &src, &dst) {
+                Some(out) if out.out_kind == OUT_POD => {
+                    redirect::to_pod(ctx, out.out_ifindex, Verdict::UplinkToPod)
+                }
+                _ => pass(ctx),
+            }
+        }
         ETH_P_IP if !is_group(&dst) => {
+            // "always" mode.
             // SAFETY: the value is copied out of the map.
             match unsafe { PODS_BY_MAC.get(Mac::new(dst)) }.copied() {
                 Some(pod) => redirect::to_pod(ctx, pod.ifindex, Verdict::UplinkToPod),

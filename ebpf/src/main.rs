@@ -5,11 +5,14 @@
 
 mod arp;
 mod counters;
+mod flow;
 mod from_pod;
 mod from_uplink;
 mod maps;
 mod parse;
 mod redirect;
+mod to_pod;
+mod to_uplink;
 
 #[cfg(not(test))]
 #[panic_handler]

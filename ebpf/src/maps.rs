@@ -2,10 +2,13 @@
 //! in `flatbridge-common`; the plugin pins these maps under `<bpf_root>/flatbridge/<network>/`
 //! and keeps them in step with the pods. The names must match `flatbridge_common::map_name`.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
-use flatbridge_common::{COUNTER_SLOTS, Counter, Endpoint, Ipv4, MAX_GATEWAYS, MAX_PODS, Mac, NodeConfig};
+use flatbridge_common::{
+    COUNTER_SLOTS, Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Ipv4, MAX_FLOWS, MAX_GATEWAYS,
+    MAX_PODS, Mac, NodeConfig,
+};
 
 /// Packets and bytes per [`flatbridge_common::Verdict`], per CPU so that no two programs
 /// ever race on a slot.
@@ -31,3 +34,12 @@ pub static GATEWAYS: HashMap<Ipv4, Mac, { MAX_GATEWAYS as usize }> = HashMap::ne
 /// The node's settings at index 0.
 #[btf_map(name = "node")]
 pub static NODE: Array<NodeConfig, 1> = Array::new();
+
+/// Per flow direction, what the ingress programs saw. Only ingress programs write it.
+#[btf_map(name = "flows")]
+pub static FLOWS: LruHashMap<FlowKey, FlowSeen, { MAX_FLOWS as usize }> = LruHashMap::new();
+
+/// Per flow direction, what the egress programs confirmed. Only egress programs write it,
+/// so a confirmation never races with an ingress update of the same entry.
+#[btf_map(name = "confirmed")]
+pub static CONFIRMED: LruHashMap<FlowKey, FlowConfirmed, { MAX_FLOWS as usize }> = LruHashMap::new();

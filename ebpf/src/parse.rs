@@ -12,6 +12,12 @@ pub const ARPOP_REQUEST: u16 = 1;
 pub const ARPOP_REPLY: u16 = 2;
 /// skb->pkt_type for frames addressed to this host.
 pub const PACKET_HOST: u32 = 0;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -49,6 +55,23 @@ pub struct Ipv4Hdr {
     pub dst: [u8; 4],
 }
 
+/// The first bytes of a TCP header: ports, sequence numbers, flags.
+#[repr(C)]
+pub struct TcpHdr {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack_seq: u32,
+    pub data_offset: u8,
+    pub flags: u8,
+}
+
+#[repr(C)]
+pub struct UdpHdr {
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
 /// A pointer to the `T` at `offset` into the frame, when all of it is inside the frame.
 #[inline(always)]
 pub fn header<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
@@ -84,4 +107,11 @@ pub fn ifindex(ctx: &TcContext) -> u32 {
 pub fn has_vlan_tag(ctx: &TcContext) -> bool {
     // SAFETY: as above.
     unsafe { (*ctx.skb.skb).vlan_present != 0 }
+}
+
+/// The skb mark.
+#[inline(always)]
+pub fn mark(ctx: &TcContext) -> u32 {
+    // SAFETY: as above.
+    unsafe { (*ctx.skb.skb).mark }
 }

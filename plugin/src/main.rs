@@ -38,6 +38,24 @@ enum Operator {
         #[arg(long)]
         json: bool,
     },
+    /// Offloaded flows.
+    Flows {
+        #[command(subcommand)]
+        action: FlowsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum FlowsAction {
+    /// Forget every offloaded flow at once: each goes back through the bridge and
+    /// netfilter and must be confirmed again (for example after changing policy rules).
+    Flush {
+        /// Only this network.
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long, default_value = DEFAULT_BPF_ROOT)]
+        bpf_root: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +81,12 @@ fn main() -> anyhow::Result<()> {
             } else {
                 print!("{}", inspect::render(&report));
             }
+        }
+        Operator::Flows {
+            action: FlowsAction::Flush { network, bpf_root },
+        } => {
+            let forgotten = inspect::flush_flows(&bpf_root, network.as_deref())?;
+            println!("forgot {forgotten} flow directions");
         }
     }
     Ok(())

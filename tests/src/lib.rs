@@ -10,6 +10,7 @@ pub mod bpffs;
 pub mod netns;
 pub mod node;
 pub mod pod;
+pub mod sockets;
 pub mod sweep;
 pub mod tempdir;
 pub mod traffic;

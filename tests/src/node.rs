@@ -243,6 +243,22 @@ impl Node {
         serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
     }
 
+    /// Runs an operator subcommand of the plugin on this node; returns its stdout.
+    pub fn flatbridge(&self, args: &[&str]) -> String {
+        let output = self
+            .command(&self.plugin())
+            .args(args)
+            .output()
+            .expect("run flatbridge");
+        assert!(
+            output.status.success(),
+            "flatbridge {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// `flatbridge status` as a person reads it.
     pub fn status_text(&self) -> String {
         let output = self

@@ -5,7 +5,10 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use flatbridge::{datapath::Datapath, netns::Netns as PluginNetns};
-use flatbridge_common::{Endpoint, NODE_ANTI_SPOOF, NODE_ENABLED, NodeConfig, Verdict, program_name};
+use flatbridge_common::{
+    Endpoint, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD, NodeConfig,
+    OFFLOADED_MARK, Verdict, program_name,
+};
 use flatbridge_tests::{BpfFs, Netns, require_root};
 
 const TC_ACT_OK: u32 = 0;
@@ -15,16 +18,19 @@ const TC_ACT_REDIRECT: u32 = 7;
 const BRIDGE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xbb];
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const MAC_C: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
 const MAC_OUTSIDE: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
 const IP_A: [u8; 4] = [10, 10, 1, 1];
 const IP_B: [u8; 4] = [10, 10, 1, 2];
+const IP_C: [u8; 4] = [10, 10, 1, 3];
 const IP_GATEWAY: [u8; 4] = [10, 10, 1, 0];
 const IP_OUTSIDE: [u8; 4] = [10, 10, 0, 1];
 
-/// `struct __sk_buff` (include/uapi/linux/bpf.h) is 192 bytes; `ifindex` is at offset 40.
-/// BPF_PROG_TEST_RUN takes the device the frame "arrived on" from it.
-fn skb_ctx(ifindex: u32) -> [u8; 192] {
+/// `struct __sk_buff` (include/uapi/linux/bpf.h) is 192 bytes; `mark` is at offset 8 and
+/// `ifindex` at 40. BPF_PROG_TEST_RUN takes the device the frame "arrived on" from it.
+fn skb_ctx(ifindex: u32, mark: u32) -> [u8; 192] {
     let mut ctx = [0u8; 192];
+    ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     ctx
 }
@@ -51,24 +57,61 @@ fn arp_request(sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
     arp(1, sha, spa, [0; 6], tpa)
 }
 
-/// An ICMP echo request (the payload does not matter to the programs).
-fn ipv4(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+fn ipv4_header(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    protocol: u8,
+    length: u16,
+) -> Vec<u8> {
     let mut frame = ethernet(dst_mac, src_mac, 0x0800);
-    frame.extend_from_slice(&[0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 1, 0, 0]);
+    frame.extend_from_slice(&[0x45, 0]);
+    frame.extend_from_slice(&length.to_be_bytes());
+    frame.extend_from_slice(&[0, 1, 0x40, 0, 64, protocol, 0, 0]);
     frame.extend_from_slice(&src);
     frame.extend_from_slice(&dst);
+    frame
+}
+
+/// An ICMP echo request (the payload does not matter to the programs).
+fn ipv4(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut frame = ipv4_header(dst_mac, src_mac, src, dst, 1, 28);
     frame.extend_from_slice(&[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
     frame
 }
 
-/// A node namespace with three real devices (the programs read the ifindex of the device a
-/// frame came in on) and a loaded datapath whose maps know pods A and B and the gateway.
+/// A UDP datagram from `src:src_port` to `dst:dst_port`.
+fn udp(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], ports: (u16, u16)) -> Vec<u8> {
+    let mut frame = ipv4_header(macs.0, macs.1, src, dst, 17, 32);
+    frame.extend_from_slice(&ports.0.to_be_bytes());
+    frame.extend_from_slice(&ports.1.to_be_bytes());
+    frame.extend_from_slice(&[0, 12, 0, 0, b'd', b'a', b't', b'a']);
+    frame
+}
+
+const ACK: u8 = 0x10;
+const SYN: u8 = 0x02;
+const FIN: u8 = 0x01;
+
+/// A TCP segment with `flags`.
+fn tcp(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], ports: (u16, u16), flags: u8) -> Vec<u8> {
+    let mut frame = ipv4_header(macs.0, macs.1, src, dst, 6, 40);
+    frame.extend_from_slice(&ports.0.to_be_bytes());
+    frame.extend_from_slice(&ports.1.to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    frame
+}
+
+/// A node namespace with four real devices (the programs read the ifindex of the device a
+/// frame came in on) and a loaded datapath whose maps know pods A, B and C and the gateway.
 struct World {
     node: Netns,
     _bpffs: BpfFs,
     datapath: Datapath,
     host_a: u32,
     host_b: u32,
+    host_c: u32,
     uplink: u32,
 }
 
@@ -76,18 +119,26 @@ impl World {
     fn new(flags: u32, with_uplink: bool) -> Self {
         require_root();
         let node = Netns::new("prog");
-        for (name, peer) in [("hosta", "hosta-p"), ("hostb", "hostb-p"), ("uplink", "uplink-p")] {
-            node.ok(&["ip", "link", "add", name, "type", "veth", "peer", "name", peer]);
+        for name in ["hosta", "hostb", "hostc", "uplink"] {
+            node.ok(&[
+                "ip",
+                "link",
+                "add",
+                name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{name}-p"),
+            ]);
         }
-        let (host_a, host_b, uplink) = (
-            node.ifindex("hosta"),
-            node.ifindex("hostb"),
-            node.ifindex("uplink"),
-        );
+        let [host_a, host_b, host_c, uplink] =
+            ["hosta", "hostb", "hostc", "uplink"].map(|name| node.ifindex(name));
         let bpffs = BpfFs::new("prog");
         let (datapath, _) = Datapath::ensure_loaded(bpffs.path(), "prog").expect("load the datapath");
         datapath
             .set_node_config(&NodeConfig {
+                revalidate_ns: 300_000_000,
                 bridge_ifindex: 1,
                 uplink_ifindex: if with_uplink { uplink } else { 0 },
                 flags,
@@ -95,7 +146,11 @@ impl World {
                 ..NodeConfig::default()
             })
             .expect("node config");
-        for (ifindex, ip, mac) in [(host_a, IP_A, MAC_A), (host_b, IP_B, MAC_B)] {
+        for (ifindex, ip, mac) in [
+            (host_a, IP_A, MAC_A),
+            (host_b, IP_B, MAC_B),
+            (host_c, IP_C, MAC_C),
+        ] {
             let endpoint = Endpoint {
                 ifindex,
                 ipv4: ip,
@@ -115,6 +170,7 @@ impl World {
             datapath,
             host_a,
             host_b,
+            host_c,
             uplink,
         }
     }
@@ -126,11 +182,24 @@ impl World {
     /// Runs `program` on `frame` as if it arrived on `ifindex`; returns the action, the
     /// frame as the program left it, and how much `verdict`'s counter moved.
     fn run(&self, program: &str, ifindex: u32, frame: &[u8], verdict: Verdict) -> (u32, Vec<u8>, u64) {
+        let (action, out, _, counted) = self.run_marked(program, ifindex, 0, frame, verdict);
+        (action, out, counted)
+    }
+
+    /// As [`World::run`], with the skb mark set to `mark`; also returns the mark after.
+    fn run_marked(
+        &self,
+        program: &str,
+        ifindex: u32,
+        mark: u32,
+        frame: &[u8],
+        verdict: Verdict,
+    ) -> (u32, Vec<u8>, u32, u64) {
         let before = self.count(verdict);
         let path = self.datapath.layout().program(program);
-        let ctx = skb_ctx(ifindex);
+        let ctx = skb_ctx(ifindex, mark);
         let netns = self.node.path();
-        let (action, out) = std::thread::scope(|scope| {
+        let (action, out, mark_after) = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
                     PluginNetns::open(&netns)
@@ -138,23 +207,26 @@ impl World {
                         .run(|| {
                             let program = SchedClassifier::from_pin(&path).expect("pinned program");
                             let mut out = vec![0u8; frame.len() + 64];
+                            let mut ctx_out = [0u8; 192];
                             let result = program
                                 .test_run(TestRunOptions {
                                     data_in: Some(frame),
                                     data_out: Some(&mut out),
                                     ctx_in: Some(&ctx),
+                                    ctx_out: Some(&mut ctx_out),
                                     ..TestRunOptions::default()
                                 })
                                 .expect("BPF_PROG_TEST_RUN");
                             out.truncate(result.data_size_out as usize);
-                            (result.return_value, out)
+                            let mark_after = u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4 bytes"));
+                            (result.return_value, out, mark_after)
                         })
                         .expect("enter the node netns")
                 })
                 .join()
                 .expect("test run thread")
         });
-        (action, out, self.count(verdict) - before)
+        (action, out, mark_after, self.count(verdict) - before)
     }
 
     fn count(&self, verdict: Verdict) -> u64 {
@@ -397,4 +469,217 @@ fn a_disabled_datapath_passes_everything() {
         Verdict::UplinkToBridge,
     );
     assert_eq!((action, counted), (TC_ACT_OK, 1));
+}
+
+// --- offloading only what netfilter accepted (the default "confirmed" mode) ---
+
+fn confirmed_world() -> World {
+    World::new(
+        NODE_ENABLED | NODE_ANTI_SPOOF | NODE_CONFIRM_FLOWS | NODE_TCP_OFFLOAD,
+        true,
+    )
+}
+
+const TO_POD: &str = program_name::TO_POD;
+const TO_UPLINK: &str = program_name::TO_UPLINK;
+
+/// A UDP request A -> B and its reply B -> A.
+fn udp_pair() -> (Vec<u8>, Vec<u8>) {
+    (
+        udp((MAC_B, MAC_A), IP_A, IP_B, (40000, 53)),
+        udp((MAC_A, MAC_B), IP_B, IP_A, (53, 40000)),
+    )
+}
+
+/// Both directions through the bridge: each seen at its sender's ingress and delivered,
+/// unchanged, at its receiver's egress.
+fn through_the_bridge(world: &World, request: &[u8], reply: &[u8]) {
+    assert_eq!(
+        world.run(FROM_POD, world.host_a, request, Verdict::PodToBridge).0,
+        TC_ACT_OK
+    );
+    world.run(TO_POD, world.host_b, request, Verdict::FlowConfirmed);
+    assert_eq!(
+        world.run(FROM_POD, world.host_b, reply, Verdict::PodToBridge).0,
+        TC_ACT_OK
+    );
+    world.run(TO_POD, world.host_a, reply, Verdict::FlowConfirmed);
+}
+
+#[test]
+fn a_flow_is_offloaded_once_both_directions_were_confirmed() {
+    let world = confirmed_world();
+    let (request, reply) = udp_pair();
+    // First packet: only the bridge knows what to do with it.
+    let (action, _, counted) = world.run(FROM_POD, world.host_a, &request, Verdict::PodToBridge);
+    assert_eq!((action, counted), (TC_ACT_OK, 1));
+    let (_, _, confirmed) = world.run(TO_POD, world.host_b, &request, Verdict::FlowConfirmed);
+    assert_eq!(confirmed, 1);
+    // One direction confirmed is not enough.
+    assert_eq!(
+        world
+            .run(FROM_POD, world.host_a, &request, Verdict::PodToBridge)
+            .0,
+        TC_ACT_OK
+    );
+    assert_eq!(
+        world.run(FROM_POD, world.host_b, &reply, Verdict::PodToBridge).0,
+        TC_ACT_OK
+    );
+    world.run(TO_POD, world.host_a, &reply, Verdict::FlowConfirmed);
+    let (action, out, counted) = world.run(FROM_POD, world.host_a, &request, Verdict::PodToPod);
+    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    assert_eq!(out, request);
+    let (action, _, counted) = world.run(FROM_POD, world.host_b, &reply, Verdict::PodToPod);
+    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    // ICMP is never offloaded.
+    let (action, _, _) = world.run(
+        FROM_POD,
+        world.host_a,
+        &ipv4(MAC_B, MAC_A, IP_A, IP_B),
+        Verdict::PodToBridge,
+    );
+    assert_eq!(action, TC_ACT_OK);
+}
+
+#[test]
+fn a_confirmation_expires_and_the_flow_goes_back_through_netfilter() {
+    let world = confirmed_world();
+    let (request, reply) = udp_pair();
+    through_the_bridge(&world, &request, &reply);
+    assert_eq!(
+        world.run(FROM_POD, world.host_a, &request, Verdict::PodToPod).0,
+        TC_ACT_REDIRECT
+    );
+    // The test world revalidates every 300 ms.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(
+        world
+            .run(FROM_POD, world.host_a, &request, Verdict::PodToBridge)
+            .0,
+        TC_ACT_OK
+    );
+    world.run(TO_POD, world.host_b, &request, Verdict::FlowConfirmed);
+    assert_eq!(
+        world.run(FROM_POD, world.host_a, &request, Verdict::PodToPod).0,
+        TC_ACT_REDIRECT
+    );
+}
+
+#[test]
+fn a_nated_flow_never_pairs() {
+    let world = confirmed_world();
+    // The client talks to a Service address; the bridge delivers the frame DNATed to B, and
+    // B's reply un-NATed to the client.
+    let to_service = udp((MAC_B, MAC_A), IP_A, [10, 96, 0, 10], (40000, 53));
+    let delivered = udp((MAC_B, MAC_A), IP_A, IP_B, (40000, 5353));
+    let reply = udp((MAC_A, MAC_B), IP_B, IP_A, (5353, 40000));
+    let un_nated = udp((MAC_A, MAC_B), [10, 96, 0, 10], IP_A, (53, 40000));
+    for _ in 0..3 {
+        world.run(FROM_POD, world.host_a, &to_service, Verdict::PodToBridge);
+        world.run(TO_POD, world.host_b, &delivered, Verdict::FlowConfirmed);
+        world.run(FROM_POD, world.host_b, &reply, Verdict::PodToBridge);
+        world.run(TO_POD, world.host_a, &un_nated, Verdict::FlowConfirmed);
+    }
+    for (port, frame) in [(world.host_a, &to_service), (world.host_b, &reply)] {
+        let (action, _, counted) = world.run(FROM_POD, port, frame, Verdict::PodToBridge);
+        assert_eq!(
+            (action, counted),
+            (TC_ACT_OK, 1),
+            "a NATed direction was redirected"
+        );
+    }
+}
+
+#[test]
+fn a_flooded_frame_confirms_nothing() {
+    let world = confirmed_world();
+    let (request, reply) = udp_pair();
+    // The bridge floods A's frame for B to C's port too: C's egress must not confirm it.
+    world.run(FROM_POD, world.host_a, &request, Verdict::PodToBridge);
+    let (_, _, confirmed) = world.run(TO_POD, world.host_c, &request, Verdict::FlowConfirmed);
+    assert_eq!(confirmed, 0);
+    world.run(FROM_POD, world.host_b, &reply, Verdict::PodToBridge);
+    world.run(TO_POD, world.host_a, &reply, Verdict::FlowConfirmed);
+    assert_eq!(
+        world
+            .run(FROM_POD, world.host_a, &request, Verdict::PodToBridge)
+            .0,
+        TC_ACT_OK
+    );
+}
+
+#[test]
+fn tcp_confirms_only_established_segments_and_fin_ends_the_flow() {
+    let world = confirmed_world();
+    let macs_ab = (MAC_B, MAC_A);
+    let macs_ba = (MAC_A, MAC_B);
+    let syn = tcp(macs_ab, IP_A, IP_B, (40000, 80), SYN);
+    world.run(FROM_POD, world.host_a, &syn, Verdict::PodToBridge);
+    let (_, _, confirmed) = world.run(TO_POD, world.host_b, &syn, Verdict::FlowConfirmed);
+    assert_eq!(confirmed, 0, "a SYN confirmed the flow");
+    let request = tcp(macs_ab, IP_A, IP_B, (40000, 80), ACK);
+    let reply = tcp(macs_ba, IP_B, IP_A, (80, 40000), ACK);
+    through_the_bridge(&world, &request, &reply);
+    assert_eq!(
+        world.run(FROM_POD, world.host_a, &request, Verdict::PodToPod).0,
+        TC_ACT_REDIRECT
+    );
+    // A FIN goes through the bridge and ends both directions until a new SYN.
+    let fin = tcp(macs_ab, IP_A, IP_B, (40000, 80), FIN | ACK);
+    let (action, _, closed) = world.run(FROM_POD, world.host_a, &fin, Verdict::FlowClosed);
+    assert_eq!((action, closed), (TC_ACT_OK, 1));
+    assert_eq!(
+        world
+            .run(FROM_POD, world.host_a, &request, Verdict::PodToBridge)
+            .0,
+        TC_ACT_OK
+    );
+    assert_eq!(
+        world.run(FROM_POD, world.host_b, &reply, Verdict::PodToBridge).0,
+        TC_ACT_OK
+    );
+    world.run(TO_POD, world.host_b, &request, Verdict::FlowConfirmed);
+    let (action, _, _) = world.run(FROM_POD, world.host_a, &request, Verdict::PodToBridge);
+    assert_eq!(action, TC_ACT_OK, "a half-closed flow was offloaded again");
+}
+
+#[test]
+fn tcp_is_not_offloaded_when_the_node_forbids_it() {
+    let world = World::new(NODE_ENABLED | NODE_ANTI_SPOOF | NODE_CONFIRM_FLOWS, true);
+    let request = tcp((MAC_B, MAC_A), IP_A, IP_B, (40000, 80), ACK);
+    let reply = tcp((MAC_A, MAC_B), IP_B, IP_A, (80, 40000), ACK);
+    through_the_bridge(&world, &request, &reply);
+    assert_eq!(
+        world
+            .run(FROM_POD, world.host_a, &request, Verdict::PodToBridge)
+            .0,
+        TC_ACT_OK
+    );
+}
+
+#[test]
+fn flows_to_the_wire_pair_through_the_uplink_and_offloaded_frames_do_not_reconfirm() {
+    let world = confirmed_world();
+    let request = udp((MAC_OUTSIDE, MAC_A), IP_A, IP_OUTSIDE, (40000, 53));
+    let reply = udp((MAC_A, MAC_OUTSIDE), IP_OUTSIDE, IP_A, (53, 40000));
+    world.run(FROM_POD, world.host_a, &request, Verdict::PodToBridge);
+    world.run(TO_UPLINK, world.uplink, &request, Verdict::FlowConfirmed);
+    world.run(FROM_UPLINK, world.uplink, &reply, Verdict::UplinkToBridge);
+    world.run(TO_POD, world.host_a, &reply, Verdict::FlowConfirmed);
+    let (action, _, counted) = world.run(FROM_UPLINK, world.uplink, &reply, Verdict::UplinkToPod);
+    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    let (action, _, mark, counted) =
+        world.run_marked(FROM_POD, world.host_a, 0, &request, Verdict::PodToUplink);
+    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    assert_eq!(
+        mark & OFFLOADED_MARK,
+        OFFLOADED_MARK,
+        "the redirected frame is not marked"
+    );
+    // That frame passes the uplink's egress hook, which must not count it as a frame
+    // netfilter let through, and removes its mark.
+    let (action, _, mark, confirmed) =
+        world.run_marked(TO_UPLINK, world.uplink, mark, &request, Verdict::FlowConfirmed);
+    assert_eq!((action, confirmed, mark & OFFLOADED_MARK), (TC_ACT_OK, 0, 0));
 }

@@ -32,10 +32,13 @@ pub fn run() -> anyhow::Result<()> {
     let node = Node::with_plugin("demo-node", plugin);
     // The node's own address on the pod subnet is the pods' gateway, as on a real node of
     // this recipe where the bridge carries the node's IP.
+    // Conntrack must accept TCP packets that return to netfilter after an offloaded
+    // stretch; kube-proxy's --conntrack-tcp-be-liberal does the same.
     for argv in [
         ["ip", "link", "add", "cni0", "type", "bridge"].as_slice(),
         &["ip", "addr", "add", "10.10.1.0/16", "dev", "cni0"],
         &["ip", "link", "set", "cni0", "up"],
+        &["sysctl", "-w", "net.netfilter.nf_conntrack_tcp_be_liberal=1"],
     ] {
         println!("node# {}", argv.join(" "));
         node.netns.ok(argv);

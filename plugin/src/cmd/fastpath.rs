@@ -2,7 +2,9 @@
 //! the programs on the pod's host veth and on the uplink.
 use std::net::{IpAddr, Ipv4Addr};
 
-use flatbridge_common::{Endpoint, NODE_ANTI_SPOOF, NODE_ENABLED, NodeConfig, program_name};
+use flatbridge_common::{
+    Endpoint, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD, NodeConfig, program_name,
+};
 
 use super::ALIAS_PREFIX;
 use crate::{
@@ -61,6 +63,21 @@ pub async fn find_uplink(
     }
 }
 
+/// The programs on each pod's host veth, and on the uplink.
+const POD_PROGRAMS: [&str; 2] = [program_name::FROM_POD, program_name::TO_POD];
+const UPLINK_PROGRAMS: [&str; 2] = [program_name::FROM_UPLINK, program_name::TO_UPLINK];
+
+/// TCP may be offloaded when conntrack accepts packets beyond its window after an
+/// offloaded stretch (`nf_conntrack_tcp_be_liberal` = 1), or when there is no conntrack in
+/// this namespace at all. Otherwise returning packets would be INVALID and kube-proxy's
+/// `ctstate INVALID -j DROP` would kill the connection.
+fn tcp_offload_allowed() -> bool {
+    match std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal") {
+        Ok(value) => value.trim() == "1",
+        Err(error) => error.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
 /// What ADD did to the datapath, for its undo.
 #[derive(Default)]
 pub struct Added {
@@ -94,7 +111,19 @@ pub async fn add_pod(
     if config.anti_spoof() {
         flags |= NODE_ANTI_SPOOF;
     }
+    if config.confirm_flows() {
+        flags |= NODE_CONFIRM_FLOWS;
+    }
+    if tcp_offload_allowed() {
+        flags |= NODE_TCP_OFFLOAD;
+    } else if config.confirm_flows() {
+        log::info!(
+            "TCP stays on the slow path: net.netfilter.nf_conntrack_tcp_be_liberal is 0 \
+             (run `flatbridge node setup` or set it to 1)"
+        );
+    }
     datapath.set_node_config(&NodeConfig {
+        revalidate_ns: config.revalidate_ms() * 1_000_000,
         bridge_ifindex: bridge.index,
         uplink_ifindex: uplink.as_ref().map_or(0, |link| link.index),
         flags,
@@ -118,14 +147,17 @@ pub async fn add_pod(
     };
     datapath.add_endpoint(endpoint, &ipv4s)?;
     added.endpoint = Some(host.index);
-    datapath.attach(program_name::FROM_POD, &host.name)?;
     added.host_veth = Some(host.name.clone());
-
-    if let Some(uplink) = uplink
-        && !datapath.is_attached(program_name::FROM_UPLINK, &uplink.name)
-    {
-        datapath.attach(program_name::FROM_UPLINK, &uplink.name)?;
-        log::info!("attached from_uplink to {}", uplink.name);
+    for program in POD_PROGRAMS {
+        datapath.attach(program, &host.name)?;
+    }
+    if let Some(uplink) = uplink {
+        for program in UPLINK_PROGRAMS {
+            if !datapath.is_attached(program, &uplink.name) {
+                datapath.attach(program, &uplink.name)?;
+                log::info!("attached {program} to {}", uplink.name);
+            }
+        }
     }
 
     // Gateways the node owns (their address is on the bridge) are answered by the program.
@@ -146,10 +178,12 @@ pub fn undo_add(request: &Request, added: Added) {
     let Ok(datapath) = Datapath::open(&config.bpf_root(), &config.net.name) else {
         return;
     };
-    if let Some(host_veth) = added.host_veth
-        && let Err(error) = datapath.detach(program_name::FROM_POD, &host_veth)
-    {
-        log::error!("rollback: {error}");
+    if let Some(host_veth) = added.host_veth {
+        for program in POD_PROGRAMS {
+            if let Err(error) = datapath.detach(program, &host_veth) {
+                log::error!("rollback: {error}");
+            }
+        }
     }
     if let Some(ifindex) = added.endpoint
         && let Err(error) = datapath.remove_endpoint(ifindex)
@@ -173,8 +207,11 @@ pub async fn del_pod(
     };
     if let Some(host) = host {
         datapath.remove_endpoint(host.index)?;
+        datapath.forget_flows_of_port(host.index)?;
     }
-    datapath.detach(program_name::FROM_POD, host_name)?;
+    for program in POD_PROGRAMS {
+        datapath.detach(program, host_name)?;
+    }
     sweep(&datapath, node, host.map(|link| link.index)).await
 }
 
@@ -185,6 +222,7 @@ pub async fn sweep(datapath: &Datapath, node: &Netlink, going: Option<u32>) -> R
     for ifindex in datapath.endpoint_ports()? {
         if Some(ifindex) == going || !links.iter().any(|link| link.index == ifindex) {
             datapath.remove_endpoint(ifindex)?;
+            datapath.forget_flows_of_port(ifindex)?;
             log::info!("removed the endpoint of vanished port #{ifindex}");
         }
     }

@@ -1,11 +1,11 @@
 //! `flatbridge status`: what the datapath of each network on this node is doing — its
 //! programs and where they are attached, the node settings, the pods it knows, the
 //! gateways it answers for, and its counters. Run it in the node's network namespace.
-use std::path::Path;
+use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::Context;
 use aya::programs::SchedClassifier;
-use flatbridge_common::{NODE_ANTI_SPOOF, NODE_ENABLED, program_name};
+use flatbridge_common::{NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD, program_name};
 use serde_json::{Value, json};
 
 use super::add::format_mac;
@@ -70,6 +70,34 @@ fn network_report(datapath: &Datapath) -> anyhow::Result<Value> {
         .into_iter()
         .map(|(ip, mac)| json!({"address": ip.to_string(), "mac": format_mac(mac)}))
         .collect();
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|time| time.tv_sec() as u64 * 1_000_000_000 + time.tv_nsec() as u64)
+        .unwrap_or_default();
+    let revalidate_ns = node.revalidate_ns.max(1);
+    let flows = datapath.flows()?;
+    let flow_rows: Vec<Value> = flows
+        .iter()
+        .map(|(key, seen, confirmed)| {
+            let fresh = |time: u64, window: u64| now.saturating_sub(time) <= window;
+            let reverse = flows.iter().find(|(other, _, _)| *other == key.reversed());
+            let offloaded = confirmed.is_some_and(|out| {
+                fresh(out.confirmed_ns, revalidate_ns)
+                    && reverse.is_some_and(|(_, back_seen, back)| {
+                        back_seen.closed == 0 && back.is_some_and(|back| back.out_ifindex == seen.in_ifindex)
+                    })
+            });
+            json!({
+                "protocol": match key.protocol { 6 => "tcp", 17 => "udp", _ => "?" },
+                "src": format!("{}:{}", Ipv4Addr::from(key.src), u16::from_be(key.src_port)),
+                "dst": format!("{}:{}", Ipv4Addr::from(key.dst), u16::from_be(key.dst_port)),
+                "from": ifname(seen.in_ifindex),
+                "to": confirmed.map(|out| ifname(out.out_ifindex)),
+                "closed": seen.closed != 0,
+                "confirmed_ms_ago": confirmed.map(|out| now.saturating_sub(out.confirmed_ns) / 1_000_000),
+                "offloaded": offloaded,
+            })
+        })
+        .collect();
     let counters: Vec<Value> = datapath
         .counters()?
         .into_iter()
@@ -82,6 +110,9 @@ fn network_report(datapath: &Datapath) -> anyhow::Result<Value> {
         "build_current": build == BPF_OBJECT_HASH,
         "node": {
             "enabled": node.flags & NODE_ENABLED != 0,
+            "mode": if node.flags & NODE_CONFIRM_FLOWS != 0 { "confirmed" } else { "always" },
+            "tcp_offload": node.flags & NODE_TCP_OFFLOAD != 0,
+            "revalidate_ms": node.revalidate_ns / 1_000_000,
             "bridge": ifname(node.bridge_ifindex),
             "bridge_mac": format_mac(node.bridge_mac),
             "uplink": ifname(node.uplink_ifindex),
@@ -90,6 +121,7 @@ fn network_report(datapath: &Datapath) -> anyhow::Result<Value> {
         "programs": programs,
         "endpoints": endpoints,
         "gateways": gateways,
+        "flows": flow_rows,
         "counters": counters,
     }))
 }
@@ -144,6 +176,16 @@ pub fn render(report: &Value) -> String {
             text(&node["uplink"]),
             if node["anti_spoof"] == true { "on" } else { "off" },
             if node["enabled"] == true { "on" } else { "off" },
+        ));
+        out.push_str(&format!(
+            "  offload: {} mode, TCP {}, revalidation every {} ms\n",
+            text(&node["mode"]),
+            if node["tcp_offload"] == true {
+                "offloaded"
+            } else {
+                "not offloaded (nf_conntrack_tcp_be_liberal is 0)"
+            },
+            text(&node["revalidate_ms"]),
         ));
         out.push_str("  programs:\n");
         for program in network["programs"].as_array().into_iter().flatten() {
@@ -205,6 +247,24 @@ pub fn render(report: &Value) -> String {
                 text(&gateway["mac"])
             ));
         }
+        let flows = network["flows"].as_array().cloned().unwrap_or_default();
+        let offloaded: Vec<&Value> = flows.iter().filter(|flow| flow["offloaded"] == true).collect();
+        out.push_str(&format!(
+            "  flows: {} directions tracked, {} offloaded now\n",
+            flows.len(),
+            offloaded.len()
+        ));
+        for flow in offloaded.iter().take(50) {
+            out.push_str(&format!(
+                "    {:<4} {:<22} -> {:<22} {} -> {} (confirmed {} ms ago)\n",
+                text(&flow["protocol"]),
+                text(&flow["src"]),
+                text(&flow["dst"]),
+                text(&flow["from"]),
+                text(&flow["to"]),
+                text(&flow["confirmed_ms_ago"]),
+            ));
+        }
         out.push_str(&format!(
             "  counters:\n    {:<22} {:>12} {:>16}\n",
             "VERDICT", "PACKETS", "BYTES"
@@ -219,4 +279,19 @@ pub fn render(report: &Value) -> String {
         }
     }
     out
+}
+
+/// Forgets every offloaded flow of every network (or one); returns the directions forgotten.
+pub fn flush_flows(bpf_root: &Path, network: Option<&str>) -> anyhow::Result<usize> {
+    let networks = match network {
+        Some(network) => vec![network.to_owned()],
+        None => Datapath::networks(bpf_root),
+    };
+    let mut forgotten = 0;
+    for network in networks {
+        let datapath = Datapath::open(bpf_root, &network)
+            .with_context(|| format!("no datapath for network {network} under {}", bpf_root.display()))?;
+        forgotten += datapath.flush_flows()?;
+    }
+    Ok(forgotten)
 }

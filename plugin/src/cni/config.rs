@@ -105,6 +105,13 @@ pub struct NetConf {
     /// The eBPF fast path (default on); off gives the plain bridge.
     #[serde(default)]
     pub fast_path: Option<bool>,
+    /// "confirmed" (default): offload only flows netfilter let through unchanged;
+    /// "always": redirect every frame for a local pod's MAC (no Services, no policy).
+    #[serde(default)]
+    pub fast_path_mode: Option<String>,
+    /// How often an offloaded flow goes back through netfilter, in milliseconds (1000).
+    #[serde(default)]
+    pub revalidate_ms: Option<u64>,
     /// Drop frames whose source MAC or IPv4 is not the sending pod's (default on).
     #[serde(default)]
     pub anti_spoof: Option<bool>,
@@ -223,6 +230,23 @@ impl Config {
                 format!("{field} is not supported by flatbridge: {why}"),
             ));
         }
+        if let Some(mode) = &net.fast_path_mode
+            && mode != "confirmed"
+            && mode != "always"
+        {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("fastPathMode {mode:?} is not \"confirmed\" or \"always\""),
+            ));
+        }
+        if let Some(ms) = net.revalidate_ms
+            && !(100..=60_000).contains(&ms)
+        {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("revalidateMs {ms} is out of range: it must be between 100 and 60000"),
+            ));
+        }
         if let Some(uplink) = &net.uplink {
             super::env::validate_ifname(uplink).map_err(|why| {
                 CniError::new(
@@ -266,6 +290,15 @@ impl Config {
 
     pub fn fast_path(&self) -> bool {
         self.net.fast_path.unwrap_or(true)
+    }
+
+    /// True unless `fastPathMode` is "always".
+    pub fn confirm_flows(&self) -> bool {
+        self.net.fast_path_mode.as_deref() != Some("always")
+    }
+
+    pub fn revalidate_ms(&self) -> u64 {
+        self.net.revalidate_ms.unwrap_or(1000)
     }
 
     /// On by default; `macspoofchk` (the reference plugin's name) turns it on too.
@@ -371,6 +404,8 @@ mod tests {
         assert_eq!(config.bpf_root(), PathBuf::from("/sys/fs/bpf"));
         assert!(config.fast_path());
         assert!(config.anti_spoof());
+        assert!(config.confirm_flows());
+        assert_eq!(config.revalidate_ms(), 1000);
     }
 
     #[test]
@@ -400,6 +435,8 @@ mod tests {
             (with("vlan", "100"), code::UNSUPPORTED_FIELD),
             (with("uplink", r#""a b""#), code::INVALID_CONFIG),
             (with("fastPath", r#""yes""#), code::DECODE_FAILURE),
+            (with("fastPathMode", r#""fast""#), code::INVALID_CONFIG),
+            (with("revalidateMs", "5"), code::INVALID_CONFIG),
             (
                 with("runtimeConfig", r#"{"mac":"zz:00:00:00:00:01"}"#),
                 code::INVALID_CONFIG,

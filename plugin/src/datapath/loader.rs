@@ -23,7 +23,7 @@ use aya::{
         tc::{SchedClassifierLink, TcAttachOptions},
     },
 };
-use flatbridge_common::{PIN_DIR, map_name, program_name};
+use flatbridge_common::{ABI_VERSION, PIN_DIR, map_name, program_name};
 use nix::{
     fcntl::{Flock, FlockArg},
     mount::{MsFlags, mount},
@@ -71,6 +71,10 @@ impl PinLayout {
 
     fn build_marker(&self, hash: &str) -> PathBuf {
         self.dir.join(format!("build-{hash}"))
+    }
+
+    fn abi_marker(&self, version: u32) -> PathBuf {
+        self.dir.join(format!("abi-{version}"))
     }
 }
 
@@ -180,7 +184,39 @@ impl Datapath {
         self.has_programs() && self.layout.build_marker(BPF_OBJECT_HASH).exists()
     }
 
+    /// Maps pinned with another layout cannot be reused: say so rather than load programs
+    /// that would misread them.
+    fn check_abi(&self) -> Result<(), DatapathError> {
+        let pinned: Vec<String> = fs::read_dir(self.layout.dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                entry
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("abi-")
+                    .map(str::to_owned)
+            })
+            .collect();
+        let has_maps = map_name::ALL.iter().any(|map| self.layout.map(map).exists());
+        match pinned.as_slice() {
+            [] if !has_maps => create_dir(&self.layout.abi_marker(ABI_VERSION)),
+            [found] if *found == ABI_VERSION.to_string() => Ok(()),
+            _ => Err(DatapathError::IncompatibleMaps {
+                dir: self.layout.dir().to_path_buf(),
+                found: if pinned.is_empty() {
+                    "unknown".into()
+                } else {
+                    pinned.join(",")
+                },
+                expected: ABI_VERSION,
+            }),
+        }
+    }
+
     fn load(&self) -> Result<(), DatapathError> {
+        self.check_abi()?;
         let mut loader = EbpfLoader::new();
         for map in map_name::ALL {
             loader.map_pin_path(map, self.layout.map(map));
@@ -231,16 +267,17 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches `program` to tc ingress of the device `ifname` in the calling thread's
-    /// network namespace and pins the link, so it stays attached after this process exits.
-    /// Attaching again replaces the previous attachment.
+    /// Attaches `program` to its tc hook (ingress, or egress for the `to_*` programs) of the
+    /// device `ifname` in the calling thread's network namespace and pins the link, so it
+    /// stays attached after this process exits. Attaching again replaces the previous
+    /// attachment.
     pub fn attach(&self, program: &'static str, ifname: &str) -> Result<(), DatapathError> {
         let mut classifier = SchedClassifier::from_pin(self.layout.program(program))
             .map_err(|error| program_error("open pinned", program, error))?;
         let link_id = classifier
             .attach_with_options(
                 ifname,
-                TcAttachType::Ingress,
+                hook(program),
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
             .map_err(|error| program_error("attach over TCX", program, error))?;
@@ -274,7 +311,7 @@ impl Datapath {
         names
     }
 
-    /// True when `program` is attached to tc ingress of `ifname` in the calling thread's
+    /// True when `program` is attached to its hook of `ifname` in the calling thread's
     /// namespace, as the kernel says (not only as the pins say).
     pub fn is_attached(&self, program: &str, ifname: &str) -> bool {
         let Ok(pinned) = SchedClassifier::from_pin(self.layout.program(program)) else {
@@ -283,7 +320,7 @@ impl Datapath {
         let Ok(info) = pinned.info() else {
             return false;
         };
-        SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+        SchedClassifier::query_tcx(ifname, hook(program))
             .is_ok_and(|(_, programs)| programs.iter().any(|attached| attached.id() == info.id()))
     }
 
@@ -294,6 +331,14 @@ impl Datapath {
             path: self.layout.dir().to_path_buf(),
             source,
         })
+    }
+}
+
+fn hook(program: &str) -> TcAttachType {
+    if program_name::is_egress(program) {
+        TcAttachType::Egress
+    } else {
+        TcAttachType::Ingress
     }
 }
 

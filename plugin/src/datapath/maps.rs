@@ -4,7 +4,9 @@
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
-use flatbridge_common::{Counter, Endpoint, Ipv4, Mac, NodeConfig, Verdict, map_name};
+use flatbridge_common::{
+    Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Ipv4, Mac, NodeConfig, Verdict, map_name,
+};
 
 use super::{Datapath, DatapathError};
 
@@ -37,6 +39,59 @@ impl Datapath {
         name: &str,
     ) -> Result<HashMap<MapData, K, V>, DatapathError> {
         HashMap::try_from(Map::HashMap(self.open_map(name)?)).map_err(|error| self.map_error(name, error))
+    }
+
+    fn lru_map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<HashMap<MapData, K, V>, DatapathError> {
+        HashMap::try_from(Map::LruHashMap(self.open_map(name)?)).map_err(|error| self.map_error(name, error))
+    }
+
+    /// Every tracked flow direction: what ingress saw and, when confirmed, what egress did.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowSeen, Option<FlowConfirmed>)>, DatapathError> {
+        let seen = self.lru_map::<FlowKey, FlowSeen>(map_name::FLOWS)?;
+        let confirmed = self.lru_map::<FlowKey, FlowConfirmed>(map_name::CONFIRMED)?;
+        Ok(seen
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, seen)| (key, seen, confirmed.get(&key, 0).ok()))
+            .collect())
+    }
+
+    /// Forgets every flow: each goes through the bridge (and netfilter) again and must be
+    /// confirmed anew. Returns how many directions were forgotten.
+    pub fn flush_flows(&self) -> Result<usize, DatapathError> {
+        self.forget_flows(|_, _| true)
+    }
+
+    /// Forgets the flows that entered or left through port `ifindex` (its pod is gone).
+    pub fn forget_flows_of_port(&self, ifindex: u32) -> Result<usize, DatapathError> {
+        self.forget_flows(|seen, confirmed| {
+            seen.is_some_and(|seen| seen.in_ifindex == ifindex)
+                || confirmed.is_some_and(|confirmed| confirmed.out_ifindex == ifindex)
+        })
+    }
+
+    fn forget_flows(
+        &self,
+        doomed: impl Fn(Option<&FlowSeen>, Option<&FlowConfirmed>) -> bool,
+    ) -> Result<usize, DatapathError> {
+        let mut seen = self.lru_map::<FlowKey, FlowSeen>(map_name::FLOWS)?;
+        let mut confirmed = self.lru_map::<FlowKey, FlowConfirmed>(map_name::CONFIRMED)?;
+        let mut keys: Vec<FlowKey> = seen.keys().filter_map(Result::ok).collect();
+        keys.extend(confirmed.keys().filter_map(Result::ok));
+        keys.sort_by_key(|key| (key.src, key.dst, key.src_port, key.dst_port, key.protocol));
+        keys.dedup();
+        let mut forgotten = 0;
+        for key in keys {
+            let seen_value = seen.get(&key, 0).ok();
+            let confirmed_value = confirmed.get(&key, 0).ok();
+            if doomed(seen_value.as_ref(), confirmed_value.as_ref()) {
+                // Confirmation first: without it nothing is redirected.
+                let _ = confirmed.remove(&key);
+                let _ = seen.remove(&key);
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
     }
 
     /// The datapath's counters, one line per verdict, summed over CPUs.

@@ -61,6 +61,13 @@ pub enum DatapathError {
     },
     #[error("the datapath of network {network} is not loaded (no {path})")]
     NotLoaded { network: String, path: PathBuf },
-    #[error("no network interface named {0}")]
-    NoSuchInterface(String),
+    #[error(
+        "the maps pinned in {dir} have layout {found}, this build needs layout {expected}: remove {dir} \
+         (pods keep working through the bridge) so that the next ADD loads this build, then re-add the pods"
+    )]
+    IncompatibleMaps {
+        dir: PathBuf,
+        found: String,
+        expected: u32,
+    },
 }

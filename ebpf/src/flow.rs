@@ -1,0 +1,243 @@
+//! Offloading only what netfilter accepted. A flow direction is redirected past the bridge
+//! only when
+//! - the ingress program of the sender's port saw it ([`seen`], map `flows`),
+//! - the egress program of another port saw the bridge deliver exactly that frame — same
+//!   5-tuple, same MACs, after netfilter and any NAT — to the pod the frame is addressed to
+//!   ([`confirm`], map `confirmed`), within the last `revalidate_ns`,
+//! - and the reverse direction was confirmed too, in the mirror image: delivered to the
+//!   port this direction comes from, sent from the port this direction goes to.
+//!
+//! A NATed flow never pairs (its tuple changes on the way), a dropped one never reaches an
+//! egress hook, and every direction goes back through netfilter once per revalidation
+//! period, so rules added later apply within it. Only unicast, unfragmented IPv4 without
+//! options carrying TCP or UDP is considered; TCP only when the node allows it, only on
+//! packets with ACK and without SYN, FIN or RST; FIN or RST ends both directions until a new
+//! SYN. An evicted or missing entry only ever means "slow path".
+use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TcContext};
+use flatbridge_common::{
+    FlowConfirmed, FlowKey, FlowSeen, NODE_TCP_OFFLOAD, NodeConfig, OUT_POD, OUT_UPLINK, Verdict,
+};
+
+use crate::{
+    counters::count,
+    maps::{CONFIRMED, FLOWS, PORTS},
+    parse::{
+        ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
+        header, same_mac,
+    },
+};
+
+/// How long the reverse direction's confirmation counts for pairing: as long as conntrack
+/// keeps an idle UDP flow (30 s).
+const PAIR_WINDOW_NS: u64 = 30_000_000_000;
+
+/// A frame's flow direction and TCP flags (0 for UDP).
+pub struct Flow {
+    pub key: FlowKey,
+    pub tcp_flags: u8,
+}
+
+impl Flow {
+    fn is_tcp(&self) -> bool {
+        self.key.protocol == IPPROTO_TCP
+    }
+
+    fn opens(&self) -> bool {
+        self.is_tcp() && self.tcp_flags & TCP_SYN != 0
+    }
+
+    fn ends(&self) -> bool {
+        self.is_tcp() && self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+    }
+
+    /// Only established traffic may be confirmed or offloaded: for TCP, ACK without SYN,
+    /// FIN or RST (confirming the handshake would leave conntrack in SYN_RECV).
+    fn is_steady(&self) -> bool {
+        !self.is_tcp() || self.tcp_flags & (TCP_ACK | TCP_SYN | TCP_FIN | TCP_RST) == TCP_ACK
+    }
+}
+
+/// The flow of an IPv4 frame, when it is one the fast path may handle.
+#[inline(always)]
+pub fn parse(ctx: &TcContext, node: &NodeConfig) -> Option<Flow> {
+    let ip: *mut Ipv4Hdr = header(ctx, ETH_HLEN)?;
+    // SAFETY: `header` checked that the IPv4 header lies inside the frame.
+    let (version_ihl, frag_off, protocol, src, dst) = unsafe {
+        (
+            (*ip).version_ihl,
+            (*ip).frag_off,
+            (*ip).protocol,
+            (*ip).src,
+            (*ip).dst,
+        )
+    };
+    // IPv4 without options, not a fragment (neither MF nor an offset).
+    if version_ihl != 0x45 || u16::from_be(frag_off) & 0x3fff != 0 {
+        return None;
+    }
+    let l4 = ETH_HLEN + 20;
+    let (src_port, dst_port, tcp_flags) = match protocol {
+        IPPROTO_TCP if node.flags & NODE_TCP_OFFLOAD != 0 => {
+            let tcp: *mut TcpHdr = header(ctx, l4)?;
+            // SAFETY: bounds-checked by `header`.
+            unsafe { ((*tcp).src_port, (*tcp).dst_port, (*tcp).flags) }
+        }
+        IPPROTO_UDP => {
+            let udp: *mut UdpHdr = header(ctx, l4)?;
+            // SAFETY: bounds-checked by `header`.
+            unsafe { ((*udp).src_port, (*udp).dst_port, 0) }
+        }
+        _ => return None,
+    };
+    Some(Flow {
+        key: FlowKey {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            protocol,
+            _pad: [0; 3],
+        },
+        tcp_flags,
+    })
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Ingress: records the sighting and decides. Returns the confirmed way out when this frame
+/// may bypass the bridge, `None` when it must go through it.
+#[inline(always)]
+pub fn seen(
+    ctx: &TcContext,
+    node: &NodeConfig,
+    flow: &Flow,
+    in_ifindex: u32,
+    src_mac: &[u8; 6],
+    dst_mac: &[u8; 6],
+) -> Option<FlowConfirmed> {
+    let time = now();
+    let previous = FLOWS.get_ptr(flow.key);
+    // SAFETY (all map reads): the pointers come from lookups and are read at once; the
+    // programs write entries whole.
+    let previous_closed = previous.map_or(0, |seen| unsafe { (*seen).closed });
+    let closed = if flow.opens() {
+        0
+    } else if flow.ends() {
+        1
+    } else {
+        previous_closed
+    };
+    let record = FlowSeen {
+        seen_ns: time,
+        in_ifindex,
+        closed,
+        src_mac: *src_mac,
+        dst_mac: *dst_mac,
+        _pad: [0; 4],
+    };
+    let changed = match previous {
+        None => true,
+        Some(seen) => differs(unsafe { &*seen }, &record, node.revalidate_ns / 4),
+    };
+    if changed {
+        let _ = FLOWS.insert(flow.key, record, 0);
+    }
+    if flow.ends() {
+        // The end of one direction ends the other: mark it closed too.
+        let reverse = flow.key.reversed();
+        if let Some(mut other) = unsafe { FLOWS.get(reverse) }.copied() {
+            other.closed = 1;
+            let _ = FLOWS.insert(reverse, other, 0);
+        }
+        count(ctx, Verdict::FlowClosed);
+        return None;
+    }
+    if closed != 0 || !flow.is_steady() {
+        return None;
+    }
+    let out: FlowConfirmed = unsafe { CONFIRMED.get(flow.key) }.copied()?;
+    if time.wrapping_sub(out.confirmed_ns) > node.revalidate_ns
+        || out.out_ifindex == in_ifindex
+        || !same_mac(&out.src_mac, src_mac)
+        || !same_mac(&out.dst_mac, dst_mac)
+    {
+        return None;
+    }
+    // The mirror image: the reverse direction was delivered here and is sent from there.
+    let reverse = flow.key.reversed();
+    let back: FlowConfirmed = unsafe { CONFIRMED.get(reverse) }.copied()?;
+    let back_seen: FlowSeen = unsafe { FLOWS.get(reverse) }.copied()?;
+    if back.out_ifindex != in_ifindex
+        || back_seen.in_ifindex != out.out_ifindex
+        || back_seen.closed != 0
+        || time.wrapping_sub(back.confirmed_ns) > PAIR_WINDOW_NS
+    {
+        return None;
+    }
+    // The port must still be the one confirmed: a pod's veth whose pod has this MAC, or the
+    // uplink. A deleted pod's ifindex, or one reused by another veth, fails here.
+    let still_there = match out.out_kind {
+        OUT_POD => unsafe { PORTS.get(out.out_ifindex) }.is_some_and(|pod| same_mac(&pod.mac, dst_mac)),
+        OUT_UPLINK => out.out_ifindex == node.uplink_ifindex,
+        _ => false,
+    };
+    if still_there { Some(out) } else { None }
+}
+
+/// True when `old` must be replaced by `new`: something changed, or it is old enough that
+/// the egress check of recent sightings needs it refreshed. A function of its own, called
+/// only with an entry that exists: merged into the caller, the compiler may read the
+/// entry's fields on the path where there is none, which the verifier refuses.
+#[inline(never)]
+fn differs(old: &FlowSeen, new: &FlowSeen, refresh_ns: u64) -> bool {
+    old.closed != new.closed
+        || old.in_ifindex != new.in_ifindex
+        || !same_mac(&old.src_mac, &new.src_mac)
+        || !same_mac(&old.dst_mac, &new.dst_mac)
+        || new.seen_ns.wrapping_sub(old.seen_ns) > refresh_ns
+}
+
+/// Egress: the bridge delivered this frame to `out_ifindex`. If an ingress program saw the
+/// very same frame recently, netfilter let the direction through unchanged: confirm it.
+#[inline(always)]
+pub fn confirm(
+    ctx: &TcContext,
+    node: &NodeConfig,
+    flow: &Flow,
+    out_ifindex: u32,
+    out_kind: u32,
+    src_mac: &[u8; 6],
+    dst_mac: &[u8; 6],
+) {
+    if !flow.is_steady() {
+        return;
+    }
+    // SAFETY: the value is copied out of the map.
+    let Some(seen) = unsafe { FLOWS.get(flow.key) }.copied() else {
+        return;
+    };
+    let time = now();
+    if seen.closed != 0
+        || seen.in_ifindex == out_ifindex
+        || !same_mac(&seen.src_mac, src_mac)
+        || !same_mac(&seen.dst_mac, dst_mac)
+        || time.wrapping_sub(seen.seen_ns) > node.revalidate_ns
+    {
+        return;
+    }
+    let record = FlowConfirmed {
+        confirmed_ns: time,
+        out_ifindex,
+        out_kind,
+        src_mac: *src_mac,
+        dst_mac: *dst_mac,
+        _pad: [0; 4],
+    };
+    if CONFIRMED.insert(flow.key, record, 0).is_ok() {
+        count(ctx, Verdict::FlowConfirmed);
+    }
+}
