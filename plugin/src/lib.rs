@@ -3,6 +3,7 @@
 //! `cni/` speaks the protocol and knows nothing of the kernel; `netns`, `netlink/`,
 //! `ipam/`, `datapath/` and `node` are mechanisms that know nothing of CNI; `cmd/` joins
 //! the two.
+pub mod arp;
 pub mod cmd;
 pub mod cni;
 pub mod datapath;

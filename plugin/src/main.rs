@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use flatbridge::{
-    cmd::{Flatbridge, inspect},
+    cmd::{Flatbridge, inspect, node_cmd},
     cni::{self, CniError, CniVersion, code, config::DEFAULT_BPF_ROOT},
+    ipam::config::DEFAULT_DATA_DIR,
 };
+use ipnetwork::IpNetwork;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +36,9 @@ enum Operator {
         /// Where the BPF filesystem is (the `bpfRoot` of the network config).
         #[arg(long, default_value = DEFAULT_BPF_ROOT)]
         bpf_root: PathBuf,
+        /// Where host-local keeps its leases (the `ipam.dataDir` of the network config).
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        ipam_data_dir: PathBuf,
         /// Print JSON for scripts instead of tables.
         #[arg(long)]
         json: bool,
@@ -42,6 +47,40 @@ enum Operator {
     Flows {
         #[command(subcommand)]
         action: FlowsAction,
+    },
+    /// The node's uplink and bridge.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Put the uplink (an Ethernet NIC or a bond) under the bridge: the bridge takes the
+    /// uplink's MAC, MTU, IPv4 addresses and routes, so the switch and the rest of the
+    /// network see no change; forwarding and conntrack's liberal TCP tracking are turned
+    /// on. Idempotent. On failure everything is undone.
+    Setup {
+        /// The uplink device, e.g. eno1 or bond0.
+        #[arg(long)]
+        uplink: String,
+        #[arg(long, default_value = "cni0")]
+        bridge: String,
+        /// A pod gateway address this node owns, with its prefix (the `gateway` of the
+        /// node's host-local range), e.g. 10.10.1.0/16. Repeatable.
+        #[arg(long)]
+        gateway: Vec<IpNetwork>,
+        #[arg(long, default_value = DEFAULT_BPF_ROOT)]
+        bpf_root: PathBuf,
+    },
+    /// Give the uplink back its addresses and routes and take it out of the bridge; the
+    /// bridge is deleted when no pod is left on it.
+    Teardown {
+        #[arg(long, default_value = "cni0")]
+        bridge: String,
+        #[arg(long, default_value = DEFAULT_BPF_ROOT)]
+        bpf_root: PathBuf,
     },
 }
 
@@ -73,9 +112,10 @@ fn main() -> anyhow::Result<()> {
         Operator::Status {
             network,
             bpf_root,
+            ipam_data_dir,
             json,
         } => {
-            let report = inspect::report(&bpf_root, network.as_deref())?;
+            let report = inspect::report(&bpf_root, &ipam_data_dir, network.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -88,6 +128,18 @@ fn main() -> anyhow::Result<()> {
             let forgotten = inspect::flush_flows(&bpf_root, network.as_deref())?;
             println!("forgot {forgotten} flow directions");
         }
+        Operator::Node {
+            action:
+                NodeAction::Setup {
+                    uplink,
+                    bridge,
+                    gateway,
+                    bpf_root,
+                },
+        } => println!("{}", node_cmd::setup(&bridge, &uplink, &gateway, &bpf_root)?),
+        Operator::Node {
+            action: NodeAction::Teardown { bridge, bpf_root },
+        } => println!("{}", node_cmd::teardown(&bridge, &bpf_root)?),
     }
     Ok(())
 }

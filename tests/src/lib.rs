@@ -7,6 +7,7 @@
 //! in a namespace with `nsenter --net`, not `ip netns exec`, which would remount /sys and
 //! hide the BPF filesystem.
 pub mod bpffs;
+pub mod fabric;
 pub mod netns;
 pub mod node;
 pub mod pod;

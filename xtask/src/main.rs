@@ -30,9 +30,13 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// The main job, shown: a simulated node, two pods with the seed config, pings and
-    /// iperf3 between them, then DEL and cleanup.
-    Demo,
+    /// The main job, shown: a simulated flat L2 network with N nodes, pods added with the
+    /// seed config, pings and iperf3 with the fast path's counters, then DEL and cleanup.
+    Demo {
+        /// How many nodes share the simulated L2 (1-9).
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+    },
     /// Set up, check formatting and lints, build, and run every unit and integration test.
     Test {
         /// Arguments passed to the test binaries (a name filter, `--nocapture`, ...).
@@ -46,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::BuildEbpf { release } => build::ebpf(release).map(drop),
         Task::Build { release } => build::all(release),
-        Task::Demo => demo::run(),
+        Task::Demo { nodes } => demo::run(nodes),
         Task::Test { args } => test::run(&args),
     }
 }

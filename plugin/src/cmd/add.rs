@@ -1,10 +1,16 @@
 //! ADD: bridge, address lease, veth pair with its peer created inside the pod, addresses
 //! and routes in the pod. Every step that creates something registers its undo; a failure
 //! at any step undoes them all, so a failed ADD leaves no lease and no veth behind.
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
 use ipnetwork::IpNetwork;
 
 use super::{block_on, fastpath, host_veth_name, ipam::Ipam, veth_alias};
 use crate::{
+    arp::ArpSocket,
     cni::{
         CniError, Request, code,
         result::{CniResult, Interface, Route},
@@ -101,17 +107,19 @@ impl Steps<'_> {
             },
         )
         .await?;
+        let datapath = if config.fast_path() {
+            Some(fastpath::prepare(self.request, self.node, &bridge).await?)
+        } else {
+            None
+        };
         // Without an explicit mtu, pods follow the bridge (which follows its uplink).
         let mtu = if net.mtu != 0 { net.mtu } else { bridge.mtu };
         let host_name = host_veth_name(&net.name, &self.owner.container_id, self.ifname);
         self.clear_leftovers(&host_name).await?;
 
+        let wire = self.wire(&bridge).await?;
         let mut result = match self.ipam {
-            Some(ipam) => {
-                let result = ipam.add(self.request, self.owner)?;
-                undo.leased = true;
-                result
-            }
+            Some(ipam) => self.lease(ipam, wire.as_ref(), undo).await?,
             None => CniResult::default(),
         };
 
@@ -126,6 +134,10 @@ impl Steps<'_> {
             .await?;
         undo.host_veth = Some(host_name.clone());
         let host = self.node.require_link(&host_name).await?;
+        // The veth is still down: the programs go on now, cheaply (see attach_pod).
+        if let Some(datapath) = &datapath {
+            datapath.attach_pod(&host_name)?;
+        }
         // Who owns this veth, for GC and for people reading `ip link`.
         self.node
             .set_alias(
@@ -155,10 +167,18 @@ impl Steps<'_> {
         // unless it was set explicitly (as flatbridge does for bridges it creates).
         let host = self.node.require_link(&host_name).await?;
         let bridge = self.node.require_link(&net.bridge).await?;
-        if config.fast_path() {
-            let pod_mac = pod_link.mac.unwrap_or_default();
+        let pod_mac = pod_link.mac.unwrap_or_default();
+        if let Some(wire) = &wire {
+            for ip in ipv4s(&result) {
+                if let Err(error) = wire.announce(pod_mac, ip) {
+                    log::warn!("gratuitous ARP for {ip} failed: {error}");
+                }
+            }
+        }
+        if let Some(datapath) = &datapath {
             fastpath::add_pod(
                 self.request,
+                datapath,
                 self.node,
                 &bridge,
                 &host,
@@ -196,13 +216,72 @@ impl Steps<'_> {
         Ok(result)
     }
 
+    /// A socket for ARP on the wire, when the bridge has an uplink (without one there is no
+    /// wire to probe or announce on).
+    async fn wire(&self, bridge: &Link) -> Result<Option<ArpSocket>, CniError> {
+        let configured = self.request.config.net.uplink.as_deref();
+        if fastpath::find_uplink(self.node, bridge, configured)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let socket = ArpSocket::open(bridge.index, bridge.mac.unwrap_or_default()).map_err(|error| {
+            CniError::new(
+                code::IO_FAILURE,
+                format!("failed to open an ARP socket on {}: {error}", bridge.name),
+            )
+        })?;
+        Ok(Some(socket))
+    }
+
+    /// Leases the pod's addresses. On a wire, each IPv4 address is probed first (RFC 5227);
+    /// one that somebody answers for is marked as conflicting in IPAM, logged, and replaced
+    /// by another.
+    async fn lease(
+        &self,
+        ipam: &Ipam,
+        wire: Option<&ArpSocket>,
+        undo: &mut Undo,
+    ) -> Result<CniResult, CniError> {
+        const ATTEMPTS: usize = 5;
+        let wait = self.request.config.arp_probe();
+        for _ in 0..ATTEMPTS {
+            let result = ipam.add(self.request, self.owner)?;
+            undo.leased = true;
+            let Some(wire) = wire.filter(|_| !wait.is_zero()) else {
+                return Ok(result);
+            };
+            let Some((ip, mac)) = probe_all(wire, &result, wait)? else {
+                return Ok(result);
+            };
+            let holder = format_mac(mac);
+            if !ipam.can_reallocate() {
+                return Err(CniError::new(
+                    code::ADDRESS_CONFLICT,
+                    format!("address {ip} is already in use on the network by {holder}"),
+                ));
+            }
+            log::warn!(
+                "address {ip} is already in use on the network by {holder}: marked as conflicting in IPAM"
+            );
+            ipam.mark_conflict(self.request, ip, mac)?;
+        }
+        Err(CniError::new(
+            code::ADDRESS_CONFLICT,
+            format!(
+                "{ATTEMPTS} addresses in a row were already in use on the network; see the log and `flatbridge status`"
+            ),
+        ))
+    }
+
     /// A host veth with this attachment's name is left over from an earlier ADD of the same
     /// container and interface (a retry after a crash): remove it. An interface with the
     /// pod's name that is not ours is an error, not something to delete.
     async fn clear_leftovers(&self, host_name: &str) -> Result<(), CniError> {
         if let Some(stale) = self.node.link_by_name(host_name).await? {
             log::warn!("removing leftover veth {host_name} of an earlier ADD");
-            fastpath::del_pod(self.request, self.node, host_name, Some(&stale)).await?;
+            fastpath::del_pod(self.request, self.node, Some(&stale)).await?;
             self.node.delete_link(stale.index).await?;
         }
         if self.pod.link_by_name(self.ifname).await?.is_some() {
@@ -229,17 +308,20 @@ impl Steps<'_> {
         let accept_dad = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", self.ifname);
         let dad = if config.net.enable_dad { "1" } else { "0" };
         self.pod_netns.run(|| {
-            // Announce the address when the link comes up (gratuitous ARP), as the
-            // reference plugin asks the kernel to; IPv6 sysctls exist only with IPv6 on.
+            // With arp_notify the kernel announces the addresses (gratuitous ARP) when the
+            // link comes up, so neighbours and switches that knew a previous owner of an
+            // address learn the new MAC at once. IPv6 sysctls exist only with IPv6 on.
             if let Err(error) = node::write_sysctl(&arp_notify, "1") {
                 log::warn!("{error}");
             }
             let _ = node::write_sysctl(&accept_dad, dad);
         })?;
-        self.pod.set_up(pod_link.index).await?;
+        // Addresses before the link comes up, so that the announcement carries them; routes
+        // after, as the kernel refuses routes through a link that is down.
         for ip in &result.ips {
             self.pod.add_addr(pod_link.index, ip.address).await?;
         }
+        self.pod.set_up(pod_link.index).await?;
         if config.net.is_default_gateway {
             for ip in &result.ips {
                 let default = if ip.address.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
@@ -267,6 +349,35 @@ impl Steps<'_> {
         }
         Ok(self.pod.require_link(self.ifname).await?)
     }
+}
+
+/// The IPv4 addresses of a result.
+fn ipv4s(result: &CniResult) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    result.ips.iter().filter_map(|ip| match ip.address.ip() {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    })
+}
+
+/// Probes every IPv4 address of `result` on the wire; the first one somebody answers for,
+/// with the answerer's MAC.
+fn probe_all(
+    wire: &ArpSocket,
+    result: &CniResult,
+    wait: Duration,
+) -> Result<Option<(IpAddr, [u8; 6])>, CniError> {
+    for ip in ipv4s(result) {
+        let answer = wire.probe(ip, wait).map_err(|error| {
+            CniError::new(
+                code::IO_FAILURE,
+                format!("failed to probe {ip} on the wire: {error}"),
+            )
+        })?;
+        if let Some(mac) = answer {
+            return Ok(Some((IpAddr::V4(ip), mac)));
+        }
+    }
+    Ok(None)
 }
 
 fn interface(link: &Link, sandbox: Option<String>) -> Interface {

@@ -41,7 +41,7 @@ async fn delete_links(request: &Request, owner: &Owner) -> Result<(), CniError> 
     let host_name = host_veth_name(&request.config.net.name, &owner.container_id, &owner.ifname);
     let host = node.link_by_name(&host_name).await?;
     // The endpoint goes before the veth, so no program ever redirects to a dead port.
-    let forgotten = fastpath::del_pod(request, &node, &host_name, host.as_ref()).await;
+    let forgotten = fastpath::del_pod(request, &node, host.as_ref()).await;
     if let Some(host) = host {
         // Deleting one end of a veth pair deletes both.
         node.delete_link(host.index).await?;

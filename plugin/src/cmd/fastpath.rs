@@ -63,8 +63,7 @@ pub async fn find_uplink(
     }
 }
 
-/// The programs on each pod's host veth, and on the uplink.
-const POD_PROGRAMS: [&str; 2] = [program_name::FROM_POD, program_name::TO_POD];
+/// The programs on the uplink.
 const UPLINK_PROGRAMS: [&str; 2] = [program_name::FROM_UPLINK, program_name::TO_UPLINK];
 
 /// TCP may be offloaded when conntrack accepts packets beyond its window after an
@@ -78,18 +77,37 @@ fn tcp_offload_allowed() -> bool {
     }
 }
 
-/// What ADD did to the datapath, for its undo.
+/// What ADD did to the datapath, for its undo. (The programs on the pod's veth go away
+/// with the veth.)
 #[derive(Default)]
 pub struct Added {
     pub endpoint: Option<u32>,
-    pub host_veth: Option<String>,
 }
 
-/// Loads the datapath if needed, records the pod and attaches `from_pod` to its host veth
-/// (and `from_uplink` to the uplink, once). `bridge` must be read after the pod's port was
-/// added to it.
+/// Loads the datapath if needed. `bridge` is the pods' bridge: when this call loads the
+/// datapath, the bridge's MAC is made permanent (see below).
+pub async fn prepare(request: &Request, node: &Netlink, bridge: &Link) -> Result<Datapath, CniError> {
+    let config = &request.config;
+    let (datapath, loaded_now) = Datapath::ensure_loaded(&config.bpf_root(), &config.net.name)?;
+    if loaded_now && let Some(mac) = bridge.mac {
+        // The datapath tells frames for the node by the bridge's MAC, and answers ARP for the
+        // gateway with it. A bridge whose MAC was never set follows its ports' MACs: set it
+        // to what it is now, once, so it stays.
+        node.set_mac(bridge.index, mac).await?;
+    }
+    Ok(datapath)
+}
+
+/// Records the node's settings and the pod (whose veth already has its programs, see
+/// `Datapath::attach_pod`), and attaches the uplink programs once. `bridge` must be read
+/// after the pod's port was added to it.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the arguments are the ADD's state"
+)]
 pub async fn add_pod(
     request: &Request,
+    datapath: &Datapath,
     node: &Netlink,
     bridge: &Link,
     host: &Link,
@@ -98,14 +116,7 @@ pub async fn add_pod(
     added: &mut Added,
 ) -> Result<(), CniError> {
     let config = &request.config;
-    let (datapath, loaded_now) = Datapath::ensure_loaded(&config.bpf_root(), &config.net.name)?;
     let bridge_mac = bridge.mac.unwrap_or_default();
-    if loaded_now {
-        // The datapath tells frames for the node by the bridge's MAC, and answers ARP for the
-        // gateway with it. A bridge whose MAC was never set follows its ports' MACs: set it to
-        // what it is now, once, so it stays.
-        node.set_mac(bridge.index, bridge_mac).await?;
-    }
     let uplink = find_uplink(node, bridge, config.net.uplink.as_deref()).await?;
     let mut flags = NODE_ENABLED;
     if config.anti_spoof() {
@@ -147,10 +158,6 @@ pub async fn add_pod(
     };
     datapath.add_endpoint(endpoint, &ipv4s)?;
     added.endpoint = Some(host.index);
-    added.host_veth = Some(host.name.clone());
-    for program in POD_PROGRAMS {
-        datapath.attach(program, &host.name)?;
-    }
     if let Some(uplink) = uplink {
         for program in UPLINK_PROGRAMS {
             if !datapath.is_attached(program, &uplink.name) {
@@ -178,13 +185,7 @@ pub fn undo_add(request: &Request, added: Added) {
     let Ok(datapath) = Datapath::open(&config.bpf_root(), &config.net.name) else {
         return;
     };
-    if let Some(host_veth) = added.host_veth {
-        for program in POD_PROGRAMS {
-            if let Err(error) = datapath.detach(program, &host_veth) {
-                log::error!("rollback: {error}");
-            }
-        }
-    }
+
     if let Some(ifindex) = added.endpoint
         && let Err(error) = datapath.remove_endpoint(ifindex)
     {
@@ -193,14 +194,9 @@ pub fn undo_add(request: &Request, added: Added) {
 }
 
 /// DEL's share: forget the pod behind `host` (if its veth still exists) and every endpoint
-/// whose veth is gone, and drop the host veth's link pin. A network without a datapath is
-/// fine.
-pub async fn del_pod(
-    request: &Request,
-    node: &Netlink,
-    host_name: &str,
-    host: Option<&Link>,
-) -> Result<(), CniError> {
+/// whose veth is gone. The programs on the veth go away with it. A network without a
+/// datapath is fine.
+pub async fn del_pod(request: &Request, node: &Netlink, host: Option<&Link>) -> Result<(), CniError> {
     let config = &request.config;
     let Ok(datapath) = Datapath::open(&config.bpf_root(), &config.net.name) else {
         return Ok(());
@@ -208,9 +204,6 @@ pub async fn del_pod(
     if let Some(host) = host {
         datapath.remove_endpoint(host.index)?;
         datapath.forget_flows_of_port(host.index)?;
-    }
-    for program in POD_PROGRAMS {
-        datapath.detach(program, host_name)?;
     }
     sweep(&datapath, node, host.map(|link| link.index)).await
 }

@@ -1,15 +1,17 @@
 //! `flatbridge status`: what the datapath of each network on this node is doing — its
 //! programs and where they are attached, the node settings, the pods it knows, the
 //! gateways it answers for, and its counters. Run it in the node's network namespace.
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::HashMap, net::Ipv4Addr, path::Path};
 
 use anyhow::Context;
-use aya::programs::SchedClassifier;
 use flatbridge_common::{NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD, program_name};
 use serde_json::{Value, json};
 
 use super::add::format_mac;
-use crate::datapath::{BPF_OBJECT_HASH, Datapath};
+use crate::{
+    datapath::{BPF_OBJECT_HASH, Datapath},
+    netlink::Netlink,
+};
 
 fn ifname(ifindex: u32) -> String {
     if ifindex == 0 {
@@ -18,6 +20,27 @@ fn ifname(ifindex: u32) -> String {
     nix::net::if_::if_indextoname(ifindex)
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_else(|_| format!("(gone #{ifindex})"))
+}
+
+/// Ids of the BPF programs a device runs at tc ingress and at tc egress.
+type Filters = (Vec<u32>, Vec<u32>);
+
+/// The BPF programs at ingress and egress of each device, from the kernel's tc filters.
+fn pod_filters(ifindexes: impl Iterator<Item = u32>) -> anyhow::Result<HashMap<u32, Filters>> {
+    let ifindexes: Vec<u32> = ifindexes.collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let netlink = Netlink::open()?;
+        let mut filters = HashMap::new();
+        for ifindex in ifindexes {
+            let ingress = netlink.bpf_filter_programs(ifindex, true).await?;
+            let egress = netlink.bpf_filter_programs(ifindex, false).await?;
+            filters.insert(ifindex, (ingress, egress));
+        }
+        Ok(filters)
+    })
 }
 
 fn network_report(datapath: &Datapath) -> anyhow::Result<Value> {
@@ -35,33 +58,44 @@ fn network_report(datapath: &Datapath) -> anyhow::Result<Value> {
         })
         .next()
         .unwrap_or_default();
+    let endpoints = datapath.endpoints()?;
+    // Pod programs are clsact filters on each host veth; uplink programs are pinned TCX
+    // links. Ask the kernel which programs each device really runs.
+    let pod_filters = pod_filters(endpoints.iter().map(|(endpoint, _)| endpoint.ifindex))?;
     let programs: Vec<Value> = program_name::ALL
         .iter()
         .map(|&name| {
-            let id = SchedClassifier::from_pin(layout.program(name))
-                .ok()
-                .and_then(|program| program.info().ok())
-                .map(|info| info.id());
-            let devices: Vec<Value> = datapath
-                .attached(name)
-                .into_iter()
-                .map(|device| json!({"device": device, "attached": datapath.is_attached(name, &device)}))
-                .collect();
+            let id = datapath.program_id(name);
+            let devices: Vec<Value> = match name {
+                program_name::FROM_POD | program_name::TO_POD => endpoints
+                    .iter()
+                    .map(|(endpoint, _)| {
+                        let (ingress, egress) = pod_filters.get(&endpoint.ifindex).cloned().unwrap_or_default();
+                        let running = if name == program_name::FROM_POD { ingress } else { egress };
+                        json!({"device": ifname(endpoint.ifindex), "attached": id.is_some_and(|id| running.contains(&id))})
+                    })
+                    .collect(),
+                _ => datapath
+                    .attached(name)
+                    .into_iter()
+                    .map(|device| json!({"device": device, "attached": datapath.is_attached(name, &device)}))
+                    .collect(),
+            };
             json!({"name": name, "id": id, "devices": devices})
         })
         .collect();
     let node = datapath.node_config()?;
-    let endpoints: Vec<Value> = datapath
-        .endpoints()?
+    let from_pod_id = datapath.program_id(program_name::FROM_POD);
+    let endpoints: Vec<Value> = endpoints
         .into_iter()
         .map(|(endpoint, addresses)| {
-            let host_veth = ifname(endpoint.ifindex);
+            let (ingress, _) = pod_filters.get(&endpoint.ifindex).cloned().unwrap_or_default();
             json!({
                 "addresses": addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "mac": format_mac(endpoint.mac),
-                "host_veth": host_veth,
+                "host_veth": ifname(endpoint.ifindex),
                 "ifindex": endpoint.ifindex,
-                "attached": datapath.is_attached(program_name::FROM_POD, &host_veth),
+                "attached": from_pod_id.is_some_and(|id| ingress.contains(&id)),
             })
         })
         .collect();
@@ -126,8 +160,23 @@ fn network_report(datapath: &Datapath) -> anyhow::Result<Value> {
     }))
 }
 
+/// Addresses marked as used by another host on the wire, in every network's lease
+/// directory under `ipam_data_dir`.
+fn conflicts(ipam_data_dir: &Path) -> Vec<Value> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(ipam_data_dir).into_iter().flatten().flatten() {
+        let network = entry.file_name().to_string_lossy().into_owned();
+        for (address, owner) in crate::ipam::read_leases(&entry.path()).unwrap_or_default() {
+            if let Some(mac) = owner.conflicting_mac() {
+                found.push(json!({"network": network, "address": address.to_string(), "answered_by": mac}));
+            }
+        }
+    }
+    found
+}
+
 /// The report of every network (or one), as JSON.
-pub fn report(bpf_root: &Path, network: Option<&str>) -> anyhow::Result<Value> {
+pub fn report(bpf_root: &Path, ipam_data_dir: &Path, network: Option<&str>) -> anyhow::Result<Value> {
     let networks = match network {
         Some(network) => vec![network.to_owned()],
         None => Datapath::networks(bpf_root),
@@ -140,7 +189,7 @@ pub fn report(bpf_root: &Path, network: Option<&str>) -> anyhow::Result<Value> {
             network_report(&datapath)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(json!({ "networks": reports }))
+    Ok(json!({ "networks": reports, "conflicts": conflicts(ipam_data_dir) }))
 }
 
 /// The report as tables for a person.
@@ -149,6 +198,15 @@ pub fn render(report: &Value) -> String {
     let networks = report["networks"].as_array().cloned().unwrap_or_default();
     if networks.is_empty() {
         out.push_str("no flatbridge datapath on this node (no pod added with the fast path yet)\n");
+    }
+    for conflict in report["conflicts"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "CONFLICT: network {} address {} is used on the wire by {}; it is never handed out (remove its lease \
+             file to release it)\n",
+            conflict["network"].as_str().unwrap_or_default(),
+            conflict["address"].as_str().unwrap_or_default(),
+            conflict["answered_by"].as_str().unwrap_or_default(),
+        ));
     }
     let text = |value: &Value| {
         value

@@ -100,6 +100,21 @@ impl Ipam {
         }
     }
 
+    /// True when addresses come from host-local ranges, so a conflicting one can be marked
+    /// and replaced by another; false for requested addresses and delegated IPAM.
+    pub fn can_reallocate(&self) -> bool {
+        matches!(self, Ipam::HostLocal(config) if config.requested.is_empty())
+    }
+
+    /// Marks `ip` as used by the host with `mac` on the wire (host-local only).
+    pub fn mark_conflict(&self, request: &Request, ip: IpAddr, mac: [u8; 6]) -> Result<(), CniError> {
+        if let Ipam::HostLocal(config) = self {
+            let mut store = Self::store(config, request)?;
+            ipam::mark_conflict(&mut store, ip, mac)?;
+        }
+        Ok(())
+    }
+
     /// Checks that `owner` still holds every address in `ips`.
     pub fn check(&self, request: &Request, owner: &Owner, ips: &[IpAddr]) -> Result<(), CniError> {
         match self {
@@ -157,8 +172,10 @@ impl Ipam {
             Ipam::HostLocal(config) => {
                 let mut store = Self::store(config, request)?;
                 for (ip, holder) in store.leases()? {
-                    // An ID-only lease is valid while any interface of its container is.
-                    let still_used = valid.iter().any(|owner| holder.matches(owner));
+                    // An ID-only lease is valid while any interface of its container is;
+                    // a conflict marker is not a container's and stays.
+                    let still_used =
+                        holder.conflicting_mac().is_some() || valid.iter().any(|owner| holder.matches(owner));
                     if !still_used {
                         store.remove(ip)?;
                         log::info!("GC released {ip} of {holder}");

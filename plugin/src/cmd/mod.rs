@@ -8,6 +8,7 @@ mod fastpath;
 mod gc;
 pub mod inspect;
 mod ipam;
+pub mod node_cmd;
 mod status;
 
 use std::{future::Future, path::PathBuf};
@@ -124,7 +125,9 @@ impl From<NodeError> for CniError {
     fn from(error: NodeError) -> Self {
         match error {
             NodeError::Netlink(error) => error.into(),
-            NodeError::NotABridge { .. } => CniError::new(code::INVALID_CONFIG, error.to_string()),
+            NodeError::NotABridge { .. } | NodeError::UplinkTaken { .. } | NodeError::NotSetUp(_) => {
+                CniError::new(code::INVALID_CONFIG, error.to_string())
+            }
             NodeError::Sysctl { .. } => CniError::new(code::IO_FAILURE, error.to_string()),
         }
     }

@@ -115,6 +115,10 @@ pub struct NetConf {
     /// Drop frames whose source MAC or IPv4 is not the sending pod's (default on).
     #[serde(default)]
     pub anti_spoof: Option<bool>,
+    /// How long ADD waits for an answer to its RFC 5227 probe of a new address on the wire,
+    /// in milliseconds (100; 0 turns probing off). Only done when the bridge has an uplink.
+    #[serde(default)]
+    pub arp_probe_ms: Option<u64>,
     /// The bridge port that leads to the wire; found by itself when the bridge has exactly
     /// one port that is not a pod.
     #[serde(default)]
@@ -247,6 +251,14 @@ impl Config {
                 format!("revalidateMs {ms} is out of range: it must be between 100 and 60000"),
             ));
         }
+        if let Some(ms) = net.arp_probe_ms
+            && ms > 5000
+        {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("arpProbeMs {ms} is too long for pod start-up: at most 5000"),
+            ));
+        }
         if let Some(uplink) = &net.uplink {
             super::env::validate_ifname(uplink).map_err(|why| {
                 CniError::new(
@@ -295,6 +307,10 @@ impl Config {
     /// True unless `fastPathMode` is "always".
     pub fn confirm_flows(&self) -> bool {
         self.net.fast_path_mode.as_deref() != Some("always")
+    }
+
+    pub fn arp_probe(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.net.arp_probe_ms.unwrap_or(100))
     }
 
     pub fn revalidate_ms(&self) -> u64 {

@@ -20,7 +20,7 @@ use aya::{
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact},
     },
 };
 use flatbridge_common::{ABI_VERSION, PIN_DIR, map_name, program_name};
@@ -108,6 +108,23 @@ pub fn ensure_bpffs(bpf_root: &Path) -> Result<(), DatapathError> {
         None::<&str>,
     )
     .map_err(|errno| bpffs_error(errno.into()))
+}
+
+/// The programs on every pod's host veth, and their hooks.
+const POD_PROGRAMS: [(&str, TcAttachType); 2] = [
+    (program_name::FROM_POD, TcAttachType::Ingress),
+    (program_name::TO_POD, TcAttachType::Egress),
+];
+/// The clsact filter slot flatbridge uses on host veths: first in line.
+const POD_FILTER_PRIORITY: u16 = 1;
+const POD_FILTER_HANDLE: u32 = 0xfb;
+
+fn pod_filter() -> NlOptions {
+    NlOptions {
+        priority: POD_FILTER_PRIORITY,
+        handle: TcHandle::from(POD_FILTER_HANDLE),
+        ..NlOptions::default()
+    }
 }
 
 /// The loaded datapath of one network, found through its pins.
@@ -233,7 +250,36 @@ impl Datapath {
             program
                 .load()
                 .map_err(|error| program_error("load", name, error))?;
-            // Devices attached to an older build switch to this one atomically.
+            // Devices attached to an older build switch to this one atomically: host veths
+            // by replacing their filter, the uplink by updating its link.
+            if let Some((_, hook)) = POD_PROGRAMS.iter().find(|(pod_program, _)| *pod_program == name) {
+                for ifname in self.pod_veths() {
+                    let switched = SchedClassifierLink::attached(
+                        &ifname,
+                        *hook,
+                        POD_FILTER_PRIORITY,
+                        pod_filter().handle,
+                        None,
+                    )
+                    .map_err(|error| {
+                        program_error(
+                            "find the filter of",
+                            name,
+                            aya::programs::ProgramError::from(TcError::IoError(error)),
+                        )
+                    })
+                    .and_then(|link| {
+                        program
+                            .attach_to_link(link)
+                            .map_err(|error| program_error("switch to the new build of", name, error))
+                    });
+                    match switched {
+                        // Like the filter itself, the link handle must outlive this process.
+                        Ok(link_id) => std::mem::forget(program.take_link(link_id)),
+                        Err(error) => log::warn!("{ifname}: {error}"),
+                    }
+                }
+            }
             for ifname in self.attached(name) {
                 let path = self.layout.link(name, &ifname);
                 let link = PinnedLink::from_pin(&path)
@@ -294,6 +340,49 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches the pod programs to a pod's host veth, as clsact filters, while the veth is
+    /// still down. TCX links would cost an RCU grace period per hook (about 10 ms each here,
+    /// more than the rest of ADD together); a filter added to a device that is not up costs
+    /// 0.1 ms, needs no pin (it belongs to the device, not to a process) and goes away with
+    /// the veth.
+    pub fn attach_pod(&self, ifname: &str) -> Result<(), DatapathError> {
+        match qdisc_add_clsact(ifname) {
+            Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {}
+            other => other
+                .map_err(|error| program_error("add the clsact qdisc for", program_name::FROM_POD, error))?,
+        }
+        for (program, hook) in POD_PROGRAMS {
+            let mut classifier = SchedClassifier::from_pin(self.layout.program(program))
+                .map_err(|error| program_error("open pinned", program, error))?;
+            let link_id = classifier
+                .attach_with_options(ifname, hook, TcAttachOptions::Netlink(pod_filter()))
+                .map_err(|error| program_error("attach as a tc filter", program, error))?;
+            // Dropping the handle would delete the filter; it must outlive this process.
+            std::mem::forget(
+                classifier
+                    .take_link(link_id)
+                    .map_err(|error| program_error("take the link of", program, error))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// The host veths of the pods this datapath knows.
+    fn pod_veths(&self) -> Vec<String> {
+        self.endpoint_ports()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|ifindex| nix::net::if_::if_indextoname(ifindex).ok())
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The id of a pinned program, as `bpftool prog show` prints it.
+    pub fn program_id(&self, program: &str) -> Option<u32> {
+        let pinned = SchedClassifier::from_pin(self.layout.program(program)).ok()?;
+        pinned.info().ok().map(|info| info.id())
+    }
+
     /// Detaches `program` from `ifname`. Returns false when it was not attached.
     pub fn detach(&self, program: &str, ifname: &str) -> Result<bool, DatapathError> {
         remove_pin(&self.layout.link(program, ifname))
@@ -314,14 +403,11 @@ impl Datapath {
     /// True when `program` is attached to its hook of `ifname` in the calling thread's
     /// namespace, as the kernel says (not only as the pins say).
     pub fn is_attached(&self, program: &str, ifname: &str) -> bool {
-        let Ok(pinned) = SchedClassifier::from_pin(self.layout.program(program)) else {
-            return false;
-        };
-        let Ok(info) = pinned.info() else {
+        let Some(id) = self.program_id(program) else {
             return false;
         };
         SchedClassifier::query_tcx(ifname, hook(program))
-            .is_ok_and(|(_, programs)| programs.iter().any(|attached| attached.id() == info.id()))
+            .is_ok_and(|(_, programs)| programs.iter().any(|attached| attached.id() == id))
     }
 
     /// Detaches every program and removes every pin of this network.

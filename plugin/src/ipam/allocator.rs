@@ -126,6 +126,12 @@ pub fn release(store: &mut impl Store, owner: &Owner) -> Result<Vec<IpAddr>, Ipa
     Ok(mine)
 }
 
+/// Marks `ip`, leased to `owner` a moment ago, as used by the host with `mac` on the wire:
+/// the lease becomes a conflict marker that keeps the address out of every allocation.
+pub fn mark_conflict(store: &mut impl Store, ip: IpAddr, mac: [u8; 6]) -> Result<(), IpamError> {
+    store.set(ip, &Owner::conflict(mac))
+}
+
 /// Leased and allocatable addresses per range set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Usage {
@@ -286,6 +292,23 @@ mod tests {
         assert_eq!(store.leases.len(), 2);
         assert_eq!(release(&mut store, &owner(1)).expect("release").len(), 2);
         assert!(store.leases.is_empty());
+    }
+
+    #[test]
+    fn a_conflicting_address_is_skipped_from_then_on() {
+        let config = config("");
+        let mut store = MemoryStore::default();
+        let first = allocate(&mut store, &config, &owner(1)).expect("first")[0].ip;
+        mark_conflict(&mut store, first, [2, 0, 0, 0, 0, 9]).expect("mark");
+        // The same owner asking again gets another address; nobody gets the marked one.
+        let again = allocate(&mut store, &config, &owner(1)).expect("again")[0].ip;
+        assert_ne!(again, first);
+        assert!(store.leases[&first].conflicting_mac().is_some());
+        release(&mut store, &owner(1)).expect("release");
+        assert!(
+            store.leases.contains_key(&first),
+            "releasing the owner freed the conflict marker"
+        );
     }
 
     #[test]

@@ -8,10 +8,10 @@ pub mod store;
 
 use std::{net::IpAddr, path::PathBuf};
 
-pub use allocator::{Allocation, allocate, release, usage};
+pub use allocator::{Allocation, allocate, mark_conflict, release, usage};
 pub use config::IpamConfig;
 pub use range::{Range, RangeSet};
-pub use store::{DiskStore, MemoryStore, Owner, Store};
+pub use store::{DiskStore, MemoryStore, Owner, Store, read_leases};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {

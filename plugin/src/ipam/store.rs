@@ -32,12 +32,32 @@ pub struct Owner {
     pub ifname: String,
 }
 
+/// The owner recorded for an address someone else on the wire answered for: it stays
+/// reserved (host-local skips it too) until an operator removes the file.
+const CONFLICT_PREFIX: &str = "flatbridge-conflict-";
+
 impl Owner {
     pub fn new(container_id: &str, ifname: &str) -> Self {
         Self {
             container_id: container_id.trim().to_owned(),
             ifname: ifname.to_owned(),
         }
+    }
+
+    /// The marker for an address that the host with `mac` answered for.
+    pub fn conflict(mac: [u8; 6]) -> Self {
+        let mac: String = mac.iter().map(|byte| format!("{byte:02x}")).collect();
+        Self::new(&format!("{CONFLICT_PREFIX}{mac}"), "")
+    }
+
+    /// The MAC of the host that answered, when this is a conflict marker.
+    pub fn conflicting_mac(&self) -> Option<String> {
+        let hex = self.container_id.strip_prefix(CONFLICT_PREFIX)?;
+        let bytes: Vec<&str> = (0..hex.len())
+            .step_by(2)
+            .filter_map(|at| hex.get(at..at + 2))
+            .collect();
+        Some(bytes.join(":"))
     }
 
     fn encode(&self) -> String {
@@ -72,6 +92,8 @@ pub trait Store {
     fn last_reserved(&self, range_set: usize) -> Result<Option<IpAddr>, IpamError>;
     /// Removes one lease.
     fn remove(&mut self, ip: IpAddr) -> Result<(), IpamError>;
+    /// Records `owner` for `ip`, whoever held it.
+    fn set(&mut self, ip: IpAddr, owner: &Owner) -> Result<(), IpamError>;
     /// Every lease, by address.
     fn leases(&self) -> Result<BTreeMap<IpAddr, Owner>, IpamError>;
 }
@@ -203,6 +225,11 @@ impl Store for DiskStore {
         }
     }
 
+    fn set(&mut self, ip: IpAddr, owner: &Owner) -> Result<(), IpamError> {
+        self.write_atomically(&ip.to_string(), &owner.encode(), false)
+            .map(drop)
+    }
+
     fn remove(&mut self, ip: IpAddr) -> Result<(), IpamError> {
         let path = self.dir.join(ip.to_string());
         match fs::remove_file(&path) {
@@ -213,31 +240,36 @@ impl Store for DiskStore {
     }
 
     fn leases(&self) -> Result<BTreeMap<IpAddr, Owner>, IpamError> {
-        let entries = fs::read_dir(&self.dir).map_err(|source| io_error("list", &self.dir, source))?;
-        let mut leases = BTreeMap::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| io_error("list", &self.dir, source))?;
-            // Lease files are named by their address; everything else (lock, last_reserved_ip.N,
-            // temporary files) is not a lease.
-            let Some(ip) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse::<IpAddr>().ok())
-            else {
-                continue;
-            };
-            let path = entry.path();
-            match fs::read_to_string(&path) {
-                Ok(text) => {
-                    leases.insert(ip, Owner::decode(&text));
-                }
-                // Released by someone else between listing and reading.
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(io_error("read", &path, source)),
-            }
-        }
-        Ok(leases)
+        read_leases(&self.dir)
     }
+}
+
+/// The leases in a host-local directory, read without taking its lock (for reports).
+pub fn read_leases(dir: &Path) -> Result<BTreeMap<IpAddr, Owner>, IpamError> {
+    let entries = fs::read_dir(dir).map_err(|source| io_error("list", dir, source))?;
+    let mut leases = BTreeMap::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| io_error("list", dir, source))?;
+        // Lease files are named by their address; everything else (lock, last_reserved_ip.N,
+        // temporary files) is not a lease.
+        let Some(ip) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<IpAddr>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                leases.insert(ip, Owner::decode(&text));
+            }
+            // Released by someone else between listing and reading.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(io_error("read", &path, source)),
+        }
+    }
+    Ok(leases)
 }
 
 /// The store contract in memory, for unit tests of the allocator.
@@ -263,6 +295,11 @@ impl Store for MemoryStore {
 
     fn remove(&mut self, ip: IpAddr) -> Result<(), IpamError> {
         self.leases.remove(&ip);
+        Ok(())
+    }
+
+    fn set(&mut self, ip: IpAddr, owner: &Owner) -> Result<(), IpamError> {
+        self.leases.insert(ip, owner.clone());
         Ok(())
     }
 
@@ -322,6 +359,16 @@ mod tests {
             "temporary files left: {names:?}"
         );
         assert_eq!(store.leases().expect("leases").get(&ip), Some(&owner));
+        let conflict = Owner::conflict([2, 0, 0, 0, 0, 0xab]);
+        store.set(ip, &conflict).expect("mark a conflict");
+        assert_eq!(
+            fs::read_to_string(dir.join("10.10.1.1")).expect("lease file"),
+            "flatbridge-conflict-0200000000ab\r\n"
+        );
+        assert_eq!(
+            store.leases().expect("leases")[&ip].conflicting_mac().as_deref(),
+            Some("02:00:00:00:00:ab")
+        );
         store.remove(ip).expect("remove");
         assert!(store.leases().expect("leases").is_empty());
         store.check_writable().expect("writable");

@@ -52,6 +52,32 @@ impl Netlink {
             .collect())
     }
 
+    /// Removes one address from link `index`; an address that is not there is fine.
+    pub async fn del_addr(&self, index: u32, address: IpNetwork) -> Result<(), NetlinkError> {
+        let messages: Vec<AddressMessage> = self
+            .messages_of(index)
+            .try_collect()
+            .await
+            .map_err(request_error(format!("list addresses of link #{index}")))?;
+        for message in messages {
+            let matches = message.header.prefix_len == address.prefix()
+                && message.attributes.iter().any(
+                    |attribute| matches!(attribute, AddressAttribute::Address(ip) if *ip == address.ip()),
+                );
+            if matches {
+                self.handle()
+                    .address()
+                    .del(message)
+                    .execute()
+                    .await
+                    .map_err(request_error(format!(
+                        "remove address {address} from link #{index}"
+                    )))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes every address of the family of `ip` from link `index` (forceAddress).
     pub async fn del_addrs_of_family(&self, index: u32, ipv4: bool) -> Result<(), NetlinkError> {
         let messages: Vec<AddressMessage> = self

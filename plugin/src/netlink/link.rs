@@ -212,6 +212,13 @@ impl Netlink {
             .await
     }
 
+    /// Takes the link out of its bridge or bond.
+    pub async fn set_nomaster(&self, index: u32) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index).nocontroller().build();
+        self.set(message, format!("release link #{index} from its master"))
+            .await
+    }
+
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
         self.set(
             LinkUnspec::new_with_index(index).mtu(mtu).build(),

@@ -4,6 +4,7 @@
 mod addr;
 mod link;
 mod route;
+mod tc;
 
 pub use link::{Link, LinkKind, VethSpec};
 pub use route::RouteEntry;

@@ -5,7 +5,7 @@ use futures_util::TryStreamExt;
 use ipnetwork::IpNetwork;
 use rtnetlink::{
     RouteMessageBuilder,
-    packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage},
+    packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol},
 };
 
 use super::{Netlink, NetlinkError, has_errno, request_error};
@@ -16,6 +16,8 @@ pub struct RouteEntry {
     pub dst: IpNetwork,
     pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
+    /// Made by the kernel for an address's prefix (it comes and goes with the address).
+    pub from_kernel: bool,
 }
 
 fn build(dst: IpNetwork, gateway: Option<IpAddr>, oif: u32) -> RouteMessage {
@@ -73,6 +75,24 @@ impl Netlink {
         }
     }
 
+    /// Adds the route, or replaces the one with the same destination (moving it to `oif`).
+    pub async fn replace_route(
+        &self,
+        dst: IpNetwork,
+        gateway: Option<IpAddr>,
+        oif: u32,
+    ) -> Result<(), NetlinkError> {
+        self.handle()
+            .route()
+            .add(build(dst, gateway, oif))
+            .replace()
+            .execute()
+            .await
+            .map_err(request_error(format!(
+                "replace route {dst} to go out of link #{oif}"
+            )))
+    }
+
     /// The routes of the main table of one family.
     pub async fn routes(&self, ipv4: bool) -> Result<Vec<RouteEntry>, NetlinkError> {
         let query = if ipv4 {
@@ -102,6 +122,7 @@ impl Netlink {
                         .unwrap_or_else(|_| IpNetwork::new(unspecified, 0).expect("/0 is a valid prefix")),
                     gateway: None,
                     oif: None,
+                    from_kernel: message.header.protocol == RouteProtocol::Kernel,
                 };
                 for attribute in &message.attributes {
                     match attribute {

@@ -1,0 +1,213 @@
+//! ARP on the wire, over an AF_PACKET socket on the node's bridge: RFC 5227 probes, to find
+//! out whether someone already uses an address before it is handed out, and gratuitous ARP
+//! for a new pod, so that neighbours and switches that knew a previous owner of its address
+//! learn the new MAC at once. Knows nothing of CNI.
+//!
+//! Sent from the bridge device, frames reach every port, the uplink included, whatever
+//! state the new pod's port is in (the bridge enables a port only once the kernel's link
+//! watcher saw its carrier, a few milliseconds after the pod's link came up: the pod's own
+//! announcement at that moment is dropped).
+use std::{
+    io,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+const ETH_P_ARP: u16 = 0x0806;
+const ARP_FRAME_LEN: usize = 42;
+
+/// An Ethernet frame carrying ARP for IPv4.
+fn arp_frame(
+    dst: [u8; 6],
+    op: u16,
+    sha: [u8; 6],
+    spa: Ipv4Addr,
+    tha: [u8; 6],
+    tpa: Ipv4Addr,
+) -> [u8; ARP_FRAME_LEN] {
+    let mut frame = [0u8; ARP_FRAME_LEN];
+    frame[0..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&sha);
+    frame[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+    frame[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 0]);
+    frame[20..22].copy_from_slice(&op.to_be_bytes());
+    frame[22..28].copy_from_slice(&sha);
+    frame[28..32].copy_from_slice(&spa.octets());
+    frame[32..38].copy_from_slice(&tha);
+    frame[38..42].copy_from_slice(&tpa.octets());
+    frame
+}
+
+/// A raw ARP socket bound to one device.
+pub struct ArpSocket {
+    fd: OwnedFd,
+    ifindex: u32,
+    own_mac: [u8; 6],
+}
+
+impl ArpSocket {
+    /// Opens a socket on device `ifindex` (in the calling thread's namespace), whose own
+    /// MAC is `own_mac`.
+    pub fn open(ifindex: u32, own_mac: [u8; 6]) -> io::Result<Self> {
+        // Created with protocol 0 and given ETH_P_ARP at bind: a socket that already
+        // receives must be unhooked to be rebound, which waits for an RCU grace period.
+        // SAFETY: plain syscalls; the returned descriptor is owned right away.
+        let fd = unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            );
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            OwnedFd::from_raw_fd(fd)
+        };
+        let socket = Self { fd, ifindex, own_mac };
+        let address = socket.address([0; 6]);
+        // SAFETY: `address` is a valid sockaddr_ll of the given size.
+        let bound = unsafe {
+            libc::bind(
+                socket.fd.as_raw_fd(),
+                (&raw const address).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if bound < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(socket)
+    }
+
+    fn address(&self, dst: [u8; 6]) -> libc::sockaddr_ll {
+        // SAFETY: an all-zero sockaddr_ll is valid.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = ETH_P_ARP.to_be();
+        address.sll_ifindex = self.ifindex as i32;
+        address.sll_halen = 6;
+        address.sll_addr[..6].copy_from_slice(&dst);
+        address
+    }
+
+    fn send(&self, frame: &[u8; ARP_FRAME_LEN]) -> io::Result<()> {
+        let mut dst = [0u8; 6];
+        dst.copy_from_slice(&frame[0..6]);
+        let address = self.address(dst);
+        // SAFETY: the buffer and address are valid for the given lengths.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const address).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Waits up to `timeout` for a frame; `None` on timeout.
+    fn receive(&self, timeout: Duration) -> io::Result<Option<[u8; 64]>> {
+        let mut poll = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX).max(1);
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&raw mut poll, 1, millis) };
+        if ready < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if ready == 0 {
+            return Ok(None);
+        }
+        let mut buffer = [0u8; 64];
+        // SAFETY: the buffer is valid for its length.
+        let read = unsafe { libc::recv(self.fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+        if read < 0 {
+            let error = io::Error::last_os_error();
+            // A spurious wakeup: let the caller look at the clock and wait again.
+            return if error.kind() == io::ErrorKind::WouldBlock {
+                Ok(None)
+            } else {
+                Err(error)
+            };
+        }
+        Ok(Some(buffer))
+    }
+}
+
+impl ArpSocket {
+    /// Announces that `ip` is at `mac` (RFC 5227's ARP Announcement: a broadcast request
+    /// whose sender and target are both `ip`), twice, as if the pod had sent it.
+    pub fn announce(&self, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
+        let frame = arp_frame([0xff; 6], 1, mac, ip, [0; 6], ip);
+        self.send(&frame)?;
+        self.send(&frame)
+    }
+
+    /// RFC 5227 probe: asks, with sender address 0.0.0.0, who has `ip`, twice within
+    /// `wait`. Returns the MAC of whoever answers, or `None` when nobody does in time.
+    pub fn probe(&self, ip: Ipv4Addr, wait: Duration) -> io::Result<Option<[u8; 6]>> {
+        let frame = arp_frame([0xff; 6], 1, self.own_mac, Ipv4Addr::UNSPECIFIED, [0; 6], ip);
+        let started = Instant::now();
+        let mut probes_sent = 0;
+        loop {
+            let elapsed = started.elapsed();
+            if probes_sent < 2 && elapsed >= wait / 2 * probes_sent {
+                self.send(&frame)?;
+                probes_sent += 1;
+            }
+            if elapsed >= wait {
+                return Ok(None);
+            }
+            let next_probe = if probes_sent < 2 { wait / 2 } else { wait };
+            let Some(reply) = self.receive(next_probe.saturating_sub(elapsed))? else {
+                continue;
+            };
+            // Any ARP packet whose sender claims `ip` (a reply, or another prober's
+            // announcement) means the address is in use; probes have sender 0.0.0.0.
+            let is_arp = reply[12..14] == ETH_P_ARP.to_be_bytes();
+            let sender_ip = Ipv4Addr::new(reply[28], reply[29], reply[30], reply[31]);
+            let mut sender_mac = [0u8; 6];
+            sender_mac.copy_from_slice(&reply[22..28]);
+            if is_arp && sender_ip == ip && sender_mac != self.own_mac {
+                return Ok(Some(sender_mac));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_follow_rfc_826_and_5227() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let ip = Ipv4Addr::new(10, 10, 1, 7);
+        let probe = arp_frame([0xff; 6], 1, mac, Ipv4Addr::UNSPECIFIED, [0; 6], ip);
+        assert_eq!(&probe[12..22], &[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        assert_eq!(&probe[22..28], &mac);
+        assert_eq!(
+            &probe[28..32],
+            &[0, 0, 0, 0],
+            "a probe's sender address is 0.0.0.0"
+        );
+        assert_eq!(&probe[38..42], &[10, 10, 1, 7]);
+        let announcement = arp_frame([0xff; 6], 1, mac, ip, [0; 6], ip);
+        assert_eq!(
+            &announcement[28..32],
+            &announcement[38..42],
+            "an announcement names itself twice"
+        );
+    }
+}

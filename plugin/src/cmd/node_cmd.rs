@@ -1,0 +1,83 @@
+//! `flatbridge node setup | teardown`: put the node's uplink (NIC or bond) under the
+//! bridge with the node's address, and take it back out. Run on the node, as root.
+use std::path::Path;
+
+use anyhow::Context;
+use flatbridge_common::program_name;
+use ipnetwork::IpNetwork;
+
+use super::block_on;
+use crate::{
+    cni::CniError,
+    datapath::Datapath,
+    netlink::Netlink,
+    node::{self, SetupOutcome},
+};
+
+const UPLINK_PROGRAMS: [&str; 2] = [program_name::FROM_UPLINK, program_name::TO_UPLINK];
+
+fn run<T>(future: impl Future<Output = Result<T, CniError>>) -> anyhow::Result<T> {
+    block_on(future).map_err(|error| anyhow::anyhow!("{}", error.msg).context(error.details))
+}
+
+pub fn setup(bridge: &str, uplink: &str, gateways: &[IpNetwork], bpf_root: &Path) -> anyhow::Result<String> {
+    let outcome = run(async {
+        let netlink = Netlink::open()?;
+        Ok(node::setup_uplink(&netlink, bridge, uplink, gateways).await?)
+    })
+    .with_context(|| format!("setting up {uplink} under {bridge} failed; nothing was left changed"))?;
+    // Networks that already have pods get their uplink programs now, not at the next ADD.
+    let mut attached = Vec::new();
+    for network in Datapath::networks(bpf_root) {
+        let Ok(datapath) = Datapath::open(bpf_root, &network) else {
+            continue;
+        };
+        let uplink_index = nix::net::if_::if_nametoindex(uplink).context("uplink vanished")?;
+        let mut config = datapath.node_config()?;
+        config.uplink_ifindex = uplink_index;
+        datapath.set_node_config(&config)?;
+        for program in UPLINK_PROGRAMS {
+            datapath.attach(program, uplink)?;
+        }
+        attached.push(network);
+    }
+    let mut report = match outcome {
+        SetupOutcome::Done(state) => format!(
+            "{uplink} is now a port of {bridge}; moved addresses [{}] and {} routes to {bridge}; forwarding and \
+             nf_conntrack_tcp_be_liberal on",
+            state
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            state.routes.len()
+        ),
+        SetupOutcome::AlreadySetUp => format!("{uplink} already was a port of {bridge}; nothing to move"),
+    };
+    if !attached.is_empty() {
+        report.push_str(&format!("; uplink programs attached for {}", attached.join(", ")));
+    }
+    Ok(report)
+}
+
+pub fn teardown(bridge: &str, bpf_root: &Path) -> anyhow::Result<String> {
+    let uplink = run(async {
+        let netlink = Netlink::open()?;
+        Ok(node::teardown_uplink(&netlink, bridge).await?)
+    })?;
+    for network in Datapath::networks(bpf_root) {
+        let Ok(datapath) = Datapath::open(bpf_root, &network) else {
+            continue;
+        };
+        for program in UPLINK_PROGRAMS {
+            datapath.detach(program, &uplink)?;
+        }
+        let mut config = datapath.node_config()?;
+        config.uplink_ifindex = 0;
+        datapath.set_node_config(&config)?;
+    }
+    Ok(format!(
+        "{uplink} has its addresses and routes back and is no longer a port of {bridge}"
+    ))
+}

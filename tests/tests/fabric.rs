@@ -1,0 +1,299 @@
+//! flatbridge on a simulated flat L2 network: node setup on an uplink, pods on two nodes
+//! that reach each other and an external host directly, and the pains of a shared L2
+//! (stale ARP after an address is reused, duplicate addresses) solved.
+use std::time::{Duration, Instant};
+
+use flatbridge_tests::{
+    CniEnv, Netns, Node, Pod,
+    fabric::{EXTERNAL_IP, Fabric},
+    require_root, traffic,
+};
+
+const NET: &str = "data";
+
+fn link_line(netns: &Netns, ifname: &str) -> String {
+    netns.ok(&["ip", "-o", "link", "show", "dev", ifname])
+}
+
+#[test]
+fn node_setup_moves_the_uplink_under_the_bridge_and_teardown_restores_it() {
+    require_root();
+    let switch = Netns::new("switch");
+    let external = Netns::new("external");
+    switch.ok(&["ip", "link", "add", "sw0", "type", "bridge"]);
+    switch.ok(&["ip", "link", "set", "sw0", "up"]);
+    switch.add_veth("swext", &external, "eth0");
+    switch.ok(&["ip", "link", "set", "swext", "master", "sw0"]);
+    external.ok(&["ip", "addr", "add", "10.10.0.1/16", "dev", "eth0"]);
+    let node = Node::new("setup");
+    node.netns.add_veth("eth0", &switch, "swp1");
+    switch.ok(&["ip", "link", "set", "swp1", "master", "sw0"]);
+    node.netns
+        .ok(&["ip", "addr", "add", "10.10.0.11/16", "dev", "eth0"]);
+    node.netns
+        .ok(&["ip", "route", "add", "default", "via", "10.10.0.1"]);
+    node.netns
+        .ok(&["ip", "route", "add", "192.168.50.0/24", "via", "10.10.0.1"]);
+    let uplink_mac = node.netns.mac("eth0");
+
+    let said = node.flatbridge(&["node", "setup", "--uplink", "eth0", "--gateway", "10.10.1.0/16"]);
+    assert!(said.contains("now a port of cni0"), "{said}");
+    assert_eq!(
+        node.netns.mac("cni0"),
+        uplink_mac,
+        "the bridge must keep the uplink's MAC"
+    );
+    assert!(link_line(&node.netns, "eth0").contains("master cni0"));
+    let bridge_addresses = node.netns.ok(&["ip", "-o", "-4", "addr", "show", "dev", "cni0"]);
+    for address in ["10.10.0.11/16", "10.10.1.0/16"] {
+        assert!(
+            bridge_addresses.contains(address),
+            "{address} not on cni0: {bridge_addresses}"
+        );
+    }
+    assert!(
+        node.netns
+            .ok(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
+            .trim()
+            .is_empty()
+    );
+    let routes = node.netns.ok(&["ip", "route"]);
+    assert!(routes.contains("default via 10.10.0.1 dev cni0"), "{routes}");
+    assert!(
+        routes.contains("192.168.50.0/24 via 10.10.0.1 dev cni0"),
+        "{routes}"
+    );
+    assert_eq!(
+        node.netns.ok(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+        "1"
+    );
+    assert_eq!(
+        node.netns
+            .ok(&["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal"])
+            .trim(),
+        "1"
+    );
+    assert!(
+        node.netns
+            .run(&["ping", "-c", "1", "-W", "2", "10.10.0.1"])
+            .status
+            .success()
+    );
+
+    let again = node.flatbridge(&["node", "setup", "--uplink", "eth0", "--gateway", "10.10.1.0/16"]);
+    assert!(again.contains("already"), "{again}");
+
+    let said = node.flatbridge(&["node", "teardown"]);
+    assert!(said.contains("eth0"), "{said}");
+    assert!(
+        node.netns.run(&["ip", "link", "show", "cni0"]).status.success() == false,
+        "cni0 survived teardown"
+    );
+    assert!(
+        node.netns
+            .ok(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
+            .contains("10.10.0.11/16")
+    );
+    let routes = node.netns.ok(&["ip", "route"]);
+    assert!(routes.contains("default via 10.10.0.1 dev eth0"), "{routes}");
+    assert!(
+        routes.contains("192.168.50.0/24 via 10.10.0.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(
+        node.netns
+            .run(&["ping", "-c", "1", "-W", "2", "10.10.0.1"])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn node_setup_refuses_an_uplink_that_belongs_to_another_bridge_and_changes_nothing() {
+    require_root();
+    let node = Node::new("taken");
+    let peer = Netns::new("peer");
+    node.netns.add_veth("eth0", &peer, "eth0");
+    node.netns
+        .ok(&["ip", "addr", "add", "10.10.0.11/16", "dev", "eth0"]);
+    node.netns.ok(&["ip", "link", "add", "br9", "type", "bridge"]);
+    node.netns.ok(&["ip", "link", "set", "eth0", "master", "br9"]);
+    let output = node
+        .command(&flatbridge_tests::node::plugin_binary())
+        .args(["node", "setup", "--uplink", "eth0"])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("already a port"), "{stderr}");
+    assert!(node.netns.run(&["ip", "link", "show", "cni0"]).status.success() == false);
+    assert!(
+        node.netns
+            .ok(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
+            .contains("10.10.0.11/16")
+    );
+}
+
+#[test]
+fn pods_on_two_nodes_and_an_external_host_reach_each_other_directly() {
+    require_root();
+    let fabric = Fabric::new(2, None);
+    let (one, two) = (&fabric.nodes[0], &fabric.nodes[1]);
+    let a = Pod::new("a");
+    let b = Pod::new("b");
+    let result_a = one
+        .node
+        .cni("ADD", &a.env("eth0"), &one.config("1.0.0"))
+        .ok("ADD on node 1");
+    two.node
+        .cni("ADD", &b.env("eth0"), &two.config("1.0.0"))
+        .ok("ADD on node 2");
+    let address_a = a.ipv4("eth0").expect("a");
+    let address_b = b.ipv4("eth0").expect("b");
+    assert!(
+        address_a.starts_with("10.10.1.") && address_b.starts_with("10.10.2."),
+        "{address_a} {address_b}"
+    );
+
+    assert!(a.ping(&address_b), "node 1's pod cannot reach node 2's pod");
+    assert!(b.ping(&address_a));
+    assert!(a.ping(EXTERNAL_IP), "a pod cannot reach the external gateway");
+    let out = fabric.external.ok(&["ping", "-c", "2", "-W", "2", &address_a]);
+    assert!(
+        out.contains("2 received"),
+        "the external host cannot reach a pod directly: {out}"
+    );
+    // No NAT: the external host sees the pod's own MAC behind the pod's address.
+    let neighbour = fabric.external.ok(&["ip", "neigh", "show", &address_a]);
+    assert!(neighbour.contains(&a.netns.mac("eth0")), "{neighbour}");
+    // The switch learnt where the pod is.
+    let pod_mac = result_a["interfaces"][2]["mac"]
+        .as_str()
+        .expect("mac")
+        .to_lowercase();
+    let fdb = fabric.switch.ok(&["bridge", "fdb", "show", "br", "sw0"]);
+    assert!(
+        fdb.lines()
+            .any(|line| line.contains(&pod_mac) && line.contains("dev swp1")),
+        "{fdb}"
+    );
+
+    // Cross-node TCP takes the uplink programs on both ends.
+    let before = (
+        one.node.counter(NET, "pod_to_uplink"),
+        two.node.counter(NET, "uplink_to_pod"),
+    );
+    traffic::iperf3(&a.netns, &b.netns, &address_b, &["-t", "2"]).expect("iperf3 across nodes");
+    let after = (
+        one.node.counter(NET, "pod_to_uplink"),
+        two.node.counter(NET, "uplink_to_pod"),
+    );
+    assert!(
+        after.0 > before.0 + 1000,
+        "node 1 did not send through its uplink program: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.1 > before.1 + 1000,
+        "node 2 did not receive through its uplink program: {before:?} -> {after:?}"
+    );
+}
+
+#[test]
+fn a_reused_address_is_reachable_at_once_without_flushing_caches() {
+    require_root();
+    let fabric = Fabric::new(1, None);
+    let one = &fabric.nodes[0];
+    let config = one.config("1.0.0");
+    let old = Pod::new("old");
+    one.node
+        .cni("ADD", &old.env("eth0"), &config)
+        .ok("ADD the first pod");
+    let address = old.ipv4("eth0").expect("address");
+    assert!(
+        fabric
+            .external
+            .ok(&["ping", "-c", "1", "-W", "2", &address])
+            .contains("1 received")
+    );
+    let old_mac = old.netns.mac("eth0");
+    assert!(
+        fabric
+            .external
+            .ok(&["ip", "neigh", "show", &address])
+            .contains(&old_mac)
+    );
+    one.node.cni("DEL", &old.env("eth0"), &config).ok("DEL");
+
+    // A new pod gets the same address (asked for, as a StatefulSet's might) and a new MAC.
+    let new = Pod::new("new");
+    let env = CniEnv {
+        args: format!("IgnoreUnknown=1;IP={address}"),
+        ..new.env("eth0")
+    };
+    one.node.cni("ADD", &env, &config).ok("ADD reusing the address");
+    let new_mac = new.netns.mac("eth0");
+    assert_ne!(new_mac, old_mac);
+    let started = Instant::now();
+    let reached = fabric
+        .external
+        .run(&["ping", "-c", "1", "-W", "1", &address])
+        .status
+        .success();
+    assert!(
+        reached,
+        "the external host could not reach the new pod within 1 s"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let neighbour = fabric.external.ok(&["ip", "neigh", "show", &address]);
+    assert!(
+        neighbour.contains(&new_mac),
+        "the external host still has {neighbour}"
+    );
+}
+
+#[test]
+fn an_address_in_use_on_the_wire_is_never_handed_out() {
+    require_root();
+    let fabric = Fabric::new(1, None);
+    let one = &fabric.nodes[0];
+    // The external host holds the first address of node 1's range.
+    fabric
+        .external
+        .ok(&["ip", "addr", "add", "10.10.1.1/16", "dev", "eth0"]);
+    let external_mac = fabric.external.mac("eth0");
+    let pod = Pod::new("dup");
+    let result = one
+        .node
+        .cni("ADD", &pod.env("eth0"), &one.config("1.0.0"))
+        .ok("ADD");
+    assert_eq!(result["ips"][0]["address"], "10.10.1.2/16");
+    let report = one.node.status();
+    let conflicts = report["conflicts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(conflicts.len(), 1, "{report}");
+    assert_eq!(conflicts[0]["address"], "10.10.1.1");
+    assert_eq!(conflicts[0]["answered_by"], external_mac);
+    assert!(one.node.status_text().contains("CONFLICT"));
+    assert!(
+        one.node
+            .log()
+            .contains("10.10.1.1 is already in use on the network"),
+        "{}",
+        one.node.log()
+    );
+    // Next pods skip it too.
+    let next = Pod::new("dup2");
+    let result = one
+        .node
+        .cni("ADD", &next.env("eth0"), &one.config("1.0.0"))
+        .ok("ADD");
+    assert_eq!(result["ips"][0]["address"], "10.10.1.3/16");
+    // Asking for it explicitly is refused.
+    let third = Pod::new("dup3");
+    let env = CniEnv {
+        args: "IP=10.10.1.1".into(),
+        ..third.env("eth0")
+    };
+    one.node
+        .cni("ADD", &env, &one.config("1.0.0"))
+        .error("ADD asking for the conflicting address", 106);
+}
