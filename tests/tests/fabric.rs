@@ -86,7 +86,7 @@ fn node_setup_moves_the_uplink_under_the_bridge_and_teardown_restores_it() {
     let said = node.flatbridge(&["node", "teardown"]);
     assert!(said.contains("eth0"), "{said}");
     assert!(
-        node.netns.run(&["ip", "link", "show", "cni0"]).status.success() == false,
+        !node.netns.run(&["ip", "link", "show", "cni0"]).status.success(),
         "cni0 survived teardown"
     );
     assert!(
@@ -126,7 +126,7 @@ fn node_setup_refuses_an_uplink_that_belongs_to_another_bridge_and_changes_nothi
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("already a port"), "{stderr}");
-    assert!(node.netns.run(&["ip", "link", "show", "cni0"]).status.success() == false);
+    assert!(!node.netns.run(&["ip", "link", "show", "cni0"]).status.success());
     assert!(
         node.netns
             .ok(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
