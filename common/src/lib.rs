@@ -16,7 +16,7 @@ pub const PIN_DIR: &str = "flatbridge";
 /// The layout of the maps. A build whose maps differ from those pinned on a node (another
 /// key or value layout) cannot reuse them; bump this whenever a map type changes, so that
 /// such a node gets a clear error instead of programs reading the wrong bytes.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Names of the maps as they appear in the object file, in `bpftool map show` and as the
 /// file names of their pins.
@@ -231,6 +231,9 @@ pub const NODE_ENABLED: u32 = 2;
 pub const NODE_CONFIRM_FLOWS: u32 = 4;
 /// NodeConfig.flags: TCP may be offloaded (conntrack is liberal about TCP windows, or absent).
 pub const NODE_TCP_OFFLOAD: u32 = 8;
+/// NodeConfig.flags: the kernel is older than 6.15, whose `bpf_redirect_peer` does not reset
+/// pkt_type: frames sent into a pod must be marked PACKET_HOST by the program.
+pub const NODE_SET_PKT_TYPE: u32 = 16;
 
 /// One direction of a flow, as the sender sent it: IPv4 addresses and ports in network
 /// order. Zeroed padding, so equal flows are equal keys.
@@ -294,7 +297,10 @@ pub struct FlowConfirmed {
     pub out_kind: u32,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
-    pub _pad: [u8; 4],
+    /// 1 once the reverse direction was confirmed as this one's mirror image (delivered to
+    /// the port this one comes from, sent from the port this one goes to). Worked out when a
+    /// direction is confirmed, so the per-packet check reads one entry.
+    pub paired: u32,
 }
 const _: () = assert!(size_of::<FlowConfirmed>() == 32);
 

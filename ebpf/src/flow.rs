@@ -15,12 +15,12 @@
 //! SYN. An evicted or missing entry only ever means "slow path".
 use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TcContext};
 use flatbridge_common::{
-    FlowConfirmed, FlowKey, FlowSeen, NODE_TCP_OFFLOAD, NodeConfig, OUT_POD, OUT_UPLINK, Verdict,
+    FlowConfirmed, FlowKey, FlowSeen, NODE_TCP_OFFLOAD, NodeConfig, OUT_UPLINK, Verdict,
 };
 
 use crate::{
     counters::count,
-    maps::{CONFIRMED, FLOWS, PORTS},
+    maps::{CONFIRMED, FLOWS},
     parse::{
         ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
         header, same_mac,
@@ -108,8 +108,14 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Ingress: records the sighting and decides. Returns the confirmed way out when this frame
-/// may bypass the bridge, `None` when it must go through it.
+/// Ingress: decides, and records what the egress check needs. Returns the confirmed way
+/// out when this frame may bypass the bridge, `None` when it must go through it.
+///
+/// The hot path — an established flow inside its confirmation — reads one entry
+/// (`confirmed`) and writes nothing. Everything else records the sighting in `flows`:
+/// SYN reopens a flow, FIN or RST closes both directions (and drops their confirmations, so
+/// the next packets take the bridge), and the egress programs confirm only open flows they
+/// saw recently.
 #[inline(always)]
 pub fn seen(
     ctx: &TcContext,
@@ -120,6 +126,11 @@ pub fn seen(
     dst_mac: &[u8; 6],
 ) -> Option<FlowConfirmed> {
     let time = now();
+    if flow.is_steady()
+        && let Some(out) = confirmed_way(node, flow, in_ifindex, src_mac, dst_mac, time)
+    {
+        return Some(out);
+    }
     let previous = FLOWS.get_ptr(flow.key);
     // SAFETY (all map reads): the pointers come from lookups and are read at once; the
     // programs write entries whole.
@@ -147,45 +158,50 @@ pub fn seen(
         let _ = FLOWS.insert(flow.key, record, 0);
     }
     if flow.ends() {
-        // The end of one direction ends the other: mark it closed too.
+        // The end of one direction ends the other: mark it closed too, and forget both
+        // confirmations. (An egress program confirming on another CPU at this very moment
+        // could write one back; it then expires within the revalidation period, after which
+        // the closed flow is never confirmed again.)
         let reverse = flow.key.reversed();
         if let Some(mut other) = unsafe { FLOWS.get(reverse) }.copied() {
             other.closed = 1;
             let _ = FLOWS.insert(reverse, other, 0);
         }
+        let _ = CONFIRMED.remove(flow.key);
+        let _ = CONFIRMED.remove(reverse);
         count(ctx, Verdict::FlowClosed);
-        return None;
     }
-    if closed != 0 || !flow.is_steady() {
-        return None;
-    }
+    None
+}
+
+/// The confirmed way out of an established direction, if it is fresh, paired and still
+/// valid for this very frame.
+#[inline(always)]
+fn confirmed_way(
+    node: &NodeConfig,
+    flow: &Flow,
+    in_ifindex: u32,
+    src_mac: &[u8; 6],
+    dst_mac: &[u8; 6],
+    time: u64,
+) -> Option<FlowConfirmed> {
+    // SAFETY: the value is copied out of the map.
     let out: FlowConfirmed = unsafe { CONFIRMED.get(flow.key) }.copied()?;
-    if time.wrapping_sub(out.confirmed_ns) > node.revalidate_ns
+    // The reverse direction must mirror this one (worked out by `confirm`).
+    if out.paired == 0
+        || time.wrapping_sub(out.confirmed_ns) > node.revalidate_ns
         || out.out_ifindex == in_ifindex
         || !same_mac(&out.src_mac, src_mac)
         || !same_mac(&out.dst_mac, dst_mac)
     {
         return None;
     }
-    // The mirror image: the reverse direction was delivered here and is sent from there.
-    let reverse = flow.key.reversed();
-    let back: FlowConfirmed = unsafe { CONFIRMED.get(reverse) }.copied()?;
-    let back_seen: FlowSeen = unsafe { FLOWS.get(reverse) }.copied()?;
-    if back.out_ifindex != in_ifindex
-        || back_seen.in_ifindex != out.out_ifindex
-        || back_seen.closed != 0
-        || time.wrapping_sub(back.confirmed_ns) > PAIR_WINDOW_NS
-    {
+    // A pod's port is not checked again here: DEL removes the pod's port entry (after which
+    // no egress program confirms for it) and then its flows, before the veth goes.
+    if out.out_kind == OUT_UPLINK && out.out_ifindex != node.uplink_ifindex {
         return None;
     }
-    // The port must still be the one confirmed: a pod's veth whose pod has this MAC, or the
-    // uplink. A deleted pod's ifindex, or one reused by another veth, fails here.
-    let still_there = match out.out_kind {
-        OUT_POD => unsafe { PORTS.get(out.out_ifindex) }.is_some_and(|pod| same_mac(&pod.mac, dst_mac)),
-        OUT_UPLINK => out.out_ifindex == node.uplink_ifindex,
-        _ => false,
-    };
-    if still_there { Some(out) } else { None }
+    Some(out)
 }
 
 /// True when `old` must be replaced by `new`: something changed, or it is old enough that
@@ -229,15 +245,49 @@ pub fn confirm(
     {
         return;
     }
+    let reverse = flow.key.reversed();
+    let back = CONFIRMED.get_ptr(reverse);
+    let back_seen = FLOWS.get_ptr(reverse);
+    let paired = match (back, back_seen) {
+        // SAFETY: pointers from lookups, read at once.
+        (Some(back), Some(back_seen)) => mirrors(
+            unsafe { &*back },
+            unsafe { &*back_seen },
+            &seen,
+            out_ifindex,
+            time,
+        ),
+        _ => false,
+    };
     let record = FlowConfirmed {
         confirmed_ns: time,
         out_ifindex,
         out_kind,
         src_mac: *src_mac,
         dst_mac: *dst_mac,
-        _pad: [0; 4],
+        paired: u32::from(paired),
     };
     if CONFIRMED.insert(flow.key, record, 0).is_ok() {
         count(ctx, Verdict::FlowConfirmed);
     }
+    // The reverse direction was confirmed first, when this one was not yet: it pairs now.
+    if paired && let Some(back) = back {
+        // SAFETY: as above; the entry is copied, changed and written whole.
+        let mut other = unsafe { *back };
+        if other.paired == 0 {
+            other.paired = 1;
+            let _ = CONFIRMED.insert(reverse, other, 0);
+        }
+    }
+}
+
+/// True when the reverse direction mirrors this one: delivered to the port this one comes
+/// from, sent from the port this one was delivered to, open, and confirmed recently. A
+/// function of its own, called only when both entries exist (see `differs`).
+#[inline(never)]
+fn mirrors(back: &FlowConfirmed, back_seen: &FlowSeen, seen: &FlowSeen, out_ifindex: u32, time: u64) -> bool {
+    back.out_ifindex == seen.in_ifindex
+        && back_seen.in_ifindex == out_ifindex
+        && back_seen.closed == 0
+        && time.wrapping_sub(back.confirmed_ns) <= PAIR_WINDOW_NS
 }

@@ -64,7 +64,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, Verdict> {
     }
     match proto {
         ETH_P_ARP => arp_from_pod(ctx, eth, port_ifindex, check.as_ref()),
-        ETH_P_IP => ipv4_from_pod(ctx, &node, &src, &dst, port_ifindex, check.is_some()),
+        ETH_P_IP => ipv4_from_pod(ctx, &node, &src, &dst, port_ifindex, check.as_ref()),
         _ => pass(ctx),
     }
 }
@@ -123,6 +123,15 @@ fn arp_sender_checked(ctx: &TcContext, port_ifindex: u32, check: Option<&Endpoin
     Ok(())
 }
 
+/// True when `src_ip` is one of the pod's addresses: its first is in its port entry, others
+/// take a lookup. A function of its own, called only when there is an entry: merged into
+/// the caller, the compiler may read the entry's fields on the path where there is none,
+/// which the verifier refuses.
+#[inline(never)]
+fn source_allowed(pod: &Endpoint, port_ifindex: u32, src_ip: [u8; 4]) -> bool {
+    src_ip == pod.ipv4 || owns(port_ifindex, src_ip)
+}
+
 /// True when `ip` is an address of the pod behind `port_ifindex`.
 #[inline(always)]
 fn owns(port_ifindex: u32, ip: [u8; 4]) -> bool {
@@ -137,14 +146,16 @@ fn ipv4_from_pod(
     src: &[u8; 6],
     dst: &[u8; 6],
     port_ifindex: u32,
-    anti_spoof: bool,
+    spoof_check: Option<&Endpoint>,
 ) -> Result<i32, Verdict> {
     let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return pass(ctx);
     };
     // SAFETY: bounds-checked by `header`.
     let src_ip = unsafe { (*ip).src };
-    if anti_spoof && !owns(port_ifindex, src_ip) {
+    if let Some(pod) = spoof_check
+        && !source_allowed(pod, port_ifindex, src_ip)
+    {
         return Err(Verdict::DropSpoofedIp);
     }
     if is_group(dst) || same_mac(dst, &node.bridge_mac) {
@@ -155,7 +166,9 @@ fn ipv4_from_pod(
             return pass(ctx);
         };
         return match flow::seen(ctx, node, &flow, port_ifindex, src, dst) {
-            Some(out) if out.out_kind == OUT_POD => redirect::to_pod(ctx, out.out_ifindex, Verdict::PodToPod),
+            Some(out) if out.out_kind == OUT_POD => {
+                redirect::to_pod(ctx, node, out.out_ifindex, Verdict::PodToPod)
+            }
             Some(out) => to_uplink(ctx, out.out_ifindex),
             None => pass(ctx),
         };
@@ -167,7 +180,7 @@ fn ipv4_from_pod(
             // Hairpin: the bridge decides.
             return pass(ctx);
         }
-        return redirect::to_pod(ctx, target.ifindex, Verdict::PodToPod);
+        return redirect::to_pod(ctx, node, target.ifindex, Verdict::PodToPod);
     }
     if node.uplink_ifindex != 0 {
         return to_uplink(ctx, node.uplink_ifindex);

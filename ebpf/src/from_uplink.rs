@@ -69,7 +69,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, Verdict> {
             };
             match flow::seen(ctx, &node, &flow, ifindex(ctx), &src, &dst) {
                 Some(out) if out.out_kind == OUT_POD => {
-                    redirect::to_pod(ctx, out.out_ifindex, Verdict::UplinkToPod)
+                    redirect::to_pod(ctx, &node, out.out_ifindex, Verdict::UplinkToPod)
                 }
                 _ => pass(ctx),
             }
@@ -78,7 +78,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, Verdict> {
             // "always" mode.
             // SAFETY: the value is copied out of the map.
             match unsafe { PODS_BY_MAC.get(Mac::new(dst)) }.copied() {
-                Some(pod) => redirect::to_pod(ctx, pod.ifindex, Verdict::UplinkToPod),
+                Some(pod) => redirect::to_pod(ctx, &node, pod.ifindex, Verdict::UplinkToPod),
                 None => pass(ctx),
             }
         }

@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
 };
-use flatbridge_common::Verdict;
+use flatbridge_common::{NODE_SET_PKT_TYPE, NodeConfig, Verdict};
 
 use crate::{counters::count, parse::PACKET_HOST};
 
@@ -30,10 +30,13 @@ pub fn to_device(ctx: &TcContext, ifindex: u32, verdict: Verdict) -> Result<i32,
 
 /// Into the pod behind host veth `ifindex`. Only valid from tc ingress. Before 6.15 the
 /// kernel keeps the pkt_type computed against the receiving device's MAC
-/// (PACKET_OTHERHOST), which the pod would drop: mark the frame as the host's.
+/// (PACKET_OTHERHOST), which the pod would drop: there (`node.flags` has
+/// NODE_SET_PKT_TYPE) the frame is marked as the host's; later kernels do it themselves.
 #[inline(always)]
-pub fn to_pod(ctx: &TcContext, ifindex: u32, verdict: Verdict) -> Result<i32, Verdict> {
-    let _ = ctx.change_type(PACKET_HOST);
+pub fn to_pod(ctx: &TcContext, node: &NodeConfig, ifindex: u32, verdict: Verdict) -> Result<i32, Verdict> {
+    if node.flags & NODE_SET_PKT_TYPE != 0 {
+        let _ = ctx.change_type(PACKET_HOST);
+    }
     // SAFETY: a plain helper call.
     let action = unsafe { bpf_redirect_peer(ifindex, 0) };
     done(ctx, action, verdict)

@@ -8,6 +8,8 @@ use crate::{check, unique_name};
 
 pub struct Netns {
     name: String,
+    /// Deleted on drop (false for a second handle on a namespace someone else owns).
+    owned: bool,
 }
 
 impl Netns {
@@ -21,9 +23,17 @@ impl Netns {
                 .output()
                 .expect("run ip"),
         );
-        let netns = Self { name };
+        let netns = Self { name, owned: true };
         netns.ok(&["ip", "link", "set", "lo", "up"]);
         netns
+    }
+
+    /// Another handle on an existing namespace; dropping it leaves the namespace alone.
+    pub fn open_existing(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -101,6 +111,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // Processes left running inside (iperf3 servers, ...) would keep the namespace alive.
         if let Ok(pids) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
             for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {

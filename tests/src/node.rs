@@ -171,7 +171,8 @@ impl Node {
         }
     }
 
-    fn plugin(&self) -> PathBuf {
+    /// The plugin binary this node runs.
+    pub fn plugin_path(&self) -> PathBuf {
         self.plugin.clone().unwrap_or_else(plugin_binary)
     }
 
@@ -231,7 +232,7 @@ impl Node {
     /// `flatbridge status --json` on this node.
     pub fn status(&self) -> Value {
         let output = self
-            .command(&self.plugin())
+            .command(&self.plugin_path())
             .args(["status", "--json"])
             .output()
             .expect("run flatbridge status");
@@ -246,7 +247,7 @@ impl Node {
     /// Runs an operator subcommand of the plugin on this node; returns its stdout.
     pub fn flatbridge(&self, args: &[&str]) -> String {
         let output = self
-            .command(&self.plugin())
+            .command(&self.plugin_path())
             .args(args)
             .output()
             .expect("run flatbridge");
@@ -262,7 +263,7 @@ impl Node {
     /// `flatbridge status` as a person reads it.
     pub fn status_text(&self) -> String {
         let output = self
-            .command(&self.plugin())
+            .command(&self.plugin_path())
             .arg("status")
             .output()
             .expect("run flatbridge status");
@@ -296,7 +297,7 @@ impl Node {
     }
 
     pub fn cni_raw(&self, verb: &str, env: &CniEnv, stdin: &[u8]) -> Reply {
-        let mut command = self.command(&self.plugin());
+        let mut command = self.command(&self.plugin_path());
         command
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -329,7 +330,7 @@ impl Node {
         let cni_bin = self.state.path().join("cni-bin");
         if !cni_bin.exists() {
             fs::create_dir_all(&cni_bin).expect("create cni bin dir");
-            std::os::unix::fs::symlink(self.plugin(), cni_bin.join("flatbridge")).expect("link plugin");
+            std::os::unix::fs::symlink(self.plugin_path(), cni_bin.join("flatbridge")).expect("link plugin");
             std::os::unix::fs::symlink("/usr/lib/cni/loopback", cni_bin.join("loopback"))
                 .expect("link loopback");
         }

@@ -1,4 +1,5 @@
 //! `cargo xtask <task>`: the one entry point for everything beyond `cargo build`.
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -37,6 +38,13 @@ enum Task {
         #[arg(long, default_value_t = 2)]
         nodes: usize,
     },
+    /// Measure the datapath and the CNI calls side by side (a table, bench/results/<date>.json
+    /// and bench/results/latest.svg). About 7 minutes; --quick about 1.
+    Bench {
+        /// One short round and fewer CNI calls: a smoke check.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Set up, check formatting and lints, build, and run every unit and integration test.
     Test {
         /// Arguments passed to the test binaries (a name filter, `--nocapture`, ...).
@@ -51,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf { release } => build::ebpf(release).map(drop),
         Task::Build { release } => build::all(release),
         Task::Demo { nodes } => demo::run(nodes),
+        Task::Bench { quick } => bench::run(quick),
         Task::Test { args } => test::run(&args),
     }
 }

@@ -3,7 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use flatbridge_common::{
-    Endpoint, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD, NodeConfig, program_name,
+    Endpoint, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_SET_PKT_TYPE, NODE_TCP_OFFLOAD,
+    NodeConfig, program_name,
 };
 
 use super::ALIAS_PREFIX;
@@ -66,6 +67,12 @@ pub async fn find_uplink(
 /// The programs on the uplink.
 const UPLINK_PROGRAMS: [&str; 2] = [program_name::FROM_UPLINK, program_name::TO_UPLINK];
 
+/// Before 6.15 `bpf_redirect_peer` leaves pkt_type as the receiving device computed it, and
+/// the programs must set it.
+fn kernel_keeps_pkt_type() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|version| version < aya::util::KernelVersion::new(6, 15, 0))
+}
+
 /// TCP may be offloaded when conntrack accepts packets beyond its window after an
 /// offloaded stretch (`nf_conntrack_tcp_be_liberal` = 1), or when there is no conntrack in
 /// this namespace at all. Otherwise returning packets would be INVALID and kube-proxy's
@@ -124,6 +131,9 @@ pub async fn add_pod(
     }
     if config.confirm_flows() {
         flags |= NODE_CONFIRM_FLOWS;
+    }
+    if kernel_keeps_pkt_type() {
+        flags |= NODE_SET_PKT_TYPE;
     }
     if tcp_offload_allowed() {
         flags |= NODE_TCP_OFFLOAD;

@@ -2,6 +2,11 @@
 //! file per leased address named by the address and holding `<containerID>\r\n<ifname>`,
 //! `last_reserved_ip.<set>` with the last address handed out per range set, and `lock`,
 //! flock()ed by every writer (ours and the reference plugin's alike).
+//!
+//! Durability: a lease's content is fsynced before ADD goes on; nothing else is. A crash
+//! can lose a release or leave an empty lease, both of which belong to no attachment and
+//! are freed by GC; fsyncing the directory on every call cost milliseconds per call here
+//! (each forces a journal commit).
 //! [`MemoryStore`] is the same contract in memory, for tests.
 use std::{
     collections::BTreeMap,
@@ -128,48 +133,46 @@ impl DiskStore {
         &self.dir
     }
 
-    /// Writes `content` to `name` atomically: a temporary file, fsync, then `link` (which
-    /// fails if `name` exists, for exclusive creation) or `rename` (to replace).
-    fn write_atomically(&self, name: &str, content: &str, exclusive: bool) -> Result<bool, IpamError> {
-        let target = self.dir.join(name);
-        let temp = self.dir.join(format!(".tmp-{}-{name}", std::process::id()));
-        let mut file = OpenOptions::new()
+    /// Creates lease `name` holding `content` unless it exists (O_EXCL: the exclusion
+    /// among concurrent allocators on top of the lock), and makes its content durable. A
+    /// crash between create and write can leave an empty lease; it belongs to no attachment,
+    /// so GC releases it. Returns false when the lease existed.
+    fn create_lease(&self, name: &str, content: &str) -> Result<bool, IpamError> {
+        let path = self.dir.join(name);
+        let mut file = match OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
-            .open(&temp)
-            .map_err(|source| io_error("create", &temp, source))?;
-        let written = file.write_all(content.as_bytes()).and_then(|()| file.sync_all());
-        drop(file);
-        if let Err(source) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(io_error("write", &temp, source));
-        }
-        let placed = if exclusive {
-            let linked = fs::hard_link(&temp, &target);
-            let _ = fs::remove_file(&temp);
-            match linked {
-                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-                other => other,
-            }
-        } else {
-            fs::rename(&temp, &target)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(source) => return Err(io_error("create", &path, source)),
         };
-        placed.map_err(|source| io_error("write", &target, source))?;
-        self.sync_dir()?;
+        if let Err(source) = file.write_all(content.as_bytes()).and_then(|()| file.sync_data()) {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(io_error("write", &path, source));
+        }
         Ok(true)
     }
 
-    fn sync_dir(&self) -> Result<(), IpamError> {
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|source| io_error("sync", &self.dir, source))
+    /// Replaces file `name` with `content` atomically (a temporary file renamed over it), so
+    /// readers see the old content or the new, never a part.
+    fn replace_file(&self, name: &str, content: &str) -> Result<(), IpamError> {
+        let target = self.dir.join(name);
+        let temp = self.dir.join(format!(".tmp-{}-{name}", std::process::id()));
+        fs::write(&temp, content)
+            .and_then(|()| fs::rename(&temp, &target))
+            .map_err(|source| {
+                let _ = fs::remove_file(&temp);
+                io_error("write", &target, source)
+            })
     }
 
     /// Checks that the directory takes new files (for STATUS).
     pub fn check_writable(&self) -> Result<(), IpamError> {
-        self.write_atomically(".write-check", "", false)?;
+        self.replace_file(".write-check", "")?;
         let path = self.dir.join(".write-check");
         fs::remove_file(&path).map_err(|source| io_error("remove", &path, source))
     }
@@ -205,14 +208,11 @@ fn io_error(action: &'static str, path: &Path, source: io::Error) -> IpamError {
 
 impl Store for DiskStore {
     fn reserve(&mut self, ip: IpAddr, owner: &Owner, range_set: usize) -> Result<bool, IpamError> {
-        if !self.write_atomically(&ip.to_string(), &owner.encode(), true)? {
+        if !self.create_lease(&ip.to_string(), &owner.encode())? {
             return Ok(false);
         }
-        self.write_atomically(
-            &format!("{LAST_RESERVED_PREFIX}{range_set}"),
-            &ip.to_string(),
-            false,
-        )?;
+        // Only a hint for the round robin: not worth an fsync.
+        self.replace_file(&format!("{LAST_RESERVED_PREFIX}{range_set}"), &ip.to_string())?;
         Ok(true)
     }
 
@@ -226,14 +226,14 @@ impl Store for DiskStore {
     }
 
     fn set(&mut self, ip: IpAddr, owner: &Owner) -> Result<(), IpamError> {
-        self.write_atomically(&ip.to_string(), &owner.encode(), false)
-            .map(drop)
+        self.replace_file(&ip.to_string(), &owner.encode())
     }
 
     fn remove(&mut self, ip: IpAddr) -> Result<(), IpamError> {
         let path = self.dir.join(ip.to_string());
+        // No fsync: a release lost in a crash leaves a lease of no attachment, which GC frees.
         match fs::remove_file(&path) {
-            Ok(()) => self.sync_dir(),
+            Ok(()) => Ok(()),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(io_error("remove", &path, source)),
         }

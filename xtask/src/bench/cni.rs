@@ -1,0 +1,229 @@
+//! What a CNI call costs: ADD and DEL latency and the plugin's peak RSS, for flatbridge and
+//! Debian's reference bridge + host-local side by side, the kernel's own veth deletion in
+//! the same run, and ADD latency as a node fills up (pod 1 vs pod 200).
+//!
+//! Calls are spawned directly from a thread inside the node's namespace (no nsenter in
+//! between) and timed from fork to exit, as a runtime sees them.
+use std::{
+    fs::File,
+    io::Write,
+    os::{fd::AsFd, unix::process::ExitStatusExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context, bail};
+use flatbridge_tests::{BpfFs, Netns, Pod, TempDir, seed_config};
+use nix::sched::{CloneFlags, setns};
+use serde_json::{Value, json};
+
+/// One plugin run: wall time from spawn to exit, and the process's peak RSS.
+#[derive(Clone, Copy, Debug)]
+pub struct Call {
+    pub millis: f64,
+    pub max_rss_kib: u64,
+}
+
+/// Runs `binary` with the CNI environment and `config` on stdin; `netns_file` is the node.
+fn call(
+    netns_file: &File,
+    binary: &Path,
+    verb: &str,
+    container: &str,
+    pod: &Path,
+    config: &Value,
+) -> anyhow::Result<Call> {
+    setns(netns_file.as_fd(), CloneFlags::CLONE_NEWNET).context("enter the node")?;
+    let started = Instant::now();
+    let mut child = Command::new(binary)
+        .env_clear()
+        .env("CNI_COMMAND", verb)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", pod)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {}", binary.display()))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(config.to_string().as_bytes())?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child; status and usage are valid out-pointers.
+    let waited = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    if waited != pid {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().context("stdout")?, &mut stdout)?;
+    if !std::process::ExitStatus::from_raw(status).success() {
+        bail!("{} {verb} failed: {stdout}", binary.display());
+    }
+    Ok(Call {
+        millis,
+        max_rss_kib: usage.ru_maxrss as u64,
+    })
+}
+
+/// A node for CNI calls: its namespace and its own lease directory, BPF root and log.
+struct CniNode {
+    netns: Netns,
+    netns_file: File,
+    _bpffs: BpfFs,
+    _state: TempDir,
+    config: Value,
+    binary: PathBuf,
+}
+
+impl CniNode {
+    fn new(tag: &str, binary: PathBuf, flatbridge: bool, range_end: &str) -> anyhow::Result<Self> {
+        let netns = Netns::new(tag);
+        netns.ok(&["ip", "link", "add", "cni0", "type", "bridge"]);
+        netns.ok(&["ip", "link", "set", "cni0", "up"]);
+        let netns_file = File::open(netns.path())?;
+        let bpffs = BpfFs::new(tag);
+        let state = TempDir::new(tag);
+        let mut config = seed_config("0.3.1");
+        config["ipam"]["ranges"][0][0]["rangeEnd"] = json!(range_end);
+        config["ipam"]["dataDir"] = json!(state.path().join("ipam"));
+        if flatbridge {
+            config["bpfRoot"] = json!(bpffs.path());
+            config["logFile"] = json!(state.path().join("flatbridge.log"));
+        } else {
+            config["type"] = json!("bridge");
+        }
+        Ok(Self {
+            netns,
+            netns_file,
+            _bpffs: bpffs,
+            _state: state,
+            config,
+            binary,
+        })
+    }
+
+    fn add(&self, pod: &Pod) -> anyhow::Result<Call> {
+        call(
+            &self.netns_file,
+            &self.binary,
+            "ADD",
+            &pod.container_id,
+            &pod.netns.path(),
+            &self.config,
+        )
+    }
+
+    fn del(&self, pod: &Pod) -> anyhow::Result<Call> {
+        call(
+            &self.netns_file,
+            &self.binary,
+            "DEL",
+            &pod.container_id,
+            &pod.netns.path(),
+            &self.config,
+        )
+    }
+}
+
+/// The kernel's own cost of deleting a pod's veth pair, timed like a plugin call: `ip link
+/// del` spawned from the node.
+fn kernel_veth_delete(node: &CniNode, pod: &Pod) -> anyhow::Result<f64> {
+    node.netns.ok(&[
+        "ip",
+        "link",
+        "add",
+        "kveth",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod.netns.name(),
+    ]);
+    setns(node.netns_file.as_fd(), CloneFlags::CLONE_NEWNET)?;
+    let started = Instant::now();
+    let status = Command::new("ip").args(["link", "del", "kveth"]).status()?;
+    anyhow::ensure!(status.success(), "ip link del failed");
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
+pub struct CniCost {
+    pub flatbridge_add: Vec<Call>,
+    pub flatbridge_del: Vec<Call>,
+    pub reference_add: Vec<Call>,
+    pub reference_del: Vec<Call>,
+    pub kernel_del_ms: Vec<f64>,
+    /// ADD latency of each pod while a node fills up, in order.
+    pub scaling_add_ms: Vec<f64>,
+}
+
+/// Measures on a thread of its own, which enters the nodes' namespaces as it goes.
+pub fn measure(
+    plugin: PathBuf,
+    calls: usize,
+    scale_to: usize,
+    with_reference: bool,
+) -> anyhow::Result<CniCost> {
+    std::thread::spawn(move || measure_here(&plugin, calls, scale_to, with_reference))
+        .join()
+        .map_err(|_| anyhow::anyhow!("the CNI cost thread panicked"))?
+}
+
+fn measure_here(
+    plugin: &Path,
+    calls: usize,
+    scale_to: usize,
+    with_reference: bool,
+) -> anyhow::Result<CniCost> {
+    let flatbridge = CniNode::new("cni-fb", plugin.to_path_buf(), true, "10.10.1.101")?;
+    let reference = CniNode::new("cni-ref", "/usr/lib/cni/bridge".into(), false, "10.10.1.101")?;
+    let mut cost = CniCost {
+        flatbridge_add: Vec::new(),
+        flatbridge_del: Vec::new(),
+        reference_add: Vec::new(),
+        reference_del: Vec::new(),
+        kernel_del_ms: Vec::new(),
+        scaling_add_ms: Vec::new(),
+    };
+    // The first flatbridge ADD loads the datapath: do it once before timing.
+    let warm = Pod::new("warm");
+    flatbridge.add(&warm)?;
+    flatbridge.del(&warm)?;
+    for round in 0..calls {
+        let pod = Pod::new("cost");
+        cost.flatbridge_add.push(flatbridge.add(&pod)?);
+        cost.flatbridge_del.push(flatbridge.del(&pod)?);
+        if with_reference {
+            cost.reference_add.push(reference.add(&pod)?);
+            cost.reference_del.push(reference.del(&pod)?);
+        }
+        cost.kernel_del_ms.push(kernel_veth_delete(&flatbridge, &pod)?);
+        if round % 10 == 9 {
+            eprintln!("bench: CNI calls {}/{calls}", round + 1);
+        }
+    }
+    let filling = CniNode::new("cni-scale", plugin.to_path_buf(), true, "10.10.4.254")?;
+    let mut pods = Vec::new();
+    for index in 0..scale_to {
+        let pod = Pod::new("scale");
+        cost.scaling_add_ms.push(filling.add(&pod)?.millis);
+        pods.push(pod);
+        if index % 50 == 49 {
+            eprintln!("bench: node filled with {} pods", index + 1);
+        }
+    }
+    for pod in &pods {
+        filling.del(pod)?;
+    }
+    Ok(cost)
+}

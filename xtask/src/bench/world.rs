@@ -1,0 +1,297 @@
+//! The paths under test, each in namespaces of its own, built once and measured in turns:
+//! a bare veth pair (the limit), the plain bridge with and without netfilter, flatbridge's
+//! fast path in its two modes, Debian's reference bridge + host-local plugins, and a pod
+//! reached from an external host through the uplink with the fast path on and off.
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use flatbridge_tests::{Netns, Node, Pod, seed_config};
+use serde_json::{Value, json};
+
+/// Which namespace a device to tune lives in.
+#[derive(Clone, Copy)]
+enum Place {
+    Client,
+    Server,
+    Node,
+}
+
+pub struct World {
+    pub key: &'static str,
+    pub label: &'static str,
+    client: Netns,
+    server: Netns,
+    pub server_ip: String,
+    /// The simulated node (none for the bare veth pair).
+    pub node: Option<Node>,
+    devices: Vec<(Place, String)>,
+    /// Keeps pods alive (their namespaces are `client` and `server` when they are pods).
+    _pods: Vec<Pod>,
+}
+
+impl World {
+    pub fn client(&self) -> &Netns {
+        &self.client
+    }
+
+    pub fn server(&self) -> &Netns {
+        &self.server
+    }
+
+    /// TSO, GSO and GRO on or off on every device a frame of this path crosses.
+    pub fn set_offloads(&self, on: bool) {
+        for (place, device) in &self.devices {
+            let netns = match place {
+                Place::Client => &self.client,
+                Place::Server => &self.server,
+                Place::Node => &self.node.as_ref().expect("a node").netns,
+            };
+            super::measure::offloads(netns, device, on);
+        }
+    }
+
+    /// Packets and bytes netfilter's FORWARD chain accepted on this node so far.
+    pub fn netfilter_bytes(&self) -> u64 {
+        let Some(node) = &self.node else {
+            return 0;
+        };
+        let listing = node
+            .netns
+            .run(&["iptables", "-w", "-L", "KUBE-FORWARD", "-v", "-x", "-n"]);
+        String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .filter(|line| line.contains("ACCEPT"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Bytes the fast path redirected on this node so far.
+    pub fn fast_path_bytes(&self) -> u64 {
+        let Some(node) = &self.node else {
+            return 0;
+        };
+        let output = node
+            .command(&node.plugin_path())
+            .args(["status", "--json"])
+            .output();
+        let Ok(output) = output else {
+            return 0;
+        };
+        let status: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        status["networks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|network| network["counters"].as_array().cloned().unwrap_or_default())
+            .filter(|counter| {
+                matches!(
+                    counter["verdict"].as_str(),
+                    Some("pod_to_pod" | "pod_to_uplink" | "uplink_to_pod")
+                )
+            })
+            .filter_map(|counter| counter["bytes"].as_u64())
+            .sum()
+    }
+}
+
+/// What kube-proxy leaves in FORWARD on a node with Services: ~50 rules that match nothing
+/// here, the conntrack rule that accepts established flows, and a final ACCEPT.
+fn kube_proxy_forward_chain(node: &Node) {
+    let mut rules: Vec<String> = vec!["-N KUBE-FORWARD".into(), "-A FORWARD -j KUBE-FORWARD".into()];
+    for i in 0..50 {
+        rules.push(format!(
+            "-A KUBE-FORWARD -s 192.168.{i}.0/24 -d 172.16.{i}.0/24 -p tcp --dport {} -j DROP",
+            30000 + i
+        ));
+    }
+    rules.push("-A KUBE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".into());
+    rules.push("-A KUBE-FORWARD -j ACCEPT".into());
+    for rule in rules {
+        let mut argv = vec!["iptables", "-w"];
+        argv.extend(rule.split_whitespace());
+        node.netns.ok(&argv);
+    }
+}
+
+/// How a node's path is configured.
+struct NodeSpec {
+    key: &'static str,
+    label: &'static str,
+    /// None: Debian's reference plugins.
+    config: Option<Value>,
+    netfilter: bool,
+    rules: bool,
+    uplink: bool,
+}
+
+fn bridge_node(spec: &NodeSpec, plugin: &Path) -> anyhow::Result<World> {
+    let binary: PathBuf = if spec.config.is_some() {
+        plugin.to_path_buf()
+    } else {
+        "/usr/lib/cni/bridge".into()
+    };
+    let node = Node::with_plugin(spec.key, binary);
+    node.netns.ok(&["ip", "link", "add", "cni0", "type", "bridge"]);
+    node.netns
+        .ok(&["ip", "addr", "add", "10.10.1.0/16", "dev", "cni0"]);
+    node.netns.ok(&["ip", "link", "set", "cni0", "up"]);
+    node.netns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    node.netns
+        .ok(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=1"]);
+    if !spec.netfilter {
+        for table in ["iptables", "ip6tables", "arptables"] {
+            node.netns
+                .ok(&["sysctl", "-qw", &format!("net.bridge.bridge-nf-call-{table}=0")]);
+        }
+    }
+    if spec.rules {
+        kube_proxy_forward_chain(&node);
+    }
+    let mut config = spec.config.clone().unwrap_or_else(|| {
+        let mut reference = seed_config("0.3.1");
+        reference["type"] = json!("bridge");
+        reference
+    });
+    // No wire to probe in this world but the uplink's, which the measurement owns.
+    config["arpProbeMs"] = json!(0);
+    let mut devices = vec![
+        (Place::Client, "eth0".to_owned()),
+        (Place::Node, "cni0".to_owned()),
+    ];
+    let add = |pod: &Pod| -> anyhow::Result<String> {
+        let mut env = pod.env("eth0");
+        env.path = "/usr/lib/cni".into();
+        let reply = node.cni("ADD", &env, &config);
+        anyhow::ensure!(reply.success, "ADD in {} failed: {}", spec.key, reply.stdout);
+        Ok(reply.json["interfaces"][1]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    };
+    let (client, server, server_ip, pods) = if spec.uplink {
+        let external = Netns::new(&format!("{}-ext", spec.key));
+        node.add_veth_to_bridge("uplink0", &external, "eth0");
+        external.ok(&["ip", "addr", "add", "10.10.0.1/16", "dev", "eth0"]);
+        devices.push((Place::Node, "uplink0".into()));
+        let pod = Pod::new(&format!("{}-pod", spec.key));
+        devices.push((Place::Node, add(&pod)?));
+        devices.push((Place::Server, "eth0".into()));
+        let ip = pod.ipv4("eth0").context("pod address")?;
+        let server = Netns::open_existing(pod.netns.name());
+        (external, server, ip, vec![pod])
+    } else {
+        let a = Pod::new(&format!("{}-a", spec.key));
+        let b = Pod::new(&format!("{}-b", spec.key));
+        devices.push((Place::Node, add(&a)?));
+        devices.push((Place::Node, add(&b)?));
+        devices.push((Place::Server, "eth0".into()));
+        let ip = b.ipv4("eth0").context("pod address")?;
+        let client = Netns::open_existing(a.netns.name());
+        let server = Netns::open_existing(b.netns.name());
+        (client, server, ip, vec![a, b])
+    };
+    Ok(World {
+        key: spec.key,
+        label: spec.label,
+        client,
+        server,
+        server_ip,
+        node: Some(node),
+        devices,
+        _pods: pods,
+    })
+}
+
+fn veth_pair() -> World {
+    let client = Netns::new("veth-a");
+    let server = Netns::new("veth-b");
+    client.add_veth("eth0", &server, "eth0");
+    client.ok(&["ip", "addr", "add", "10.99.0.1/24", "dev", "eth0"]);
+    server.ok(&["ip", "addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+    World {
+        key: "veth",
+        label: "bare veth pair (the limit)",
+        client,
+        server,
+        server_ip: "10.99.0.2".into(),
+        node: None,
+        devices: vec![(Place::Client, "eth0".into()), (Place::Server, "eth0".into())],
+        _pods: Vec::new(),
+    }
+}
+
+/// Every path, in the order of the report.
+pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> {
+    let seed = seed_config("0.3.1");
+    let with = |key: &str, value: Value| {
+        let mut config = seed.clone();
+        config[key] = value;
+        config
+    };
+    let mut specs = vec![
+        NodeSpec {
+            key: "bridge_nf",
+            label: "bridge + netfilter (fastPath false)",
+            config: Some(with("fastPath", json!(false))),
+            netfilter: true,
+            rules: true,
+            uplink: false,
+        },
+        NodeSpec {
+            key: "bridge",
+            label: "bridge, no netfilter (fastPath false)",
+            config: Some(with("fastPath", json!(false))),
+            netfilter: false,
+            rules: false,
+            uplink: false,
+        },
+        NodeSpec {
+            key: "fastpath",
+            label: "flatbridge fast path (default, checked)",
+            config: Some(seed.clone()),
+            netfilter: true,
+            rules: true,
+            uplink: false,
+        },
+        NodeSpec {
+            key: "fastpath_always",
+            label: "flatbridge fast path, \"always\" mode",
+            config: Some(with("fastPathMode", json!("always"))),
+            netfilter: true,
+            rules: true,
+            uplink: false,
+        },
+    ];
+    if with_reference {
+        specs.push(NodeSpec {
+            key: "reference",
+            label: "reference bridge + host-local + netfilter",
+            config: None,
+            netfilter: true,
+            rules: true,
+            uplink: false,
+        });
+    }
+    specs.push(NodeSpec {
+        key: "uplink_fastpath",
+        label: "external host -> pod, fast path",
+        config: Some(seed.clone()),
+        netfilter: true,
+        rules: true,
+        uplink: true,
+    });
+    specs.push(NodeSpec {
+        key: "uplink_bridge_nf",
+        label: "external host -> pod, bridge + netfilter",
+        config: Some(with("fastPath", json!(false))),
+        netfilter: true,
+        rules: true,
+        uplink: true,
+    });
+    let mut worlds = vec![veth_pair()];
+    for spec in &specs {
+        eprintln!("bench: building {}", spec.label);
+        worlds.push(bridge_node(spec, plugin)?);
+    }
+    Ok(worlds)
+}
