@@ -16,7 +16,7 @@ pub const PIN_DIR: &str = "flatbridge";
 /// The layout of the maps. A build whose maps differ from those pinned on a node (another
 /// key or value layout) cannot reuse them; bump this whenever a map type changes, so that
 /// such a node gets a clear error instead of programs reading the wrong bytes.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Names of the maps as they appear in the object file, in `bpftool map show` and as the
 /// file names of their pins.
@@ -196,9 +196,13 @@ const _: () = assert!(size_of::<Ipv4>() == 4);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Endpoint {
     pub ifindex: u32,
+    /// The pod's first IPv4 address.
     pub ipv4: [u8; 4],
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// How many more IPv4 addresses the pod has in `pods_by_ip` (so DEL knows whether to
+    /// look for them).
+    pub extra_ipv4s: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(size_of::<Endpoint>() == 16);
 
@@ -218,8 +222,11 @@ pub struct NodeConfig {
     pub _pad0: u32,
     pub bridge_mac: [u8; 6],
     pub _pad1: [u8; 2],
+    /// Userspace only: when (Unix ns) a look at the bridge's ports last found no uplink, so
+    /// that a burst of ADDs does not list every port each time. 0 = not looked yet.
+    pub no_uplink_seen_ns: u64,
 }
-const _: () = assert!(size_of::<NodeConfig>() == 32);
+const _: () = assert!(size_of::<NodeConfig>() == 40);
 
 /// NodeConfig.flags: drop frames whose source MAC/IPv4 is not the sending pod's own.
 pub const NODE_ANTI_SPOOF: u32 = 1;

@@ -117,7 +117,10 @@ impl Steps<'_> {
         let host_name = host_veth_name(&net.name, &self.owner.container_id, self.ifname);
         self.clear_leftovers(&host_name).await?;
 
-        let wire = self.wire(&bridge).await?;
+        // What the datapath already knows of the uplink saves listing the bridge's ports.
+        let known = datapath.as_ref().and_then(|datapath| datapath.node_config().ok());
+        let uplink = fastpath::find_uplink(self.node, &bridge, net.uplink.as_deref(), known.as_ref()).await?;
+        let wire = Self::wire(&bridge, uplink.link.as_ref())?;
         let mut result = match self.ipam {
             Some(ipam) => self.lease(ipam, wire.as_ref(), undo).await?,
             None => CniResult::default(),
@@ -182,6 +185,7 @@ impl Steps<'_> {
                 self.node,
                 &bridge,
                 &host,
+                &uplink,
                 pod_mac,
                 &result,
                 &mut undo.fast_path,
@@ -218,12 +222,8 @@ impl Steps<'_> {
 
     /// A socket for ARP on the wire, when the bridge has an uplink (without one there is no
     /// wire to probe or announce on).
-    async fn wire(&self, bridge: &Link) -> Result<Option<ArpSocket>, CniError> {
-        let configured = self.request.config.net.uplink.as_deref();
-        if fastpath::find_uplink(self.node, bridge, configured)
-            .await?
-            .is_none()
-        {
+    fn wire(bridge: &Link, uplink: Option<&Link>) -> Result<Option<ArpSocket>, CniError> {
+        if uplink.is_none() {
             return Ok(None);
         }
         let socket = ArpSocket::open(bridge.index, bridge.mac.unwrap_or_default()).map_err(|error| {

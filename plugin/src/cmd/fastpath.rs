@@ -1,6 +1,9 @@
 //! The fast path's share of ADD, DEL and GC: the node's settings, the pod's endpoint and
 //! the programs on the pod's host veth and on the uplink.
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use flatbridge_common::{
     Endpoint, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_SET_PKT_TYPE, NODE_TCP_OFFLOAD,
@@ -12,36 +15,76 @@ use crate::{
     cni::{CniError, Request, result::CniResult},
     datapath::Datapath,
     netlink::{Link, Netlink},
+    node::UplinkState,
 };
 
-/// The bridge's port to the wire: the configured `uplink`, or the one port of the bridge
-/// that is not a pod's veth.
+/// How long "this bridge has no uplink" is believed before the ports are listed again: a
+/// burst of ADDs on an uplink-less node lists them once, and a NIC enslaved by hand later is
+/// still noticed within this time.
+const NO_UPLINK_RECHECK: Duration = Duration::from_secs(5);
+
+/// The bridge's uplink as found by [`find_uplink`], and what to remember of the search.
+pub struct Uplink {
+    pub link: Option<Link>,
+    /// For `NodeConfig::no_uplink_seen_ns`: when the ports were last listed without finding
+    /// one, 0 when there is one (or the search was not by listing).
+    pub no_uplink_seen_ns: u64,
+}
+
+/// The bridge's port to the wire: the configured `uplink`, the one `flatbridge node setup`
+/// recorded on the bridge, the one an earlier ADD found (in `known`), or else the one port
+/// of the bridge that is not a pod's veth. Only the last lists the ports, which grow with
+/// the pods; "none" found that way is believed for [`NO_UPLINK_RECHECK`].
 pub async fn find_uplink(
     node: &Netlink,
     bridge: &Link,
     configured: Option<&str>,
-) -> Result<Option<Link>, CniError> {
-    if let Some(name) = configured {
-        return match node.link_by_name(name).await? {
-            Some(link) if link.master == Some(bridge.index) => Ok(Some(link)),
+    known: Option<&NodeConfig>,
+) -> Result<Uplink, CniError> {
+    let found = |link| Uplink {
+        link,
+        no_uplink_seen_ns: 0,
+    };
+    let recorded = bridge
+        .alias
+        .as_deref()
+        .and_then(UplinkState::decode)
+        .map(|state| state.uplink);
+    if let Some(name) = configured.map(str::to_owned).or(recorded) {
+        return match node.link_by_name(&name).await? {
+            Some(link) if link.master == Some(bridge.index) => Ok(found(Some(link))),
             Some(_) => {
                 log::warn!(
                     "uplink {name} is not a port of {}; the fast path ignores it",
                     bridge.name
                 );
-                Ok(None)
+                Ok(found(None))
             }
             None => {
                 log::warn!("uplink {name} does not exist; the fast path ignores it");
-                Ok(None)
+                Ok(found(None))
             }
         };
     }
+    let now = unix_ns();
+    if let Some(known) = known.filter(|known| known.bridge_ifindex == bridge.index) {
+        if known.uplink_ifindex != 0
+            && let Some(link) = node.link_by_index(known.uplink_ifindex).await?
+            && link.master == Some(bridge.index)
+        {
+            return Ok(found(Some(link)));
+        }
+        if known.uplink_ifindex == 0 && still_believed(known.no_uplink_seen_ns, now) {
+            return Ok(Uplink {
+                link: None,
+                no_uplink_seen_ns: known.no_uplink_seen_ns,
+            });
+        }
+    }
     let ports: Vec<Link> = node
-        .links()
+        .ports_of(bridge.index)
         .await?
         .into_iter()
-        .filter(|link| link.master == Some(bridge.index))
         .filter(|link| {
             !link
                 .alias
@@ -50,8 +93,11 @@ pub async fn find_uplink(
         })
         .collect();
     match ports.as_slice() {
-        [uplink] => Ok(Some(uplink.clone())),
-        [] => Ok(None),
+        [uplink] => Ok(found(Some(uplink.clone()))),
+        [] => Ok(Uplink {
+            link: None,
+            no_uplink_seen_ns: now,
+        }),
         many => {
             let names: Vec<&str> = many.iter().map(|link| link.name.as_str()).collect();
             log::warn!(
@@ -59,9 +105,22 @@ pub async fn find_uplink(
                 bridge.name,
                 names.join(", ")
             );
-            Ok(None)
+            Ok(found(None))
         }
     }
+}
+
+/// Whether "no uplink", seen at `seen` (Unix ns, 0 = never), still holds at `now`. A clock
+/// that went back makes it stale, not eternal.
+fn still_believed(seen: u64, now: u64) -> bool {
+    let window = u64::try_from(NO_UPLINK_RECHECK.as_nanos()).unwrap_or(u64::MAX);
+    seen != 0 && (seen..seen.saturating_add(window)).contains(&now)
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// The programs on the uplink.
@@ -118,13 +177,13 @@ pub async fn add_pod(
     node: &Netlink,
     bridge: &Link,
     host: &Link,
+    uplink: &Uplink,
     pod_mac: [u8; 6],
     result: &CniResult,
     added: &mut Added,
 ) -> Result<(), CniError> {
     let config = &request.config;
     let bridge_mac = bridge.mac.unwrap_or_default();
-    let uplink = find_uplink(node, bridge, config.net.uplink.as_deref()).await?;
     let mut flags = NODE_ENABLED;
     if config.anti_spoof() {
         flags |= NODE_ANTI_SPOOF;
@@ -146,9 +205,10 @@ pub async fn add_pod(
     datapath.set_node_config(&NodeConfig {
         revalidate_ns: config.revalidate_ms() * 1_000_000,
         bridge_ifindex: bridge.index,
-        uplink_ifindex: uplink.as_ref().map_or(0, |link| link.index),
+        uplink_ifindex: uplink.link.as_ref().map_or(0, |link| link.index),
         flags,
         bridge_mac,
+        no_uplink_seen_ns: uplink.no_uplink_seen_ns,
         ..NodeConfig::default()
     })?;
 
@@ -164,11 +224,12 @@ pub async fn add_pod(
         ifindex: host.index,
         ipv4: ipv4s.first().map_or([0; 4], Ipv4Addr::octets),
         mac: pod_mac,
+        extra_ipv4s: u8::try_from(ipv4s.len().saturating_sub(1)).unwrap_or(u8::MAX),
         ..Endpoint::default()
     };
     datapath.add_endpoint(endpoint, &ipv4s)?;
     added.endpoint = Some(host.index);
-    if let Some(uplink) = uplink {
+    if let Some(uplink) = &uplink.link {
         for program in UPLINK_PROGRAMS {
             if !datapath.is_attached(program, &uplink.name) {
                 datapath.attach(program, &uplink.name)?;
@@ -203,29 +264,33 @@ pub fn undo_add(request: &Request, added: Added) {
     }
 }
 
-/// DEL's share: forget the pod behind `host` (if its veth still exists) and every endpoint
-/// whose veth is gone. The programs on the veth go away with it. A network without a
-/// datapath is fine.
+/// DEL's share: forget the pod behind `host`, before its veth goes. The programs on the
+/// veth go away with it. When the veth is already gone (the pod's namespace was deleted
+/// first), its port is unknown: sweep every endpoint whose veth vanished. The pod's flows
+/// are left to expire: no egress program confirms for a port without an entry, so their
+/// confirmations lapse within the revalidation period, and until then can only point at a
+/// device that is gone. A network without a datapath is fine.
 pub async fn del_pod(request: &Request, node: &Netlink, host: Option<&Link>) -> Result<(), CniError> {
     let config = &request.config;
     let Ok(datapath) = Datapath::open(&config.bpf_root(), &config.net.name) else {
         return Ok(());
     };
-    if let Some(host) = host {
-        datapath.remove_endpoint(host.index)?;
-        datapath.forget_flows_of_port(host.index)?;
+    match host {
+        Some(host) => {
+            datapath.remove_endpoint(host.index)?;
+            Ok(())
+        }
+        None => sweep(&datapath, node).await,
     }
-    sweep(&datapath, node, host.map(|link| link.index)).await
 }
 
-/// Removes endpoints whose host veth no longer exists (its pod's namespace went away before
-/// DEL) and link pins of devices that are gone. `going` is a port about to be deleted.
-pub async fn sweep(datapath: &Datapath, node: &Netlink, going: Option<u32>) -> Result<(), CniError> {
+/// Removes endpoints whose host veth no longer exists and link pins of devices that are
+/// gone.
+pub async fn sweep(datapath: &Datapath, node: &Netlink) -> Result<(), CniError> {
     let links = node.links().await?;
     for ifindex in datapath.endpoint_ports()? {
-        if Some(ifindex) == going || !links.iter().any(|link| link.index == ifindex) {
+        if !links.iter().any(|link| link.index == ifindex) {
             datapath.remove_endpoint(ifindex)?;
-            datapath.forget_flows_of_port(ifindex)?;
             log::info!("removed the endpoint of vanished port #{ifindex}");
         }
     }
@@ -237,4 +302,20 @@ pub async fn sweep(datapath: &Datapath, node: &Netlink, going: Option<u32>) -> R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_uplink_is_believed_only_within_the_recheck_window() {
+        let seen = 1_000_000_000_000;
+        let window = u64::try_from(NO_UPLINK_RECHECK.as_nanos()).unwrap();
+        assert!(!still_believed(0, seen), "never looked");
+        assert!(still_believed(seen, seen));
+        assert!(still_believed(seen, seen + window - 1));
+        assert!(!still_believed(seen, seen + window), "window over");
+        assert!(!still_believed(seen, seen - 1), "clock went back");
+    }
 }

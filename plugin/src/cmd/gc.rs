@@ -43,7 +43,7 @@ pub fn gc(request: &Request) -> Result<(), CniError> {
         }
         let config = &request.config;
         if let Ok(datapath) = Datapath::open(&config.bpf_root(), network) {
-            fastpath::sweep(&datapath, &node, None).await?;
+            fastpath::sweep(&datapath, &node).await?;
         }
         Ok(())
     })?;

@@ -35,6 +35,7 @@ pub fn setup(bridge: &str, uplink: &str, gateways: &[IpNetwork], bpf_root: &Path
         let uplink_index = nix::net::if_::if_nametoindex(uplink).context("uplink vanished")?;
         let mut config = datapath.node_config()?;
         config.uplink_ifindex = uplink_index;
+        config.no_uplink_seen_ns = 0;
         datapath.set_node_config(&config)?;
         for program in UPLINK_PROGRAMS {
             datapath.attach(program, uplink)?;
@@ -75,6 +76,7 @@ pub fn teardown(bridge: &str, bpf_root: &Path) -> anyhow::Result<String> {
         }
         let mut config = datapath.node_config()?;
         config.uplink_ifindex = 0;
+        config.no_uplink_seen_ns = 0;
         datapath.set_node_config(&config)?;
     }
     Ok(format!(

@@ -59,39 +59,18 @@ impl Datapath {
     /// Forgets every flow: each goes through the bridge (and netfilter) again and must be
     /// confirmed anew. Returns how many directions were forgotten.
     pub fn flush_flows(&self) -> Result<usize, DatapathError> {
-        self.forget_flows(|_, _| true)
-    }
-
-    /// Forgets the flows that entered or left through port `ifindex` (its pod is gone).
-    pub fn forget_flows_of_port(&self, ifindex: u32) -> Result<usize, DatapathError> {
-        self.forget_flows(|seen, confirmed| {
-            seen.is_some_and(|seen| seen.in_ifindex == ifindex)
-                || confirmed.is_some_and(|confirmed| confirmed.out_ifindex == ifindex)
-        })
-    }
-
-    fn forget_flows(
-        &self,
-        doomed: impl Fn(Option<&FlowSeen>, Option<&FlowConfirmed>) -> bool,
-    ) -> Result<usize, DatapathError> {
         let mut seen = self.lru_map::<FlowKey, FlowSeen>(map_name::FLOWS)?;
         let mut confirmed = self.lru_map::<FlowKey, FlowConfirmed>(map_name::CONFIRMED)?;
-        let mut keys: Vec<FlowKey> = seen.keys().filter_map(Result::ok).collect();
-        keys.extend(confirmed.keys().filter_map(Result::ok));
-        keys.sort_by_key(|key| (key.src, key.dst, key.src_port, key.dst_port, key.protocol));
-        keys.dedup();
-        let mut forgotten = 0;
-        for key in keys {
-            let seen_value = seen.get(&key, 0).ok();
-            let confirmed_value = confirmed.get(&key, 0).ok();
-            if doomed(seen_value.as_ref(), confirmed_value.as_ref()) {
-                // Confirmation first: without it nothing is redirected.
-                let _ = confirmed.remove(&key);
-                let _ = seen.remove(&key);
-                forgotten += 1;
-            }
+        // Confirmations first: without them nothing is redirected.
+        let confirmations: Vec<FlowKey> = confirmed.keys().filter_map(Result::ok).collect();
+        for key in &confirmations {
+            let _ = confirmed.remove(key);
         }
-        Ok(forgotten)
+        let sightings: Vec<FlowKey> = seen.keys().filter_map(Result::ok).collect();
+        for key in &sightings {
+            let _ = seen.remove(key);
+        }
+        Ok(sightings.len().max(confirmations.len()))
     }
 
     /// The datapath's counters, one line per verdict, summed over CPUs.
@@ -150,13 +129,29 @@ impl Datapath {
     }
 
     /// Forgets the pod behind host veth `ifindex`: every entry that points at that port,
-    /// and only those (an address already reused by another pod stays).
+    /// and only those (an address already reused by another pod stays). With the port's
+    /// entry at hand that is a few direct removals; without it, a scan of the pod maps.
     pub fn remove_endpoint(&self, ifindex: u32) -> Result<bool, DatapathError> {
         let mut by_mac = self.hash_map::<Mac, Endpoint>(map_name::PODS_BY_MAC)?;
         let mut by_ip = self.hash_map::<Ipv4, Endpoint>(map_name::PODS_BY_IP)?;
         let mut ports = self.hash_map::<u32, Endpoint>(map_name::PORTS)?;
-        let found = ports.get(&ifindex, 0).is_ok();
+        let entry = ports.get(&ifindex, 0).ok();
         let _ = ports.remove(&ifindex);
+        let points_here =
+            |endpoint: Result<Endpoint, MapError>| endpoint.is_ok_and(|found| found.ifindex == ifindex);
+        if let Some(endpoint) = entry {
+            let mac = Mac::new(endpoint.mac);
+            if points_here(by_mac.get(&mac, 0)) {
+                let _ = by_mac.remove(&mac);
+            }
+            let ip = Ipv4 { addr: endpoint.ipv4 };
+            if points_here(by_ip.get(&ip, 0)) {
+                let _ = by_ip.remove(&ip);
+            }
+            if endpoint.extra_ipv4s == 0 {
+                return Ok(true);
+            }
+        }
         let stale_ips: Vec<Ipv4> = by_ip
             .iter()
             .filter_map(Result::ok)
@@ -166,16 +161,18 @@ impl Datapath {
         for ip in stale_ips {
             let _ = by_ip.remove(&ip);
         }
-        let stale_macs: Vec<Mac> = by_mac
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, endpoint)| endpoint.ifindex == ifindex)
-            .map(|(mac, _)| mac)
-            .collect();
-        for mac in stale_macs {
-            let _ = by_mac.remove(&mac);
+        if entry.is_none() {
+            let stale_macs: Vec<Mac> = by_mac
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, endpoint)| endpoint.ifindex == ifindex)
+                .map(|(mac, _)| mac)
+                .collect();
+            for mac in stale_macs {
+                let _ = by_mac.remove(&mac);
+            }
         }
-        Ok(found)
+        Ok(entry.is_some())
     }
 
     /// Every endpoint with its addresses, ordered by port.

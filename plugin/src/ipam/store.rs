@@ -12,7 +12,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     fs::{self, File, OpenOptions},
-    io::{self, Write},
+    io::{self, Read, Write},
     net::IpAddr,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
@@ -260,7 +260,7 @@ pub fn read_leases(dir: &Path) -> Result<BTreeMap<IpAddr, Owner>, IpamError> {
             continue;
         };
         let path = entry.path();
-        match fs::read_to_string(&path) {
+        match read_lease(&path) {
             Ok(text) => {
                 leases.insert(ip, Owner::decode(&text));
             }
@@ -270,6 +270,27 @@ pub fn read_leases(dir: &Path) -> Result<BTreeMap<IpAddr, Owner>, IpamError> {
         }
     }
     Ok(leases)
+}
+
+/// A lease file's text. Every ADD and DEL reads all of them (to find the owner's), so this
+/// is open, one read, close: no size query, no read to confirm the end (a regular file
+/// that gives less than asked for has ended).
+fn read_lease(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut buffer = [0; 256];
+    let mut text = Vec::new();
+    loop {
+        let read = match file.read(&mut buffer) {
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        text.extend_from_slice(&buffer[..read]);
+        if read < buffer.len() {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&text).into_owned())
 }
 
 /// The store contract in memory, for unit tests of the allocator.

@@ -4,8 +4,12 @@ use std::os::fd::AsRawFd;
 use futures_util::TryStreamExt;
 use rtnetlink::{
     LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
-    packet_route::link::{
-        InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+    packet_route::{
+        AddressFamily,
+        link::{
+            InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+            State,
+        },
     },
 };
 
@@ -125,6 +129,30 @@ impl Netlink {
             .await
             .map_err(request_error("list links"))?;
         Ok(messages.into_iter().map(Link::from_message).collect())
+    }
+
+    /// The ports of bridge (or bond) `master`, listed by the kernel without statistics.
+    pub async fn ports_of(&self, master: u32) -> Result<Vec<Link>, NetlinkError> {
+        let mut request = self
+            .handle()
+            .link()
+            .get()
+            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats]);
+        request
+            .message_mut()
+            .attributes
+            .push(LinkAttribute::Controller(master));
+        let messages: Vec<LinkMessage> = request
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request_error(format!("list the ports of link #{master}")))?;
+        // Kernels that ignore the filter list every link: filter here too.
+        Ok(messages
+            .into_iter()
+            .map(Link::from_message)
+            .filter(|link| link.master == Some(master))
+            .collect())
     }
 
     pub async fn create_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
