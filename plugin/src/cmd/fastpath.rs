@@ -311,7 +311,7 @@ mod tests {
     #[test]
     fn no_uplink_is_believed_only_within_the_recheck_window() {
         let seen = 1_000_000_000_000;
-        let window = u64::try_from(NO_UPLINK_RECHECK.as_nanos()).unwrap();
+        let window = u64::try_from(NO_UPLINK_RECHECK.as_nanos()).expect("five seconds fit in u64 ns");
         assert!(!still_believed(0, seen), "never looked");
         assert!(still_believed(seen, seen));
         assert!(still_believed(seen, seen + window - 1));
