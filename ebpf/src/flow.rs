@@ -196,8 +196,10 @@ fn confirmed_way(
     {
         return None;
     }
-    // A pod's port is not checked again here: DEL removes the pod's port entry (after which
-    // no egress program confirms for it) and then its flows, before the veth goes.
+    // A pod's port is not checked again here: DEL removes the pod's entries (after which no
+    // egress program confirms for it) before the veth goes; its confirmations then expire
+    // within `revalidate_ns`, and until then a redirect to the vanished veth fails and is
+    // counted as such (the bridge could not deliver those frames either).
     if out.out_kind == OUT_UPLINK && out.out_ifindex != node.uplink_ifindex {
         return None;
     }
