@@ -117,7 +117,11 @@ impl Drop for Netns {
         // Processes left running inside (iperf3 servers, ...) would keep the namespace alive.
         if let Ok(pids) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
             for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
+                // One that ended since the listing is fine: say nothing.
+                let _ = Command::new("kill")
+                    .args(["-9", pid])
+                    .stderr(std::process::Stdio::null())
+                    .status();
             }
         }
         let deleted = Command::new("ip").args(["netns", "del", &self.name]).status();

@@ -50,6 +50,13 @@ fn seed_config_in_every_version_two_pods_ping_check_and_delete() {
         let mut leased = vec![address_a.clone(), address_b.clone()];
         leased.sort();
         assert_eq!(node.leases("data"), leased);
+        // Host veths are bridge ports: no IPv6 of their own (no DAD, RS or MLD per pod).
+        for host in node.host_veths() {
+            let addresses = node.netns.ok(&["ip", "-6", "-o", "addr", "show", "dev", &host]);
+            assert!(addresses.trim().is_empty(), "{host}: {addresses}");
+            let details = node.netns.ok(&["ip", "-d", "link", "show", &host]);
+            assert!(details.contains("addrgenmode none"), "{details}");
+        }
 
         if version >= "0.4.0" {
             let check_config = with_prev_result(&config, &result_a);

@@ -148,6 +148,11 @@ impl Steps<'_> {
                 &veth_alias(&net.name, &self.owner.container_id, self.ifname),
             )
             .await?;
+        // The port's own IPv6 would only add chatter (DAD, router solicitations, MLD) that
+        // takes the RTNL lock in a kworker for every new pod.
+        if let Err(error) = self.node.stop_ipv6_autoconf(host.index).await {
+            log::warn!("{error}");
+        }
         self.node.set_master(host.index, bridge.index).await?;
         if net.hairpin_mode {
             self.node.set_hairpin(host.index, true).await?;

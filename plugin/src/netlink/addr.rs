@@ -26,11 +26,10 @@ impl Netlink {
         &self,
         index: u32,
     ) -> impl futures_util::Stream<Item = Result<AddressMessage, rtnetlink::Error>> {
-        self.handle()
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
+        let mut request = self.handle().address().get().set_link_index_filter(index);
+        // Filtered by the kernel (the socket checks strictly, see `Netlink::open`).
+        request.message_mut().header.index = index;
+        request.execute()
     }
 
     /// The addresses of link `index`, with their prefixes.

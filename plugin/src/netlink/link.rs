@@ -7,8 +7,8 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         link::{
-            InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
-            State,
+            AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
+            LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, State,
         },
     },
 };
@@ -211,6 +211,24 @@ impl Netlink {
             format!("set link #{index} up"),
         )
         .await
+    }
+
+    /// No IPv6 link-local address (addrgenmode none), hence no DAD, router solicitation or
+    /// MLD from the device itself: for a bridge port, whose own IPv6 stack never sees a
+    /// frame. Set while the device is down. A kernel without IPv6 has nothing to stop.
+    pub async fn stop_ipv6_autoconf(&self, index: u32) -> Result<(), NetlinkError> {
+        let mut message = LinkUnspec::new_with_index(index).build();
+        message
+            .attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+                AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+            ])]));
+        match self.handle().link().set(message).execute().await {
+            Err(error) if has_errno(&error, libc::EAFNOSUPPORT) => Ok(()),
+            other => other.map_err(request_error(format!(
+                "stop IPv6 autoconfiguration on link #{index}"
+            ))),
+        }
     }
 
     pub async fn set_promisc(&self, index: u32, on: bool) -> Result<(), NetlinkError> {

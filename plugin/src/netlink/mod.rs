@@ -12,6 +12,7 @@ pub use route::RouteEntry;
 use std::io;
 
 use rtnetlink::Handle;
+use rtnetlink::sys::AsyncSocket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -50,7 +51,15 @@ impl Netlink {
     /// Opens a socket in the calling thread's network namespace; its connection task runs
     /// on the current tokio runtime.
     pub fn open() -> Result<Self, NetlinkError> {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        let (mut connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        // Strict checking makes the kernel honour a dump's filters (addresses of one link),
+        // instead of listing the whole namespace for us to filter: ADD and DEL must not
+        // grow with the number of pods.
+        connection
+            .socket_mut()
+            .socket_mut()
+            .set_netlink_get_strict_chk(true)
+            .map_err(NetlinkError::Socket)?;
         tokio::spawn(connection);
         Ok(Self { handle })
     }

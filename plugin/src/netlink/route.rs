@@ -5,7 +5,9 @@ use futures_util::TryStreamExt;
 use ipnetwork::IpNetwork;
 use rtnetlink::{
     RouteMessageBuilder,
-    packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol},
+    packet_route::route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+    },
 };
 
 use super::{Netlink, NetlinkError, has_errno, request_error};
@@ -95,11 +97,15 @@ impl Netlink {
 
     /// The routes of the main table of one family.
     pub async fn routes(&self, ipv4: bool) -> Result<Vec<RouteEntry>, NetlinkError> {
-        let query = if ipv4 {
+        let mut query = if ipv4 {
             RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
         } else {
             RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
         };
+        // The socket checks strictly (see `Netlink::open`): the kernel then filters by the
+        // header's protocol and type, which the builder sets for adding a static route.
+        query.header.protocol = RouteProtocol::Unspec;
+        query.header.kind = RouteType::Unspec;
         let messages: Vec<RouteMessage> = self
             .handle()
             .route()

@@ -165,6 +165,9 @@ pub struct CniCost {
     pub kernel_del_ms: Vec<f64>,
     /// ADD latency of each pod while a node fills up, in order.
     pub scaling_add_ms: Vec<f64>,
+    /// The same for the reference plugins, filling a node of their own in step (empty
+    /// without them): what the kernel's share of the growth is.
+    pub reference_scaling_add_ms: Vec<f64>,
 }
 
 /// Measures on a thread of its own, which enters the nodes' namespaces as it goes.
@@ -194,6 +197,7 @@ fn measure_here(
         reference_del: Vec::new(),
         kernel_del_ms: Vec::new(),
         scaling_add_ms: Vec::new(),
+        reference_scaling_add_ms: Vec::new(),
     };
     // The first flatbridge ADD loads the datapath: do it once before timing.
     let warm = Pod::new("warm");
@@ -212,18 +216,30 @@ fn measure_here(
             eprintln!("bench: CNI calls {}/{calls}", round + 1);
         }
     }
+    // Two nodes fill up in step, one pod each in turn, so that both see the same machine.
     let filling = CniNode::new("cni-scale", plugin.to_path_buf(), true, "10.10.4.254")?;
+    let reference_filling = CniNode::new("cni-rscale", "/usr/lib/cni/bridge".into(), false, "10.10.4.254")?;
     let mut pods = Vec::new();
+    let mut reference_pods = Vec::new();
     for index in 0..scale_to {
         let pod = Pod::new("scale");
         cost.scaling_add_ms.push(filling.add(&pod)?.millis);
         pods.push(pod);
+        if with_reference {
+            let pod = Pod::new("rscale");
+            cost.reference_scaling_add_ms
+                .push(reference_filling.add(&pod)?.millis);
+            reference_pods.push(pod);
+        }
         if index % 50 == 49 {
-            eprintln!("bench: node filled with {} pods", index + 1);
+            eprintln!("bench: nodes filled with {} pods", index + 1);
         }
     }
     for pod in &pods {
         filling.del(pod)?;
+    }
+    for pod in &reference_pods {
+        reference_filling.del(pod)?;
     }
     Ok(cost)
 }

@@ -38,6 +38,14 @@ pub fn percentile(values: &[f64], fraction: f64) -> f64 {
     values[rank - 1]
 }
 
+/// The p50 of the first ten and of the last ten samples.
+fn first_and_last_ten(samples: &[f64]) -> (f64, f64) {
+    (
+        median(&samples[..samples.len().min(10)]),
+        median(&samples[samples.len().saturating_sub(10)..]),
+    )
+}
+
 pub fn median(values: &[f64]) -> f64 {
     let values = sorted(values);
     match values.len() {
@@ -185,16 +193,22 @@ impl Report {
             median(&cni.kernel_del_ms),
             percentile(&cni.kernel_del_ms, 0.95)
         );
-        let first = &cni.scaling_add_ms[..cni.scaling_add_ms.len().min(10)];
-        let last = &cni.scaling_add_ms[cni.scaling_add_ms.len().saturating_sub(10)..];
-        let _ = writeln!(
-            out,
-            "ADD while a node fills up: p50 of pods 1-10 {:.2} ms, of pods {}-{} {:.2} ms",
-            median(first),
-            cni.scaling_add_ms.len().saturating_sub(9),
-            cni.scaling_add_ms.len(),
-            median(last)
-        );
+        for (who, samples) in [
+            ("flatbridge", &cni.scaling_add_ms),
+            ("reference", &cni.reference_scaling_add_ms),
+        ] {
+            if samples.is_empty() {
+                continue;
+            }
+            let (first, last) = first_and_last_ten(samples);
+            let _ = writeln!(
+                out,
+                "ADD while a node fills up, {who:<10}: p50 of pods 1-10 {first:.2} ms, of pods {}-{} {last:.2} ms ({:.2}x)",
+                samples.len().saturating_sub(9),
+                samples.len(),
+                last / first
+            );
+        }
         out.push_str(&self.targets());
         let _ = writeln!(out, "(bench took {:.0} s)", self.elapsed_s);
         out
@@ -269,14 +283,21 @@ impl Report {
             2.0,
             true,
         );
-        let first = median(&cni.scaling_add_ms[..cni.scaling_add_ms.len().min(10)]);
-        let last = median(&cni.scaling_add_ms[cni.scaling_add_ms.len().saturating_sub(10)..]);
+        let (first, last) = first_and_last_ten(&cni.scaling_add_ms);
         line(
             "ADD p50 at the last 10 pods / at the first 10 (flat)",
             last / first,
             1.2,
             true,
         );
+        if !cni.reference_scaling_add_ms.is_empty() {
+            let (first, last) = first_and_last_ten(&cni.reference_scaling_add_ms);
+            let _ = writeln!(
+                out,
+                "  [info] the same for the reference plugins, filling a node in step: {:.2}",
+                last / first
+            );
+        }
         out
     }
 
@@ -309,6 +330,7 @@ impl Report {
                 "flatbridge_add": calls(&self.cni.flatbridge_add), "flatbridge_del": calls(&self.cni.flatbridge_del),
                 "reference_add": calls(&self.cni.reference_add), "reference_del": calls(&self.cni.reference_del),
                 "kernel_veth_delete_ms": self.cni.kernel_del_ms, "scaling_add_ms": self.cni.scaling_add_ms,
+                "reference_scaling_add_ms": self.cni.reference_scaling_add_ms,
             },
             "table": self.table(),
         })
