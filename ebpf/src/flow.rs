@@ -15,15 +15,16 @@
 //! SYN. An evicted or missing entry only ever means "slow path".
 use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TcContext};
 use flatbridge_common::{
-    FlowConfirmed, FlowKey, FlowSeen, NODE_TCP_OFFLOAD, NodeConfig, OUT_UPLINK, Verdict,
+    FlowConfirmed, FlowKey, FlowSeen, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD, NodeConfig,
+    OUT_UPLINK, Verdict,
 };
 
 use crate::{
     counters::count,
-    maps::{CONFIRMED, FLOWS},
+    maps::{CONFIRMED, FLOWS, NODE},
     parse::{
-        ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
-        header, same_mac,
+        ETH_HLEN, ETH_P_IP, EthHdr, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        TcpHdr, UdpHdr, header, same_mac,
     },
 };
 
@@ -217,6 +218,20 @@ fn differs(old: &FlowSeen, new: &FlowSeen, refresh_ns: u64) -> bool {
         || !same_mac(&old.src_mac, &new.src_mac)
         || !same_mac(&old.dst_mac, &new.dst_mac)
         || new.seen_ns.wrapping_sub(old.seen_ns) > refresh_ns
+}
+
+/// Where both egress programs start: the node's settings and the frame's source and
+/// destination MACs, when the node confirms flows and the frame is IPv4.
+#[inline(always)]
+pub fn egress_ipv4(ctx: &TcContext) -> Option<(NodeConfig, [u8; 6], [u8; 6])> {
+    let node = NODE.get(0).copied()?;
+    if node.flags & (NODE_ENABLED | NODE_CONFIRM_FLOWS) != NODE_ENABLED | NODE_CONFIRM_FLOWS {
+        return None;
+    }
+    let eth: *mut EthHdr = header(ctx, 0)?;
+    // SAFETY: bounds-checked by `header`.
+    let (src, dst, proto) = unsafe { ((*eth).src, (*eth).dst, u16::from_be((*eth).proto)) };
+    (proto == ETH_P_IP).then_some((node, src, dst))
 }
 
 /// Egress: the bridge delivered this frame to `out_ifindex`. If an ingress program saw the

@@ -6,23 +6,22 @@
 //! tagged, malformed, for the node, not (yet) confirmed — goes to the bridge as it is.
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use flatbridge_common::{
-    Endpoint, Ipv4, Mac, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NodeConfig, OFFLOADED_MARK,
-    OUT_POD, Verdict,
+    Endpoint, Ipv4, Mac, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NodeConfig, OFFLOADED_MARK, OUT_POD, Verdict,
 };
 
 use crate::{
     arp,
     counters::{count, finish},
     flow,
-    maps::{GATEWAYS, NODE, PODS_BY_IP, PODS_BY_MAC, PORTS},
+    maps::{GATEWAYS, PODS_BY_IP, PODS_BY_MAC, PORTS, enabled_node},
     parse::{
-        ArpIpv4, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, has_vlan_tag, header, ifindex, is_group,
+        ArpIpv4, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, Frame, Ipv4Hdr, ethernet, header, ifindex, is_group,
         mark, same_mac,
     },
     redirect,
 };
 
-/// Attached to tc ingress (TCX) of each pod's host veth. Ingress, because
+/// Attached to tc ingress of each pod's host veth (a clsact filter, see the loader). Ingress, because
 /// `bpf_redirect_peer` only works from there, and because it sees the frame exactly as the
 /// pod sent it.
 #[classifier]
@@ -38,13 +37,7 @@ fn pass(ctx: &TcContext) -> Result<i32, Verdict> {
 
 #[inline(always)]
 fn try_from_pod(ctx: &TcContext) -> Result<i32, Verdict> {
-    let Some(node) = NODE.get(0).copied() else {
-        return pass(ctx);
-    };
-    if node.flags & NODE_ENABLED == 0 || has_vlan_tag(ctx) {
-        return pass(ctx);
-    }
-    let Some(eth) = header::<EthHdr>(ctx, 0) else {
+    let (Some(node), Some(Frame { eth, src, dst, proto })) = (enabled_node(), ethernet(ctx)) else {
         return pass(ctx);
     };
     let port_ifindex = ifindex(ctx);
@@ -55,8 +48,6 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, Verdict> {
     } else {
         None
     };
-    // SAFETY: `header` checked the Ethernet header lies inside the frame.
-    let (src, dst, proto) = unsafe { ((*eth).src, (*eth).dst, u16::from_be((*eth).proto)) };
     if let Some(pod) = &check
         && !same_mac(&src, &pod.mac)
     {

@@ -3,18 +3,18 @@
 //! (flow.rs) goes straight into its pod; in "always" mode every IPv4 unicast frame for a
 //! local pod's MAC does. Everything else goes to the bridge as it is.
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use flatbridge_common::{Ipv4, Mac, NODE_CONFIRM_FLOWS, NODE_ENABLED, OUT_POD, Verdict};
+use flatbridge_common::{Ipv4, Mac, NODE_CONFIRM_FLOWS, OUT_POD, Verdict};
 
 use crate::{
     arp,
     counters::{count, finish},
     flow,
-    maps::{NODE, PODS_BY_IP, PODS_BY_MAC},
-    parse::{ETH_P_ARP, ETH_P_IP, EthHdr, has_vlan_tag, header, ifindex, is_group},
+    maps::{PODS_BY_IP, PODS_BY_MAC, enabled_node},
+    parse::{ETH_P_ARP, ETH_P_IP, Frame, ethernet, ifindex, is_group},
     redirect,
 };
 
-/// Attached to tc ingress (TCX) of the bridge's uplink port, before the bridge sees the
+/// Attached to tc ingress (a pinned TCX link) of the bridge's uplink port, before the bridge sees the
 /// frame.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
@@ -29,17 +29,9 @@ fn pass(ctx: &TcContext) -> Result<i32, Verdict> {
 
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<i32, Verdict> {
-    let Some(node) = NODE.get(0).copied() else {
+    let (Some(node), Some(Frame { eth, src, dst, proto })) = (enabled_node(), ethernet(ctx)) else {
         return pass(ctx);
     };
-    if node.flags & NODE_ENABLED == 0 || has_vlan_tag(ctx) {
-        return pass(ctx);
-    }
-    let Some(eth) = header::<EthHdr>(ctx, 0) else {
-        return pass(ctx);
-    };
-    // SAFETY: `header` checked the Ethernet header lies inside the frame.
-    let (src, dst, proto) = unsafe { ((*eth).src, (*eth).dst, u16::from_be((*eth).proto)) };
     match proto {
         ETH_P_ARP => {
             let Some(request) = arp::request(ctx) else {

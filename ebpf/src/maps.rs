@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use flatbridge_common::{
     COUNTER_SLOTS, Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Ipv4, MAX_FLOWS, MAX_GATEWAYS,
-    MAX_PODS, Mac, NodeConfig,
+    MAX_PODS, Mac, NODE_ENABLED, NodeConfig,
 };
 
 /// Packets and bytes per [`flatbridge_common::Verdict`], per CPU so that no two programs
@@ -34,6 +34,12 @@ pub static GATEWAYS: HashMap<Ipv4, Mac, { MAX_GATEWAYS as usize }> = HashMap::ne
 /// The node's settings at index 0.
 #[btf_map(name = "node")]
 pub static NODE: Array<NodeConfig, 1> = Array::new();
+
+/// The node's settings, when the plugin has enabled the datapath.
+#[inline(always)]
+pub fn enabled_node() -> Option<NodeConfig> {
+    NODE.get(0).copied().filter(|node| node.flags & NODE_ENABLED != 0)
+}
 
 /// Per flow direction, what the ingress programs saw. Only ingress programs write it.
 #[btf_map(name = "flows")]

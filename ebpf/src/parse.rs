@@ -83,6 +83,28 @@ pub fn header<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
+/// An untagged Ethernet frame's header and its fields.
+pub struct Frame {
+    pub eth: *mut EthHdr,
+    pub src: [u8; 6],
+    pub dst: [u8; 6],
+    /// Host order.
+    pub proto: u16,
+}
+
+/// The Ethernet header, unless the frame is too short or carries a VLAN tag (which the
+/// programs leave to the bridge).
+#[inline(always)]
+pub fn ethernet(ctx: &TcContext) -> Option<Frame> {
+    if has_vlan_tag(ctx) {
+        return None;
+    }
+    let eth: *mut EthHdr = header(ctx, 0)?;
+    // SAFETY: `header` checked the Ethernet header lies inside the frame.
+    let (src, dst, proto) = unsafe { ((*eth).src, (*eth).dst, u16::from_be((*eth).proto)) };
+    Some(Frame { eth, src, dst, proto })
+}
+
 /// True for group (broadcast and multicast) addresses.
 #[inline(always)]
 pub fn is_group(mac: &[u8; 6]) -> bool {
@@ -104,7 +126,7 @@ pub fn ifindex(ctx: &TcContext) -> u32 {
 
 /// True when the frame carries a VLAN tag outside its data (hardware-accelerated tag).
 #[inline(always)]
-pub fn has_vlan_tag(ctx: &TcContext) -> bool {
+fn has_vlan_tag(ctx: &TcContext) -> bool {
     // SAFETY: as above.
     unsafe { (*ctx.skb.skb).vlan_present != 0 }
 }

@@ -1,15 +1,15 @@
 //! tc egress of a pod's host-side veth: the frames the bridge delivers to the pod, after
 //! netfilter and NAT. It changes nothing; it confirms flow directions (see flow.rs).
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use flatbridge_common::{NODE_CONFIRM_FLOWS, NODE_ENABLED, OUT_POD};
+use flatbridge_common::OUT_POD;
 
 use crate::{
     flow,
-    maps::{NODE, PORTS},
-    parse::{ETH_P_IP, EthHdr, header, ifindex, same_mac},
+    maps::PORTS,
+    parse::{ifindex, same_mac},
 };
 
-/// Attached to tc egress (TCX) of each pod's host veth. Frames sent with
+/// Attached to tc egress of each pod's host veth (a clsact filter). Frames sent with
 /// `bpf_redirect_peer` never pass here, so only frames that went through the bridge (and
 /// netfilter) can confirm a flow. A frame confirms only for the pod it is addressed to: a
 /// frame the bridge floods to every port (its FDB forgot the MAC) confirms nothing.
@@ -21,20 +21,9 @@ pub fn to_pod(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn confirm_for_pod(ctx: &TcContext) {
-    let Some(node) = NODE.get(0).copied() else {
+    let Some((node, src, dst)) = flow::egress_ipv4(ctx) else {
         return;
     };
-    if node.flags & (NODE_ENABLED | NODE_CONFIRM_FLOWS) != NODE_ENABLED | NODE_CONFIRM_FLOWS {
-        return;
-    }
-    let Some(eth) = header::<EthHdr>(ctx, 0) else {
-        return;
-    };
-    // SAFETY: bounds-checked by `header`.
-    let (src, dst, proto) = unsafe { ((*eth).src, (*eth).dst, u16::from_be((*eth).proto)) };
-    if proto != ETH_P_IP {
-        return;
-    }
     let port = ifindex(ctx);
     // SAFETY: the value is copied out of the map.
     let is_for_this_pod = unsafe { PORTS.get(port) }.is_some_and(|pod| same_mac(&pod.mac, &dst));

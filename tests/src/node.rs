@@ -151,6 +151,17 @@ impl Node {
         Self::build(tag, None)
     }
 
+    /// A node whose bridge `cni0` exists, is up and carries the seed config's gateway
+    /// 10.10.1.0/16, as a node set up for the reference recipe does.
+    pub fn with_gateway(tag: &str) -> Self {
+        let node = Self::new(tag);
+        node.netns.ok(&["ip", "link", "add", "cni0", "type", "bridge"]);
+        node.netns
+            .ok(&["ip", "addr", "add", "10.10.1.0/16", "dev", "cni0"]);
+        node.netns.ok(&["ip", "link", "set", "cni0", "up"]);
+        node
+    }
+
     /// A node that runs `plugin` (the demo and the benchmarks use a release build).
     pub fn with_plugin(tag: &str, plugin: PathBuf) -> Self {
         Self::build(tag, Some(plugin))

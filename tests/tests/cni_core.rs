@@ -3,21 +3,11 @@
 use flatbridge_tests::{Node, Pod, VERSIONS, require_root, seed_config, with_prev_result};
 use serde_json::{Value, json};
 
-/// The node owns the gateway address, as a node set up for this recipe does.
-fn node_with_gateway(tag: &str) -> Node {
-    let node = Node::new(tag);
-    node.netns.ok(&["ip", "link", "add", "cni0", "type", "bridge"]);
-    node.netns
-        .ok(&["ip", "addr", "add", "10.10.1.0/16", "dev", "cni0"]);
-    node.netns.ok(&["ip", "link", "set", "cni0", "up"]);
-    node
-}
-
 #[test]
 fn seed_config_in_every_version_two_pods_ping_check_and_delete() {
     require_root();
     for version in VERSIONS {
-        let node = node_with_gateway("core");
+        let node = Node::with_gateway("core");
         let config = seed_config(version);
         let a = Pod::new("pa");
         let b = Pod::new("pb");
@@ -102,7 +92,7 @@ fn seed_config_in_every_version_two_pods_ping_check_and_delete() {
 #[test]
 fn del_after_the_netns_is_gone_releases_the_lease() {
     require_root();
-    let node = node_with_gateway("gone");
+    let node = Node::with_gateway("gone");
     let config = seed_config("1.0.0");
     let pod = Pod::new("gone");
     node.cni("ADD", &pod.env("eth0"), &config).ok("ADD");
@@ -120,7 +110,7 @@ fn del_after_the_netns_is_gone_releases_the_lease() {
 #[test]
 fn add_again_for_the_same_attachment_keeps_its_address() {
     require_root();
-    let node = node_with_gateway("again");
+    let node = Node::with_gateway("again");
     let config = seed_config("1.0.0");
     let pod = Pod::new("again");
     let first = node.cni("ADD", &pod.env("eth0"), &config).ok("ADD");
@@ -182,7 +172,7 @@ fn version_is_answered_whatever_stdin_holds() {
 fn libcni_drives_a_conflist_through_add_check_del() {
     require_root();
     for version in ["0.4.0", "1.0.0"] {
-        let node = node_with_gateway("libcni");
+        let node = Node::with_gateway("libcni");
         let mut plugin = seed_config(version);
         let plugin_map = plugin.as_object_mut().expect("object");
         plugin_map.remove("cniVersion");

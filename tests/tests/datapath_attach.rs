@@ -55,24 +55,10 @@ fn program_counts_real_packets_until_detached() {
 
     // bpftool finds the program and the map by name, with BTF field names.
     let layout = datapath.layout().clone();
-    let program = check(
-        "bpftool prog show",
-        std::process::Command::new("bpftool")
-            .args(["prog", "show", "pinned"])
-            .arg(layout.program(program_name::FROM_POD))
-            .output()
-            .expect("run bpftool"),
-    );
+    let program = bpftool_pinned("prog", "show", &layout.program(program_name::FROM_POD));
     assert!(program.contains("name from_pod"), "bpftool prog show: {program}");
     assert!(program.contains("sched_cls"), "bpftool prog show: {program}");
-    let dump = check(
-        "bpftool map dump",
-        std::process::Command::new("bpftool")
-            .args(["map", "dump", "pinned"])
-            .arg(layout.map("counters"))
-            .output()
-            .expect("run bpftool"),
-    );
+    let dump = bpftool_pinned("map", "dump", &layout.map("counters"));
     assert!(
         dump.contains("\"packets\""),
         "counters dump has no BTF field names: {dump}"
@@ -83,14 +69,7 @@ fn program_counts_real_packets_until_detached() {
     in_node(&node, || {
         Datapath::ensure_loaded(bpffs.path(), NETWORK).expect("reload")
     });
-    let again = check(
-        "bpftool prog show",
-        std::process::Command::new("bpftool")
-            .args(["prog", "show", "pinned"])
-            .arg(layout.program(program_name::FROM_POD))
-            .output()
-            .expect("run bpftool"),
-    );
+    let again = bpftool_pinned("prog", "show", &layout.program(program_name::FROM_POD));
     assert_eq!(
         program_id(&program),
         program_id(&again),
@@ -130,4 +109,16 @@ fn program_counts_real_packets_until_detached() {
 
     datapath.remove().expect("remove pins");
     assert!(!layout.dir().exists(), "pins left in {:?}", layout.dir());
+}
+
+/// `bpftool <object> <verb> pinned <path>`, which must succeed; its output.
+fn bpftool_pinned(object: &str, verb: &str, path: &std::path::Path) -> String {
+    check(
+        &format!("bpftool {object} {verb}"),
+        std::process::Command::new("bpftool")
+            .args([object, verb, "pinned"])
+            .arg(path)
+            .output()
+            .expect("run bpftool"),
+    )
 }

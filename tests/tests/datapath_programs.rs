@@ -186,6 +186,26 @@ impl World {
         (action, out, counted)
     }
 
+    /// As [`World::run`], asserting the program's action and that `verdict` counted the frame
+    /// once (`what` names the case); returns the frame as it left.
+    fn expect(
+        &self,
+        program: &str,
+        ifindex: u32,
+        frame: &[u8],
+        verdict: Verdict,
+        action: u32,
+        what: &str,
+    ) -> Vec<u8> {
+        let (got, out, counted) = self.run(program, ifindex, frame, verdict);
+        assert_eq!(
+            (got, counted),
+            (action, 1),
+            "{what}: action and {verdict:?} count"
+        );
+        out
+    }
+
     /// As [`World::run`], with the skb mark set to `mark`; also returns the mark after.
     fn run_marked(
         &self,
@@ -246,13 +266,14 @@ const FROM_UPLINK: &str = program_name::FROM_UPLINK;
 #[test]
 fn arp_request_for_a_local_pod_becomes_the_reply() {
     let world = World::default();
-    let (action, out, counted) = world.run(
+    let out = world.expect(
         FROM_POD,
         world.host_a,
         &arp_request(MAC_A, IP_A, IP_B),
         Verdict::PodArpAnswered,
+        TC_ACT_REDIRECT,
+        "",
     );
-    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
     assert_eq!(out, {
         let mut reply = arp(2, MAC_B, IP_B, MAC_A, IP_A);
         reply[..6].copy_from_slice(&MAC_A);
@@ -263,13 +284,14 @@ fn arp_request_for_a_local_pod_becomes_the_reply() {
 #[test]
 fn arp_request_for_the_gateway_is_answered_with_the_bridge_mac() {
     let world = World::default();
-    let (action, out, counted) = world.run(
+    let out = world.expect(
         FROM_POD,
         world.host_a,
         &arp_request(MAC_A, IP_A, IP_GATEWAY),
         Verdict::PodArpAnswered,
+        TC_ACT_REDIRECT,
+        "",
     );
-    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
     assert_eq!(&out[22..28], &BRIDGE_MAC, "sender MAC of the reply");
     assert_eq!(&out[28..32], &IP_GATEWAY, "sender IP of the reply");
 }
@@ -283,8 +305,14 @@ fn gratuitous_arp_own_address_probes_and_unknown_targets_go_to_the_bridge() {
         ("unknown target", arp_request(MAC_A, IP_A, IP_OUTSIDE)),
         ("reply", arp(2, MAC_A, IP_A, MAC_B, IP_B)),
     ] {
-        let (action, out, counted) = world.run(FROM_POD, world.host_a, &frame, Verdict::PodToBridge);
-        assert_eq!((action, counted), (TC_ACT_OK, 1), "{what}");
+        let out = world.expect(
+            FROM_POD,
+            world.host_a,
+            &frame,
+            Verdict::PodToBridge,
+            TC_ACT_OK,
+            what,
+        );
         assert_eq!(out, frame, "{what}: the frame was changed");
     }
 }
@@ -323,8 +351,7 @@ fn spoofed_arp_mac_and_ip_are_dropped() {
         ),
     ];
     for (what, frame, port, verdict) in cases {
-        let (action, _, counted) = world.run(FROM_POD, port, &frame, verdict);
-        assert_eq!((action, counted), (TC_ACT_SHOT, 1), "{what}");
+        world.expect(FROM_POD, port, &frame, verdict, TC_ACT_SHOT, what);
     }
 }
 
@@ -344,45 +371,55 @@ fn anti_spoofing_off_lets_foreign_sources_through() {
 fn ipv4_to_a_local_pod_is_redirected_into_it() {
     let world = World::default();
     let frame = ipv4(MAC_B, MAC_A, IP_A, IP_B);
-    let (action, out, counted) = world.run(FROM_POD, world.host_a, &frame, Verdict::PodToPod);
-    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    let out = world.expect(
+        FROM_POD,
+        world.host_a,
+        &frame,
+        Verdict::PodToPod,
+        TC_ACT_REDIRECT,
+        "",
+    );
     assert_eq!(out, frame, "a redirected frame is not rewritten");
     // To its own port (hairpin) it is the bridge's business.
-    let (action, _, counted) = world.run(
+    world.expect(
         FROM_POD,
         world.host_b,
         &ipv4(MAC_B, MAC_B, IP_B, IP_B),
         Verdict::PodToBridge,
+        TC_ACT_OK,
+        "",
     );
-    assert_eq!((action, counted), (TC_ACT_OK, 1));
 }
 
 #[test]
 fn ipv4_to_other_macs_leaves_by_the_uplink_and_to_the_node_goes_to_the_bridge() {
     let world = World::default();
-    let (action, _, counted) = world.run(
+    world.expect(
         FROM_POD,
         world.host_a,
         &ipv4(MAC_OUTSIDE, MAC_A, IP_A, IP_OUTSIDE),
         Verdict::PodToUplink,
+        TC_ACT_REDIRECT,
+        "",
     );
-    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
-    let (action, _, counted) = world.run(
+    world.expect(
         FROM_POD,
         world.host_a,
         &ipv4(BRIDGE_MAC, MAC_A, IP_A, IP_GATEWAY),
         Verdict::PodToBridge,
+        TC_ACT_OK,
+        "",
     );
-    assert_eq!((action, counted), (TC_ACT_OK, 1));
     // Without an uplink, unknown MACs go to the bridge.
     let world = World::new(NODE_ENABLED | NODE_ANTI_SPOOF, false);
-    let (action, _, counted) = world.run(
+    world.expect(
         FROM_POD,
         world.host_a,
         &ipv4(MAC_OUTSIDE, MAC_A, IP_A, IP_OUTSIDE),
         Verdict::PodToBridge,
+        TC_ACT_OK,
+        "",
     );
-    assert_eq!((action, counted), (TC_ACT_OK, 1));
 }
 
 #[test]
@@ -412,8 +449,14 @@ fn frames_the_programs_do_not_own_reach_the_bridge_unchanged() {
         ("LLDP", ethernet([0x01, 0x80, 0xc2, 0, 0, 0x0e], MAC_A, 0x88cc)),
     ];
     for (what, frame) in cases {
-        let (action, out, counted) = world.run(FROM_POD, world.host_a, &frame, Verdict::PodToBridge);
-        assert_eq!((action, counted), (TC_ACT_OK, 1), "{what}");
+        let out = world.expect(
+            FROM_POD,
+            world.host_a,
+            &frame,
+            Verdict::PodToBridge,
+            TC_ACT_OK,
+            what,
+        );
         assert_eq!(out, frame, "{what}: the frame was changed");
         let (action, out, _) = world.run(FROM_UPLINK, world.uplink, &frame, Verdict::UplinkToBridge);
         assert_eq!(action, TC_ACT_OK, "{what} from the uplink");
@@ -424,20 +467,22 @@ fn frames_the_programs_do_not_own_reach_the_bridge_unchanged() {
 #[test]
 fn from_the_uplink_pod_traffic_and_arp_are_handled_and_the_rest_passes() {
     let world = World::default();
-    let (action, _, counted) = world.run(
+    world.expect(
         FROM_UPLINK,
         world.uplink,
         &ipv4(MAC_A, MAC_OUTSIDE, IP_OUTSIDE, IP_A),
         Verdict::UplinkToPod,
+        TC_ACT_REDIRECT,
+        "",
     );
-    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
-    let (action, out, counted) = world.run(
+    let out = world.expect(
         FROM_UPLINK,
         world.uplink,
         &arp_request(MAC_OUTSIDE, IP_OUTSIDE, IP_A),
         Verdict::UplinkArpAnswered,
+        TC_ACT_REDIRECT,
+        "",
     );
-    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
     assert_eq!(&out[..6], &MAC_OUTSIDE, "the reply goes to the asker");
     assert_eq!(&out[22..28], &MAC_A, "the reply names the pod's MAC");
     // Not for the gateway: the node's own stack answers for its addresses.
@@ -446,8 +491,14 @@ fn from_the_uplink_pod_traffic_and_arp_are_handled_and_the_rest_passes() {
         ipv4(MAC_OUTSIDE, MAC_OUTSIDE, IP_OUTSIDE, IP_OUTSIDE),
         ipv4(BRIDGE_MAC, MAC_OUTSIDE, IP_OUTSIDE, IP_GATEWAY),
     ] {
-        let (action, out, counted) = world.run(FROM_UPLINK, world.uplink, &frame, Verdict::UplinkToBridge);
-        assert_eq!((action, counted), (TC_ACT_OK, 1));
+        let out = world.expect(
+            FROM_UPLINK,
+            world.uplink,
+            &frame,
+            Verdict::UplinkToBridge,
+            TC_ACT_OK,
+            "",
+        );
         assert_eq!(out, frame);
     }
 }
@@ -455,20 +506,22 @@ fn from_the_uplink_pod_traffic_and_arp_are_handled_and_the_rest_passes() {
 #[test]
 fn a_disabled_datapath_passes_everything() {
     let world = World::new(0, true);
-    let (action, _, counted) = world.run(
+    world.expect(
         FROM_POD,
         world.host_a,
         &ipv4(MAC_B, MAC_A, IP_A, IP_B),
         Verdict::PodToBridge,
+        TC_ACT_OK,
+        "",
     );
-    assert_eq!((action, counted), (TC_ACT_OK, 1));
-    let (action, _, counted) = world.run(
+    world.expect(
         FROM_UPLINK,
         world.uplink,
         &arp_request(MAC_OUTSIDE, IP_OUTSIDE, IP_A),
         Verdict::UplinkToBridge,
+        TC_ACT_OK,
+        "",
     );
-    assert_eq!((action, counted), (TC_ACT_OK, 1));
 }
 
 // --- offloading only what netfilter accepted (the default "confirmed" mode) ---
@@ -511,8 +564,14 @@ fn a_flow_is_offloaded_once_both_directions_were_confirmed() {
     let world = confirmed_world();
     let (request, reply) = udp_pair();
     // First packet: only the bridge knows what to do with it.
-    let (action, _, counted) = world.run(FROM_POD, world.host_a, &request, Verdict::PodToBridge);
-    assert_eq!((action, counted), (TC_ACT_OK, 1));
+    world.expect(
+        FROM_POD,
+        world.host_a,
+        &request,
+        Verdict::PodToBridge,
+        TC_ACT_OK,
+        "",
+    );
     let (_, _, confirmed) = world.run(TO_POD, world.host_b, &request, Verdict::FlowConfirmed);
     assert_eq!(confirmed, 1);
     // One direction confirmed is not enough.
@@ -527,11 +586,23 @@ fn a_flow_is_offloaded_once_both_directions_were_confirmed() {
         TC_ACT_OK
     );
     world.run(TO_POD, world.host_a, &reply, Verdict::FlowConfirmed);
-    let (action, out, counted) = world.run(FROM_POD, world.host_a, &request, Verdict::PodToPod);
-    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    let out = world.expect(
+        FROM_POD,
+        world.host_a,
+        &request,
+        Verdict::PodToPod,
+        TC_ACT_REDIRECT,
+        "",
+    );
     assert_eq!(out, request);
-    let (action, _, counted) = world.run(FROM_POD, world.host_b, &reply, Verdict::PodToPod);
-    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    world.expect(
+        FROM_POD,
+        world.host_b,
+        &reply,
+        Verdict::PodToPod,
+        TC_ACT_REDIRECT,
+        "",
+    );
     // ICMP is never offloaded.
     let (action, _, _) = world.run(
         FROM_POD,
@@ -667,8 +738,14 @@ fn flows_to_the_wire_pair_through_the_uplink_and_offloaded_frames_do_not_reconfi
     world.run(TO_UPLINK, world.uplink, &request, Verdict::FlowConfirmed);
     world.run(FROM_UPLINK, world.uplink, &reply, Verdict::UplinkToBridge);
     world.run(TO_POD, world.host_a, &reply, Verdict::FlowConfirmed);
-    let (action, _, counted) = world.run(FROM_UPLINK, world.uplink, &reply, Verdict::UplinkToPod);
-    assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));
+    world.expect(
+        FROM_UPLINK,
+        world.uplink,
+        &reply,
+        Verdict::UplinkToPod,
+        TC_ACT_REDIRECT,
+        "",
+    );
     let (action, _, mark, counted) =
         world.run_marked(FROM_POD, world.host_a, 0, &request, Verdict::PodToUplink);
     assert_eq!((action, counted), (TC_ACT_REDIRECT, 1));

@@ -8,16 +8,6 @@ use serde_json::{Value, json};
 
 const NET: &str = "data";
 
-/// A node whose bridge carries the pods' gateway, as a node of this recipe does.
-fn node_with_gateway(tag: &str) -> Node {
-    let node = Node::new(tag);
-    node.netns.ok(&["ip", "link", "add", "cni0", "type", "bridge"]);
-    node.netns
-        .ok(&["ip", "addr", "add", "10.10.1.0/16", "dev", "cni0"]);
-    node.netns.ok(&["ip", "link", "set", "cni0", "up"]);
-    node
-}
-
 fn add(node: &Node, pod: &Pod, config: &Value) -> Value {
     node.cni("ADD", &pod.env("eth0"), config).ok("ADD")
 }
@@ -44,7 +34,7 @@ fn pod_mac(result: &Value) -> String {
 fn always_mode_bypasses_the_bridge_even_with_the_port_disabled() {
     require_root();
     for fast_path in [true, false] {
-        let node = node_with_gateway("p2p");
+        let node = Node::with_gateway("p2p");
         let mut config = seed_config("1.0.0");
         config["fastPath"] = json!(fast_path);
         config["fastPathMode"] = json!("always");
@@ -85,7 +75,7 @@ fn always_mode_bypasses_the_bridge_even_with_the_port_disabled() {
 #[test]
 fn arp_for_pods_and_the_gateway_is_answered_by_the_program() {
     require_root();
-    let node = node_with_gateway("arp");
+    let node = Node::with_gateway("arp");
     let config = seed_config("1.0.0");
     let (a, b) = (Pod::new("arpa"), Pod::new("arpb"));
     add(&node, &a, &config);
@@ -115,7 +105,7 @@ fn arp_for_pods_and_the_gateway_is_answered_by_the_program() {
 
 /// A node with an uplink veth on its bridge whose other end is an external host.
 fn node_with_uplink(tag: &str, external: &Netns) -> Node {
-    let node = node_with_gateway(tag);
+    let node = Node::with_gateway(tag);
     node.add_veth_to_bridge("uplink0", external, "eth0");
     external.ok(&["ip", "addr", "add", "10.10.0.1/16", "dev", "eth0"]);
     node
@@ -174,7 +164,7 @@ fn the_uplink_carries_both_directions_on_the_fast_path() {
 #[test]
 fn spoofed_frames_are_dropped_and_counted() {
     require_root();
-    let node = node_with_gateway("spoof");
+    let node = Node::with_gateway("spoof");
     let config = seed_config("1.0.0");
     let (a, b) = (Pod::new("spa"), Pod::new("spb"));
     let result_a = add(&node, &a, &config);
@@ -223,7 +213,7 @@ fn spoofed_frames_are_dropped_and_counted() {
     assert!(a.ping(&address_b), "a does not recover once it stops spoofing");
 
     // Turned off, the same spoofing gets through.
-    let node = node_with_gateway("nospoof");
+    let node = Node::with_gateway("nospoof");
     let mut config = seed_config("1.0.0");
     config["antiSpoof"] = json!(false);
     let (a, b) = (Pod::new("nsa"), Pod::new("nsb"));
@@ -243,7 +233,7 @@ fn spoofed_frames_are_dropped_and_counted() {
 #[test]
 fn status_and_bpftool_show_the_datapath_by_name() {
     require_root();
-    let node = node_with_gateway("show");
+    let node = Node::with_gateway("show");
     let config = seed_config("1.0.0");
     let pod = Pod::new("show");
     let result = add(&node, &pod, &config);
@@ -280,7 +270,7 @@ fn status_and_bpftool_show_the_datapath_by_name() {
 #[test]
 fn del_after_the_netns_is_gone_still_forgets_the_pod() {
     require_root();
-    let node = node_with_gateway("gonefp");
+    let node = Node::with_gateway("gonefp");
     let config = seed_config("1.0.0");
     let (stay, go) = (Pod::new("stay"), Pod::new("go"));
     add(&node, &stay, &config);

@@ -34,6 +34,18 @@ pub fn ebpf(release: bool) -> anyhow::Result<PathBuf> {
 
 /// Nightly cargo for the eBPF crate. We run under stable cargo, which exports its own
 /// toolchain and flags; the nightly build must not inherit them.
+/// The release plugin with the release eBPF object in it, as the demo and the bench run it;
+/// returns the binary's path.
+pub fn release_plugin() -> anyhow::Result<PathBuf> {
+    ebpf(true)?;
+    exec(
+        Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", "flatbridge"])
+            .current_dir(root()),
+    )?;
+    Ok(root().join("target/release/flatbridge"))
+}
+
 pub fn nightly_cargo() -> Command {
     let mut cargo = Command::new("rustup");
     cargo.args(["run", "nightly", "cargo"]);

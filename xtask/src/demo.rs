@@ -5,7 +5,7 @@
 //! addresses, pings within a node, across nodes and from the external host, iperf3 runs
 //! with the fast path's counters, `flatbridge status`, then DEL and a check that nothing is
 //! left. Everything happens inside namespaces the demo creates and removes.
-use std::{process::Command, time::Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use flatbridge_tests::{
@@ -15,10 +15,7 @@ use flatbridge_tests::{
 };
 use serde_json::Value;
 
-use crate::{
-    build, setup,
-    util::{exec, root},
-};
+use crate::{build, setup};
 
 fn section(title: &str) {
     println!("\n== {title}");
@@ -36,13 +33,7 @@ pub fn run(nodes: usize) -> anyhow::Result<()> {
         bail!("--nodes must be between 1 and 9");
     }
     setup::run()?;
-    build::ebpf(true)?;
-    exec(
-        Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "flatbridge"])
-            .current_dir(root()),
-    )?;
-    let plugin = root().join("target/release/flatbridge");
+    let plugin = build::release_plugin()?;
 
     section(&format!(
         "a flat L2 network: a switch, an external host ({EXTERNAL_IP}) and {nodes} node(s)"

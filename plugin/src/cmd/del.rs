@@ -42,11 +42,15 @@ async fn delete_links(request: &Request, owner: &Owner) -> Result<(), CniError> 
     let host = node.link_by_name(&host_name).await?;
     // The endpoint goes before the veth, so no program ever redirects to a dead port.
     let forgotten = fastpath::del_pod(request, &node, host.as_ref()).await;
-    if let Some(host) = host {
+    if let Some(host) = &host {
         // Deleting one end of a veth pair deletes both.
         node.delete_link(host.index).await?;
     }
     forgotten?;
+    if host.is_some() {
+        return Ok(());
+    }
+    // No host veth: a pod interface may still be left from an ADD that failed half-way.
     let Some(path) = &request.env.netns else {
         return Ok(());
     };

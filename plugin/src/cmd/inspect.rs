@@ -45,19 +45,7 @@ fn pod_filters(ifindexes: impl Iterator<Item = u32>) -> anyhow::Result<HashMap<u
 
 fn network_report(datapath: &Datapath) -> anyhow::Result<Value> {
     let layout = datapath.layout();
-    let build = std::fs::read_dir(layout.dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            entry
-                .file_name()
-                .to_str()?
-                .strip_prefix("build-")
-                .map(str::to_owned)
-        })
-        .next()
-        .unwrap_or_default();
+    let build = layout.markers("build-").into_iter().next().unwrap_or_default();
     let endpoints = datapath.endpoints()?;
     // Pod programs are clsact filters on each host veth; uplink programs are pinned TCX
     // links. Ask the kernel which programs each device really runs.

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::{
     error::{CniError, code},
     result::Dns,
+    validate_identifier,
     version::CniVersion,
 };
 
@@ -173,7 +174,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), CniError> {
         let net = &self.net;
-        validate_network_name(&net.name)?;
+        validate_identifier(&net.name, "network name", code::INVALID_CONFIG)?;
         super::env::validate_ifname(&net.bridge).map_err(|why| {
             CniError::new(
                 code::INVALID_CONFIG,
@@ -346,25 +347,6 @@ impl Config {
             .or(env_mac.filter(|mac| !mac.is_empty()))
             .map(parse_mac)
             .transpose()
-    }
-}
-
-/// The spec: starts with an alphanumeric character, then alphanumerics, `_`, `.`, `-`.
-/// The name becomes a directory name (IPAM data, BPF pins), so this also keeps paths safe.
-fn validate_network_name(name: &str) -> Result<(), CniError> {
-    let mut chars = name.chars();
-    let valid = chars.next().is_some_and(|first| first.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if valid {
-        Ok(())
-    } else {
-        Err(CniError::new(
-            code::INVALID_CONFIG,
-            format!(
-                "network name {name:?} is invalid: it must start with a letter or digit and contain only \
-                 letters, digits, '_', '.' and '-'"
-            ),
-        ))
     }
 }
 

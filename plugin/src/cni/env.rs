@@ -1,7 +1,10 @@
 //! The CNI_* environment of one invocation, validated as the spec describes.
 use std::path::PathBuf;
 
-use super::error::{CniError, code};
+use super::{
+    error::{CniError, code},
+    validate_identifier,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -56,7 +59,7 @@ impl CniEnv {
         let non_empty = |name| lookup(name).filter(|value: &String| !value.is_empty());
         let container_id = non_empty("CNI_CONTAINERID");
         if let Some(id) = &container_id {
-            validate_container_id(id)?;
+            validate_identifier(id, "CNI_CONTAINERID", code::INVALID_ENV)?;
         }
         let ifname = non_empty("CNI_IFNAME");
         if let Some(ifname) = &ifname {
@@ -125,24 +128,6 @@ fn parse_args(text: &str) -> Result<Vec<(String, String)>, CniError> {
             )),
         })
         .collect()
-}
-
-/// The spec: starts with an alphanumeric character, then alphanumerics, `_`, `.`, `-`.
-fn validate_container_id(id: &str) -> Result<(), CniError> {
-    let mut chars = id.chars();
-    let valid = chars.next().is_some_and(|first| first.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if valid {
-        Ok(())
-    } else {
-        Err(CniError::new(
-            code::INVALID_ENV,
-            format!(
-                "CNI_CONTAINERID {id:?} is invalid: it must start with a letter or digit and contain only \
-                 letters, digits, '_', '.' and '-'"
-            ),
-        ))
-    }
 }
 
 /// The kernel's and the spec's rules for interface names.

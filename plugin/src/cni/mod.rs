@@ -134,3 +134,22 @@ fn reply_error(error: &CniError, version: CniVersion) -> i32 {
     reply(&error.to_json(version));
     1
 }
+
+/// The spec's rule for network names and container IDs: an alphanumeric character, then
+/// alphanumerics, `_`, `.` and `-`. Either becomes part of a path (IPAM data, BPF pins), so
+/// the rule also keeps paths safe. `what` names the value in the error, `code` is its code.
+pub(crate) fn validate_identifier(value: &str, what: &str, code: u32) -> Result<(), CniError> {
+    let mut chars = value.chars();
+    let valid = chars.next().is_some_and(|first| first.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if valid {
+        return Ok(());
+    }
+    Err(CniError::new(
+        code,
+        format!(
+            "{what} {value:?} is invalid: it must start with a letter or digit and contain only letters, \
+             digits, '_', '.' and '-'"
+        ),
+    ))
+}

@@ -69,6 +69,22 @@ impl PinLayout {
         self.links_dir(program).join(escape_pin_name(ifname))
     }
 
+    /// What the markers named `<prefix><value>` in the directory say (`build-`, `abi-`).
+    pub fn markers(&self, prefix: &str) -> Vec<String> {
+        fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                entry
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix(prefix)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
     fn build_marker(&self, hash: &str) -> PathBuf {
         self.dir.join(format!("build-{hash}"))
     }
@@ -204,18 +220,7 @@ impl Datapath {
     /// Maps pinned with another layout cannot be reused: say so rather than load programs
     /// that would misread them.
     fn check_abi(&self) -> Result<(), DatapathError> {
-        let pinned: Vec<String> = fs::read_dir(self.layout.dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                entry
-                    .file_name()
-                    .to_str()?
-                    .strip_prefix("abi-")
-                    .map(str::to_owned)
-            })
-            .collect();
+        let pinned = self.layout.markers("abi-");
         let has_maps = map_name::ALL.iter().any(|map| self.layout.map(map).exists());
         match pinned.as_slice() {
             [] if !has_maps => create_dir(&self.layout.abi_marker(ABI_VERSION)),

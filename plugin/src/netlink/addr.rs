@@ -22,23 +22,20 @@ impl Netlink {
         }
     }
 
-    fn messages_of(
-        &self,
-        index: u32,
-    ) -> impl futures_util::Stream<Item = Result<AddressMessage, rtnetlink::Error>> {
+    /// The address messages of link `index` (the kernel filters them, see `Netlink::open`).
+    async fn messages_of(&self, index: u32) -> Result<Vec<AddressMessage>, NetlinkError> {
         let mut request = self.handle().address().get().set_link_index_filter(index);
-        // Filtered by the kernel (the socket checks strictly, see `Netlink::open`).
         request.message_mut().header.index = index;
-        request.execute()
+        request
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request_error(format!("list addresses of link #{index}")))
     }
 
     /// The addresses of link `index`, with their prefixes.
     pub async fn addrs(&self, index: u32) -> Result<Vec<IpNetwork>, NetlinkError> {
-        let messages: Vec<AddressMessage> = self
-            .messages_of(index)
-            .try_collect()
-            .await
-            .map_err(request_error(format!("list addresses of link #{index}")))?;
+        let messages = self.messages_of(index).await?;
         Ok(messages
             .iter()
             .filter_map(|message| {
@@ -53,11 +50,7 @@ impl Netlink {
 
     /// Removes one address from link `index`; an address that is not there is fine.
     pub async fn del_addr(&self, index: u32, address: IpNetwork) -> Result<(), NetlinkError> {
-        let messages: Vec<AddressMessage> = self
-            .messages_of(index)
-            .try_collect()
-            .await
-            .map_err(request_error(format!("list addresses of link #{index}")))?;
+        let messages = self.messages_of(index).await?;
         for message in messages {
             let matches = message.header.prefix_len == address.prefix()
                 && message.attributes.iter().any(
@@ -79,11 +72,7 @@ impl Netlink {
 
     /// Removes every address of the family of `ip` from link `index` (forceAddress).
     pub async fn del_addrs_of_family(&self, index: u32, ipv4: bool) -> Result<(), NetlinkError> {
-        let messages: Vec<AddressMessage> = self
-            .messages_of(index)
-            .try_collect()
-            .await
-            .map_err(request_error(format!("list addresses of link #{index}")))?;
+        let messages = self.messages_of(index).await?;
         for message in messages {
             let is_v4 = message
                 .attributes

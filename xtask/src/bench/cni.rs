@@ -135,7 +135,9 @@ impl CniNode {
 }
 
 /// The kernel's own cost of deleting a pod's veth pair, timed like a plugin call: `ip link
-/// del` spawned from the node.
+/// del` spawned from the node. The pair is made like a pod's (a bridge port, both ends up)
+/// and deleted as soon as it is, as the plugins' DELs are after their ADDs: deleting a
+/// device that is still settling (IPv6 DAD holds the RTNL lock) costs more.
 fn kernel_veth_delete(node: &CniNode, pod: &Pod) -> anyhow::Result<f64> {
     node.netns.ok(&[
         "ip",
@@ -150,6 +152,9 @@ fn kernel_veth_delete(node: &CniNode, pod: &Pod) -> anyhow::Result<f64> {
         "netns",
         pod.netns.name(),
     ]);
+    node.netns
+        .ok(&["ip", "link", "set", "kveth", "master", "cni0", "up"]);
+    pod.netns.ok(&["ip", "link", "set", "eth0", "up"]);
     setns(node.netns_file.as_fd(), CloneFlags::CLONE_NEWNET)?;
     let started = Instant::now();
     let status = Command::new("ip").args(["link", "del", "kveth"]).status()?;

@@ -11,14 +11,11 @@ mod measure;
 mod report;
 mod world;
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use anyhow::Context;
 
-use crate::{
-    build, setup,
-    util::{exec, root},
-};
+use crate::{build, setup, util::root};
 
 /// How long and how often.
 pub struct Plan {
@@ -62,13 +59,7 @@ pub struct Samples {
 pub fn run(quick: bool) -> anyhow::Result<()> {
     let plan = Plan::new(quick);
     setup::run()?;
-    build::ebpf(true)?;
-    exec(
-        Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "flatbridge"])
-            .current_dir(root()),
-    )?;
-    let plugin = root().join("target/release/flatbridge");
+    let plugin = build::release_plugin()?;
     let with_reference =
         Path::new("/usr/lib/cni/bridge").exists() && Path::new("/usr/lib/cni/host-local").exists();
     let started = std::time::Instant::now();
