@@ -23,8 +23,8 @@ use crate::{
     counters::count,
     maps::{CONFIRMED, FLOWS, NODE},
     parse::{
-        ETH_HLEN, ETH_P_IP, EthHdr, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-        TcpHdr, UdpHdr, header, same_mac,
+        ETH_HLEN, ETH_P_IP, Frame, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        TcpHdr, UdpHdr, frame, header, same_mac,
     },
 };
 
@@ -228,9 +228,7 @@ pub fn egress_ipv4(ctx: &TcContext) -> Option<(NodeConfig, [u8; 6], [u8; 6])> {
     if node.flags & (NODE_ENABLED | NODE_CONFIRM_FLOWS) != NODE_ENABLED | NODE_CONFIRM_FLOWS {
         return None;
     }
-    let eth: *mut EthHdr = header(ctx, 0)?;
-    // SAFETY: bounds-checked by `header`.
-    let (src, dst, proto) = unsafe { ((*eth).src, (*eth).dst, u16::from_be((*eth).proto)) };
+    let Frame { src, dst, proto, .. } = frame(ctx)?;
     (proto == ETH_P_IP).then_some((node, src, dst))
 }
 

@@ -92,17 +92,23 @@ pub struct Frame {
     pub proto: u16,
 }
 
-/// The Ethernet header, unless the frame is too short or carries a VLAN tag (which the
-/// programs leave to the bridge).
+/// The Ethernet header, unless the frame is too short for one.
+#[inline(always)]
+pub fn frame(ctx: &TcContext) -> Option<Frame> {
+    let eth: *mut EthHdr = header(ctx, 0)?;
+    // SAFETY: `header` checked the Ethernet header lies inside the frame.
+    let (src, dst, proto) = unsafe { ((*eth).src, (*eth).dst, u16::from_be((*eth).proto)) };
+    Some(Frame { eth, src, dst, proto })
+}
+
+/// As [`frame`], and `None` too for a frame with a VLAN tag (which the ingress programs
+/// leave to the bridge).
 #[inline(always)]
 pub fn ethernet(ctx: &TcContext) -> Option<Frame> {
     if has_vlan_tag(ctx) {
         return None;
     }
-    let eth: *mut EthHdr = header(ctx, 0)?;
-    // SAFETY: `header` checked the Ethernet header lies inside the frame.
-    let (src, dst, proto) = unsafe { ((*eth).src, (*eth).dst, u16::from_be((*eth).proto)) };
-    Some(Frame { eth, src, dst, proto })
+    frame(ctx)
 }
 
 /// True for group (broadcast and multicast) addresses.

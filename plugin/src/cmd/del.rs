@@ -40,7 +40,8 @@ async fn delete_links(request: &Request, owner: &Owner) -> Result<(), CniError> 
     let node = Netlink::open()?;
     let host_name = host_veth_name(&request.config.net.name, &owner.container_id, &owner.ifname);
     let host = node.link_by_name(&host_name).await?;
-    // The endpoint goes before the veth, so no program ever redirects to a dead port.
+    // The endpoint goes before the veth: no ARP answer or new offload points at a dead port
+    // (the pod's offloaded flows lapse within the revalidation period, see flow.rs).
     let forgotten = fastpath::del_pod(request, &node, host.as_ref()).await;
     if let Some(host) = &host {
         // Deleting one end of a veth pair deletes both.
