@@ -16,7 +16,7 @@ pub const PIN_DIR: &str = "flatbridge";
 /// The layout of the maps. A build whose maps differ from those pinned on a node (another
 /// key or value layout) cannot reuse them; bump this whenever a map type changes, so that
 /// such a node gets a clear error instead of programs reading the wrong bytes.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Names of the maps as they appear in the object file, in `bpftool map show` and as the
 /// file names of their pins.
@@ -27,6 +27,8 @@ pub mod map_name {
     pub const PODS_BY_MAC: &str = "pods_by_mac";
     /// Local pods by IPv4 address: ARP answers and source-address checks.
     pub const PODS_BY_IP: &str = "pods_by_ip";
+    /// Local pods by IPv6 address (those IPAM leased to them): IPv6 source checks.
+    pub const PODS_BY_IPV6: &str = "pods_by_ipv6";
     /// Local pods by the ifindex of their host-side veth: who sits behind a port.
     pub const PORTS: &str = "ports";
     /// Addresses of the node that pods use as their gateway, and the MAC to answer with.
@@ -39,10 +41,11 @@ pub mod map_name {
     pub const CONFIRMED: &str = "confirmed";
 
     /// Every map, for loading, pinning and removal.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         COUNTERS,
         PODS_BY_MAC,
         PODS_BY_IP,
+        PODS_BY_IPV6,
         PORTS,
         GATEWAYS,
         NODE,
@@ -108,17 +111,40 @@ pub enum Verdict {
     UplinkToPod = 8,
     /// from_uplink: an ARP request from the wire for a local pod, answered by the program.
     UplinkArpAnswered = 9,
-    /// A redirect helper refused the frame (the target vanished); the frame was dropped.
-    DropRedirectFailed = 10,
+    // 10 was drop_redirect_failed, retired: with flags 0 the redirect helpers never refuse
+    // a frame (a vanished target drops it later, in the kernel), so it never counted.
     /// to_pod / to_uplink: a flow direction netfilter let through unchanged was confirmed.
     FlowConfirmed = 11,
     /// from_pod / from_uplink: a TCP FIN or RST ended a flow (both directions).
     FlowClosed = 12,
+    /// from_pod: dropped, the port has no endpoint (the pod is not added yet, or half
+    /// deleted): nothing is known to check its frames against.
+    DropUnknownPort = 13,
+    /// from_pod: dropped, an 802.1Q/802.1ad tag (in the frame or moved to the skb by the
+    /// kernel): a pod must not reach other VLANs of the wire.
+    DropVlanTagged = 14,
+    /// from_pod: dropped, a header the checks need is truncated or cannot be read.
+    DropMalformed = 15,
+    /// from_pod: dropped, neither IPv4, ARP nor IPv6.
+    DropUnknownL3 = 16,
+    /// from_pod: dropped, an ICMPv6 router advertisement or router renumbering message
+    /// (RA guard, RFC 6105).
+    DropRouterAdvert = 17,
+    /// from_pod: dropped, an ICMP or ICMPv6 redirect.
+    DropIcmpRedirect = 18,
+    /// from_pod: dropped, a DHCPv4 or DHCPv6 server message (DHCP guard).
+    DropDhcpServer = 19,
+    /// from_pod: dropped, source IPv6 neither the pod's link-local nor one of its leased
+    /// addresses.
+    DropSpoofedIpv6 = 20,
+    /// from_pod: dropped, a neighbour solicitation or advertisement for an address that is
+    /// not the pod's own, or naming another MAC.
+    DropSpoofedNd = 21,
 }
 
 impl Verdict {
     /// Every verdict, in counter order.
-    pub const ALL: [Verdict; 13] = [
+    pub const ALL: [Verdict; 21] = [
         Verdict::PodToBridge,
         Verdict::PodToPod,
         Verdict::PodToUplink,
@@ -129,9 +155,17 @@ impl Verdict {
         Verdict::UplinkToBridge,
         Verdict::UplinkToPod,
         Verdict::UplinkArpAnswered,
-        Verdict::DropRedirectFailed,
         Verdict::FlowConfirmed,
         Verdict::FlowClosed,
+        Verdict::DropUnknownPort,
+        Verdict::DropVlanTagged,
+        Verdict::DropMalformed,
+        Verdict::DropUnknownL3,
+        Verdict::DropRouterAdvert,
+        Verdict::DropIcmpRedirect,
+        Verdict::DropDhcpServer,
+        Verdict::DropSpoofedIpv6,
+        Verdict::DropSpoofedNd,
     ];
 
     /// Name used by `flatbridge status` and the metrics.
@@ -147,9 +181,17 @@ impl Verdict {
             Verdict::UplinkToBridge => "uplink_to_bridge",
             Verdict::UplinkToPod => "uplink_to_pod",
             Verdict::UplinkArpAnswered => "uplink_arp_answered",
-            Verdict::DropRedirectFailed => "drop_redirect_failed",
             Verdict::FlowConfirmed => "flow_confirmed",
             Verdict::FlowClosed => "flow_closed",
+            Verdict::DropUnknownPort => "drop_unknown_port",
+            Verdict::DropVlanTagged => "drop_vlan_tagged",
+            Verdict::DropMalformed => "drop_malformed",
+            Verdict::DropUnknownL3 => "drop_unknown_l3",
+            Verdict::DropRouterAdvert => "drop_router_advert",
+            Verdict::DropIcmpRedirect => "drop_icmp_redirect",
+            Verdict::DropDhcpServer => "drop_dhcp_server",
+            Verdict::DropSpoofedIpv6 => "drop_spoofed_ipv6",
+            Verdict::DropSpoofedNd => "drop_spoofed_nd",
         }
     }
 }
@@ -182,6 +224,51 @@ impl Mac {
     }
 }
 
+/// An IPv6 address (network order) as a map key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ipv6 {
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<Ipv6>() == 16);
+
+/// The link-local IPv6 address of `mac` (fe80::/64 with the modified EUI-64 interface
+/// identifier of RFC 4291): the one a pod's kernel gives its interface, as the plugin
+/// sets the pod's address generation mode to EUI-64.
+pub const fn link_local(mac: [u8; 6]) -> [u8; 16] {
+    [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ]
+}
+
+/// A gateway address the node owns, as the ARP answers need it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gateway {
+    /// The MAC that answers for the address (the bridge's).
+    pub mac: [u8; 6],
+    /// The prefix length of the pods' subnet behind it: the gateway is needed as long as a
+    /// pod of the network has an address in it.
+    pub prefix_len: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<Gateway>() == 8);
+
 /// An IPv4 address (network order) as a map key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -202,7 +289,9 @@ pub struct Endpoint {
     /// How many more IPv4 addresses the pod has in `pods_by_ip` (so DEL knows whether to
     /// look for them).
     pub extra_ipv4s: u8,
-    pub _pad: u8,
+    /// How many IPv6 addresses the pod has in `pods_by_ipv6` (its link-local, derived from
+    /// `mac`, is not among them).
+    pub ipv6s: u8,
 }
 const _: () = assert!(size_of::<Endpoint>() == 16);
 
@@ -302,14 +391,17 @@ pub struct FlowConfirmed {
     pub out_ifindex: u32,
     /// OUT_POD or OUT_UPLINK.
     pub out_kind: u32,
-    pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
+    /// The port the confirmed sender is behind: only frames arriving there are redirected.
+    pub in_ifindex: u32,
     /// 1 once the reverse direction was confirmed as this one's mirror image (delivered to
     /// the port this one comes from, sent from the port this one goes to). Worked out when a
     /// direction is confirmed, so the per-packet check reads one entry.
     pub paired: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(size_of::<FlowConfirmed>() == 32);
+const _: () = assert!(size_of::<FlowConfirmed>() == 40);
 
 #[cfg(feature = "user")]
 mod user {
@@ -318,6 +410,8 @@ mod user {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::Mac {}
     unsafe impl aya::Pod for super::Ipv4 {}
+    unsafe impl aya::Pod for super::Ipv6 {}
+    unsafe impl aya::Pod for super::Gateway {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}

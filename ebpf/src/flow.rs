@@ -16,12 +16,12 @@
 use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TcContext};
 use flatbridge_common::{
     FlowConfirmed, FlowKey, FlowSeen, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD, NodeConfig,
-    OUT_UPLINK, Verdict,
+    OUT_POD, OUT_UPLINK, Verdict,
 };
 
 use crate::{
     counters::count,
-    maps::{CONFIRMED, FLOWS, NODE},
+    maps::{CONFIRMED, FLOWS, NODE, PORTS},
     parse::{
         ETH_HLEN, ETH_P_IP, Frame, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
         TcpHdr, UdpHdr, frame, header, same_mac,
@@ -188,23 +188,32 @@ fn confirmed_way(
 ) -> Option<FlowConfirmed> {
     // SAFETY: the value is copied out of the map.
     let out: FlowConfirmed = unsafe { CONFIRMED.get(flow.key) }.copied()?;
-    // The reverse direction must mirror this one (worked out by `confirm`).
+    // The reverse direction must mirror this one (worked out by `confirm`), and the frame
+    // must come in where the confirmed sender is: another port (or the wire) sending the
+    // same addresses goes through the bridge.
     if out.paired == 0
         || time.wrapping_sub(out.confirmed_ns) > node.revalidate_ns
-        || out.out_ifindex == in_ifindex
+        || out.in_ifindex != in_ifindex
         || !same_mac(&out.src_mac, src_mac)
         || !same_mac(&out.dst_mac, dst_mac)
     {
         return None;
     }
-    // A pod's port is not checked again here: DEL removes the pod's entries (after which no
-    // egress program confirms for it) before the veth goes; its confirmations then expire
-    // within `revalidate_ns`, and until then a redirect to the vanished veth fails and is
-    // counted as such (the bridge could not deliver those frames either).
-    if out.out_kind == OUT_UPLINK && out.out_ifindex != node.uplink_ifindex {
-        return None;
+    match out.out_kind {
+        // The pod must still be there: DEL removes its endpoint before its veth, and a
+        // replacement pod (same address and MAC, another port) is reached through the
+        // bridge until its own flows are confirmed, never through the old port.
+        OUT_POD if !still_the_pod(out.out_ifindex, &out.dst_mac) => None,
+        OUT_UPLINK if out.out_ifindex != node.uplink_ifindex => None,
+        _ => Some(out),
     }
-    Some(out)
+}
+
+/// True when the port's endpoint is the pod with `mac`.
+#[inline(always)]
+fn still_the_pod(port_ifindex: u32, mac: &[u8; 6]) -> bool {
+    // SAFETY: the value is read and not kept.
+    unsafe { PORTS.get(port_ifindex) }.is_some_and(|pod| same_mac(&pod.mac, mac))
 }
 
 /// True when `old` must be replaced by `new`: something changed, or it is old enough that
@@ -278,9 +287,11 @@ pub fn confirm(
         confirmed_ns: time,
         out_ifindex,
         out_kind,
+        in_ifindex: seen.in_ifindex,
+        paired: u32::from(paired),
         src_mac: *src_mac,
         dst_mac: *dst_mac,
-        paired: u32::from(paired),
+        _pad: [0; 4],
     };
     if CONFIRMED.insert(flow.key, record, 0).is_ok() {
         count(ctx, Verdict::FlowConfirmed);

@@ -8,6 +8,7 @@ mod counters;
 mod flow;
 mod from_pod;
 mod from_uplink;
+mod isolation;
 mod maps;
 mod parse;
 mod redirect;

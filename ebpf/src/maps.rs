@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use flatbridge_common::{
-    COUNTER_SLOTS, Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Ipv4, MAX_FLOWS, MAX_GATEWAYS,
-    MAX_PODS, Mac, NODE_ENABLED, NodeConfig,
+    COUNTER_SLOTS, Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Gateway, Ipv4, Ipv6, MAX_FLOWS,
+    MAX_GATEWAYS, MAX_PODS, Mac, NODE_ENABLED, NodeConfig,
 };
 
 /// Packets and bytes per [`flatbridge_common::Verdict`], per CPU so that no two programs
@@ -23,13 +23,17 @@ pub static PODS_BY_MAC: HashMap<Mac, Endpoint, { MAX_PODS as usize }> = HashMap:
 #[btf_map(name = "pods_by_ip")]
 pub static PODS_BY_IP: HashMap<Ipv4, Endpoint, { MAX_PODS as usize }> = HashMap::new();
 
+/// Local pods by the IPv6 addresses IPAM leased to them.
+#[btf_map(name = "pods_by_ipv6")]
+pub static PODS_BY_IPV6: HashMap<Ipv6, Endpoint, { MAX_PODS as usize }> = HashMap::new();
+
 /// Local pods by the ifindex of their host-side veth.
 #[btf_map(name = "ports")]
 pub static PORTS: HashMap<u32, Endpoint, { MAX_PODS as usize }> = HashMap::new();
 
 /// Gateway addresses the node owns, with the MAC that answers for them.
 #[btf_map(name = "gateways")]
-pub static GATEWAYS: HashMap<Ipv4, Mac, { MAX_GATEWAYS as usize }> = HashMap::new();
+pub static GATEWAYS: HashMap<Ipv4, Gateway, { MAX_GATEWAYS as usize }> = HashMap::new();
 
 /// The node's settings at index 0.
 #[btf_map(name = "node")]

@@ -4,16 +4,24 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
+use flatbridge_common::Verdict;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+/// 802.1Q, 802.1ad and the pre-standard QinQ tag: ethertypes of a tag left in the frame.
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const ETH_P_QINQ1: u16 = 0x9100;
 pub const ETH_HLEN: usize = size_of::<EthHdr>();
 pub const ARPOP_REQUEST: u16 = 1;
 pub const ARPOP_REPLY: u16 = 2;
 /// skb->pkt_type for frames addressed to this host.
 pub const PACKET_HOST: u32 = 0;
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
@@ -55,6 +63,18 @@ pub struct Ipv4Hdr {
     pub dst: [u8; 4],
 }
 
+/// Byte arrays only: an alignment of 1 spares the misaligned-pointer checks of a debug
+/// build, which the verifier would refuse.
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub version_class_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
 /// The first bytes of a TCP header: ports, sequence numbers, flags.
 #[repr(C)]
 pub struct TcpHdr {
@@ -81,6 +101,43 @@ pub fn header<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
         return None;
     }
     Some((start + offset) as *mut T)
+}
+
+/// Bytes the frame has in the skb's linear area, the only ones direct access reaches.
+#[inline(always)]
+fn linear(ctx: &TcContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
+/// Makes the first `len` bytes of the frame (all of it, when it is shorter) readable by
+/// direct access. A frame built from pages (PACKET_TX_RING, vnet headers) may have only its
+/// Ethernet header in the linear area; it is pulled in only then, so the frames of the
+/// pods' own stacks (headers linear) pay nothing. Every packet pointer taken before this
+/// call is invalid after it.
+#[inline(always)]
+pub fn readable(ctx: &TcContext, len: usize) -> Result<(), Verdict> {
+    let whole = ctx.len() as usize;
+    let want = if len < whole { len } else { whole };
+    if linear(ctx) >= want {
+        return Ok(());
+    }
+    if ctx.pull_data(want as u32).is_err() || linear(ctx) < want {
+        return Err(Verdict::DropMalformed);
+    }
+    Ok(())
+}
+
+/// As [`header`], for the checks of a pod's frames: a header that is not in the frame
+/// (truncated, or not readable) is a malformed frame.
+#[inline(always)]
+pub fn checked_header<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, Verdict> {
+    header(ctx, offset).ok_or(Verdict::DropMalformed)
+}
+
+/// True for the ethertype of a VLAN tag left inside the frame.
+#[inline(always)]
+pub fn is_vlan_ethertype(proto: u16) -> bool {
+    proto == ETH_P_8021Q || proto == ETH_P_8021AD || proto == ETH_P_QINQ1
 }
 
 /// An untagged Ethernet frame's header and its fields.
@@ -130,9 +187,10 @@ pub fn ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// True when the frame carries a VLAN tag outside its data (hardware-accelerated tag).
+/// True when the frame carries a VLAN tag outside its data: the kernel moves a tag sent
+/// in-band into the skb (`skb_vlan_untag`) before tc ingress.
 #[inline(always)]
-fn has_vlan_tag(ctx: &TcContext) -> bool {
+pub fn has_vlan_tag(ctx: &TcContext) -> bool {
     // SAFETY: as above.
     unsafe { (*ctx.skb.skb).vlan_present != 0 }
 }

@@ -1,8 +1,9 @@
 //! The two ways a frame leaves the fast path: out of a device (`bpf_redirect`, to its
 //! egress) or into a pod (`bpf_redirect_peer`, to the ingress of the veth peer inside the
-//! pod's namespace). Both count the frame under `verdict`; a refused redirect drops it.
+//! pod's namespace). Both count the frame under `verdict`. With flags 0 the helpers never
+//! refuse: a target that vanished drops the frame later, in the kernel (see flow.rs for why
+//! a vanished pod is never a target).
 use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT,
     cty::c_long,
     helpers::generated::{bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
@@ -13,11 +14,9 @@ use crate::{counters::count, parse::PACKET_HOST};
 
 #[inline(always)]
 fn done(ctx: &TcContext, action: c_long, verdict: Verdict) -> Result<i32, Verdict> {
-    if action != c_long::from(TC_ACT_REDIRECT) {
-        return Err(Verdict::DropRedirectFailed);
-    }
     count(ctx, verdict);
-    Ok(TC_ACT_REDIRECT)
+    // TC_ACT_REDIRECT, always (see above); the helper's own value is what tc acts on.
+    Ok(action as i32)
 }
 
 /// Out of device `ifindex` (its egress).

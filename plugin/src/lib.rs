@@ -9,6 +9,7 @@ pub mod cni;
 pub mod datapath;
 pub mod ipam;
 mod logging;
+pub mod mac;
 pub mod netlink;
 pub mod netns;
 pub mod node;

@@ -8,9 +8,11 @@
 //! hide the BPF filesystem.
 pub mod bpffs;
 pub mod fabric;
+pub mod frames;
 pub mod netns;
 pub mod node;
 pub mod pod;
+pub mod raw;
 pub mod sockets;
 pub mod sweep;
 pub mod tempdir;

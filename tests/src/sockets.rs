@@ -142,8 +142,20 @@ pub fn udp_exchange(
     count: usize,
     gap: Duration,
 ) -> Vec<(SocketAddr, String)> {
+    udp_exchange_from(netns, 0, target, count, gap)
+}
+
+/// As [`udp_exchange`], from UDP port `local_port` (0: any), so that two exchanges are one
+/// flow.
+pub fn udp_exchange_from(
+    netns: &Netns,
+    local_port: u16,
+    target: SocketAddr,
+    count: usize,
+    gap: Duration,
+) -> Vec<(SocketAddr, String)> {
     netns.within(move || {
-        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind the UDP client");
+        let socket = UdpSocket::bind(("0.0.0.0", local_port)).expect("bind the UDP client");
         socket
             .set_read_timeout(Some(Duration::from_millis(2)))
             .expect("timeout");

@@ -3,13 +3,19 @@
 //! checks the verdict, the bytes that come out and the counter that moved.
 use std::net::Ipv4Addr;
 
+use ipnetwork::Ipv4Network;
+
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use flatbridge::{datapath::Datapath, netns::Netns as PluginNetns};
 use flatbridge_common::{
     Endpoint, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD, NodeConfig,
     OFFLOADED_MARK, Verdict, program_name,
 };
-use flatbridge_tests::{BpfFs, Netns, require_root};
+use flatbridge_tests::{
+    BpfFs, Netns,
+    frames::{self, ACK, ExtensionHeader, FIN, SYN, arp, arp_request, ethernet, ipv4, tcp, udp},
+    require_root,
+};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -35,74 +41,6 @@ fn skb_ctx(ifindex: u32, mark: u32) -> [u8; 192] {
     ctx
 }
 
-fn ethernet(dst: [u8; 6], src: [u8; 6], proto: u16) -> Vec<u8> {
-    let mut frame = Vec::new();
-    frame.extend_from_slice(&dst);
-    frame.extend_from_slice(&src);
-    frame.extend_from_slice(&proto.to_be_bytes());
-    frame
-}
-
-fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
-    let mut frame = ethernet([0xff; 6], sha, 0x0806);
-    frame.extend_from_slice(&[0, 1, 0x08, 0, 6, 4]);
-    frame.extend_from_slice(&op.to_be_bytes());
-    for part in [&sha[..], &spa, &tha, &tpa] {
-        frame.extend_from_slice(part);
-    }
-    frame
-}
-
-fn arp_request(sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
-    arp(1, sha, spa, [0; 6], tpa)
-}
-
-fn ipv4_header(
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    src: [u8; 4],
-    dst: [u8; 4],
-    protocol: u8,
-    length: u16,
-) -> Vec<u8> {
-    let mut frame = ethernet(dst_mac, src_mac, 0x0800);
-    frame.extend_from_slice(&[0x45, 0]);
-    frame.extend_from_slice(&length.to_be_bytes());
-    frame.extend_from_slice(&[0, 1, 0x40, 0, 64, protocol, 0, 0]);
-    frame.extend_from_slice(&src);
-    frame.extend_from_slice(&dst);
-    frame
-}
-
-/// An ICMP echo request (the payload does not matter to the programs).
-fn ipv4(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
-    let mut frame = ipv4_header(dst_mac, src_mac, src, dst, 1, 28);
-    frame.extend_from_slice(&[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
-    frame
-}
-
-/// A UDP datagram from `src:src_port` to `dst:dst_port`.
-fn udp(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], ports: (u16, u16)) -> Vec<u8> {
-    let mut frame = ipv4_header(macs.0, macs.1, src, dst, 17, 32);
-    frame.extend_from_slice(&ports.0.to_be_bytes());
-    frame.extend_from_slice(&ports.1.to_be_bytes());
-    frame.extend_from_slice(&[0, 12, 0, 0, b'd', b'a', b't', b'a']);
-    frame
-}
-
-const ACK: u8 = 0x10;
-const SYN: u8 = 0x02;
-const FIN: u8 = 0x01;
-
-/// A TCP segment with `flags`.
-fn tcp(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], ports: (u16, u16), flags: u8) -> Vec<u8> {
-    let mut frame = ipv4_header(macs.0, macs.1, src, dst, 6, 40);
-    frame.extend_from_slice(&ports.0.to_be_bytes());
-    frame.extend_from_slice(&ports.1.to_be_bytes());
-    frame.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    frame
-}
-
 /// A node namespace with four real devices (the programs read the ifindex of the device a
 /// frame came in on) and a loaded datapath whose maps know pods A, B and C and the gateway.
 struct World {
@@ -113,13 +51,15 @@ struct World {
     host_b: u32,
     host_c: u32,
     uplink: u32,
+    /// A port with the programs' view of a veth that has no endpoint.
+    stray: u32,
 }
 
 impl World {
     fn new(flags: u32, with_uplink: bool) -> Self {
         require_root();
         let node = Netns::new("prog");
-        for name in ["hosta", "hostb", "hostc", "uplink"] {
+        for name in ["hosta", "hostb", "hostc", "uplink", "stray"] {
             node.ok(&[
                 "ip",
                 "link",
@@ -132,8 +72,8 @@ impl World {
                 &format!("{name}-p"),
             ]);
         }
-        let [host_a, host_b, host_c, uplink] =
-            ["hosta", "hostb", "hostc", "uplink"].map(|name| node.ifindex(name));
+        let [host_a, host_b, host_c, uplink, stray] =
+            ["hosta", "hostb", "hostc", "uplink", "stray"].map(|name| node.ifindex(name));
         let bpffs = BpfFs::new("prog");
         let (datapath, _) = Datapath::ensure_loaded(bpffs.path(), "prog").expect("load the datapath");
         datapath
@@ -158,12 +98,11 @@ impl World {
                 ..Endpoint::default()
             };
             datapath
-                .add_endpoint(endpoint, &[Ipv4Addr::from(ip)])
+                .add_endpoint(endpoint, &[Ipv4Addr::from(ip)], &[])
                 .expect("endpoint");
         }
-        datapath
-            .set_gateway(Ipv4Addr::from(IP_GATEWAY), BRIDGE_MAC)
-            .expect("gateway");
+        let subnet = Ipv4Network::new(Ipv4Addr::from(IP_GATEWAY), 16).expect("subnet");
+        datapath.set_gateway(subnet, BRIDGE_MAC).expect("gateway");
         Self {
             node,
             _bpffs: bpffs,
@@ -172,6 +111,7 @@ impl World {
             host_b,
             host_c,
             uplink,
+            stray,
         }
     }
 
@@ -216,10 +156,25 @@ impl World {
         verdict: Verdict,
     ) -> (u32, Vec<u8>, u32, u64) {
         let before = self.count(verdict);
+        let (action, out, mark_after) = self
+            .try_run(program, ifindex, mark, frame)
+            .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN: {error}"));
+        (action, out, mark_after, self.count(verdict) - before)
+    }
+
+    /// One test run: the action, the frame as the program left it, the mark after; or why
+    /// the kernel refused to run the program on the frame.
+    fn try_run(
+        &self,
+        program: &str,
+        ifindex: u32,
+        mark: u32,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>, u32), String> {
         let path = self.datapath.layout().program(program);
         let ctx = skb_ctx(ifindex, mark);
         let netns = self.node.path();
-        let (action, out, mark_after) = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             scope
                 .spawn(|| {
                     PluginNetns::open(&netns)
@@ -236,17 +191,16 @@ impl World {
                                     ctx_out: Some(&mut ctx_out),
                                     ..TestRunOptions::default()
                                 })
-                                .expect("BPF_PROG_TEST_RUN");
+                                .map_err(|error| error.to_string())?;
                             out.truncate(result.data_size_out as usize);
                             let mark_after = u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4 bytes"));
-                            (result.return_value, out, mark_after)
+                            Ok((result.return_value, out, mark_after))
                         })
                         .expect("enter the node netns")
                 })
                 .join()
                 .expect("test run thread")
-        });
-        (action, out, mark_after, self.count(verdict) - before)
+        })
     }
 
     fn count(&self, verdict: Verdict) -> u64 {
@@ -422,33 +376,81 @@ fn ipv4_to_other_macs_leaves_by_the_uplink_and_to_the_node_goes_to_the_bridge() 
     );
 }
 
-#[test]
-fn frames_the_programs_do_not_own_reach_the_bridge_unchanged() {
-    let world = World::default();
+/// Frames no program takes: from the wire, and from a pod when anti-spoofing is off, they
+/// go to the bridge unchanged; from a pod with anti-spoofing on each is dropped, for the
+/// reason given.
+fn frames_not_taken() -> Vec<(&'static str, Vec<u8>, Verdict)> {
     let mut vlan = ethernet(MAC_B, MAC_A, 0x8100);
     vlan.extend_from_slice(&[0, 7, 0x08, 0]);
     vlan.extend_from_slice(&ipv4(MAC_B, MAC_A, IP_A, IP_B)[14..]);
     let mut ipv6 = ethernet(MAC_B, MAC_A, 0x86dd);
     ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
     ipv6.extend_from_slice(&[0u8; 32]);
-    let cases = [
-        ("IPv6", ipv6),
-        ("VLAN-tagged", vlan),
-        ("broadcast IPv4", ipv4([0xff; 6], MAC_A, IP_A, [10, 10, 255, 255])),
-        (
-            "multicast IPv4",
-            ipv4([0x01, 0, 0x5e, 0, 0, 1], MAC_A, IP_A, [224, 0, 0, 1]),
-        ),
+    let mut odd_arp = arp_request(MAC_A, IP_A, IP_B);
+    odd_arp[18] = 8;
+    vec![
+        ("IPv6 from ::", ipv6, Verdict::DropSpoofedIpv6),
+        ("VLAN-tagged", vlan, Verdict::DropVlanTagged),
         // BPF_PROG_TEST_RUN refuses an IPv4 ethertype without a whole IPv4 header, so the
         // runt frames are ARP.
         (
             "runt: an ARP ethertype and nothing after it",
             ethernet([0xff; 6], MAC_A, 0x0806),
+            Verdict::DropMalformed,
         ),
-        ("truncated ARP", arp_request(MAC_A, IP_A, IP_B)[..30].to_vec()),
-        ("LLDP", ethernet([0x01, 0x80, 0xc2, 0, 0, 0x0e], MAC_A, 0x88cc)),
-    ];
+        (
+            "truncated ARP",
+            arp_request(MAC_A, IP_A, IP_B)[..30].to_vec(),
+            Verdict::DropMalformed,
+        ),
+        (
+            "ARP with 8-byte hardware addresses",
+            odd_arp,
+            Verdict::DropMalformed,
+        ),
+        (
+            "LLDP",
+            ethernet([0x01, 0x80, 0xc2, 0, 0, 0x0e], MAC_A, 0x88cc),
+            Verdict::DropUnknownL3,
+        ),
+    ]
+}
+
+#[test]
+fn frames_the_programs_do_not_own_reach_the_bridge_unchanged() {
+    let world = World::default();
+    let unchecked = World::new(NODE_ENABLED, true);
+    let mut cases: Vec<(&str, Vec<u8>)> = frames_not_taken()
+        .into_iter()
+        .map(|(what, frame, _)| (what, frame))
+        .collect();
+    cases.extend([
+        ("broadcast IPv4", ipv4([0xff; 6], MAC_A, IP_A, [10, 10, 255, 255])),
+        (
+            "multicast IPv4",
+            ipv4([0x01, 0, 0x5e, 0, 0, 1], MAC_A, IP_A, [224, 0, 0, 1]),
+        ),
+    ]);
     for (what, frame) in cases {
+        let (action, out, _) = world.run(FROM_UPLINK, world.uplink, &frame, Verdict::UplinkToBridge);
+        assert_eq!(action, TC_ACT_OK, "{what} from the uplink");
+        assert_eq!(out, frame, "{what} from the uplink: the frame was changed");
+        let out = unchecked.expect(
+            FROM_POD,
+            unchecked.host_a,
+            &frame,
+            Verdict::PodToBridge,
+            TC_ACT_OK,
+            what,
+        );
+        assert_eq!(out, frame, "{what} without anti-spoofing: the frame was changed");
+    }
+    for what in ["broadcast IPv4", "multicast IPv4"] {
+        let frame = if what.starts_with("broadcast") {
+            ipv4([0xff; 6], MAC_A, IP_A, [10, 10, 255, 255])
+        } else {
+            ipv4([0x01, 0, 0x5e, 0, 0, 1], MAC_A, IP_A, [224, 0, 0, 1])
+        };
         let out = world.expect(
             FROM_POD,
             world.host_a,
@@ -458,9 +460,14 @@ fn frames_the_programs_do_not_own_reach_the_bridge_unchanged() {
             what,
         );
         assert_eq!(out, frame, "{what}: the frame was changed");
-        let (action, out, _) = world.run(FROM_UPLINK, world.uplink, &frame, Verdict::UplinkToBridge);
-        assert_eq!(action, TC_ACT_OK, "{what} from the uplink");
-        assert_eq!(out, frame, "{what} from the uplink: the frame was changed");
+    }
+}
+
+#[test]
+fn a_checked_pod_cannot_send_what_is_not_its_own() {
+    let world = World::default();
+    for (what, frame, verdict) in frames_not_taken() {
+        world.expect(FROM_POD, world.host_a, &frame, verdict, TC_ACT_SHOT, what);
     }
 }
 
@@ -759,4 +766,519 @@ fn flows_to_the_wire_pair_through_the_uplink_and_offloaded_frames_do_not_reconfi
     let (action, _, mark, confirmed) =
         world.run_marked(TO_UPLINK, world.uplink, mark, &request, Verdict::FlowConfirmed);
     assert_eq!((action, confirmed, mark & OFFLOADED_MARK), (TC_ACT_OK, 0, 0));
+}
+
+// --- isolation: what a pod may send (isolation.rs) ---
+
+fn ll(mac: [u8; 6]) -> [u8; 16] {
+    frames::link_local_eui64(mac)
+}
+
+const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+/// IPv4 with `options` words of IP options (IHL 5 + options).
+fn ipv4_with_options(frame: &[u8], options: usize) -> Vec<u8> {
+    let mut out = frame[..34].to_vec();
+    out[14] = 0x45 + u8::try_from(options).expect("few options");
+    out.extend(std::iter::repeat_n(1u8, options * 4)); // NOP options
+    out.extend_from_slice(&frame[34..]);
+    let total = u16::try_from(out.len() - 14).expect("short");
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    out
+}
+
+#[test]
+fn a_pod_cannot_act_as_a_router_or_a_dhcp_server() {
+    let world = World::default();
+    let prefix = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let ra = frames::router_advertisement(MAC_A, ll(MAC_A), prefix, 64);
+    let five_deep = frames::ipv6_with_ext(
+        &ra,
+        &[
+            ExtensionHeader::HopByHop,
+            ExtensionHeader::DestinationOptions,
+            ExtensionHeader::DestinationOptions,
+            ExtensionHeader::DestinationOptions,
+            ExtensionHeader::DestinationOptions,
+        ],
+    );
+    let mut icmp_redirect = vec![5, 1, 0, 0];
+    icmp_redirect.extend_from_slice(&IP_A);
+    icmp_redirect.extend_from_slice(&[0; 28]);
+    let dhcp_offer = frames::dhcp_offer(MAC_A, IP_A, [10, 10, 1, 200]);
+    let cases = [
+        ("router advertisement", ra.clone(), Verdict::DropRouterAdvert),
+        (
+            "router advertisement behind hop-by-hop and destination options",
+            frames::ipv6_with_ext(
+                &ra,
+                &[ExtensionHeader::HopByHop, ExtensionHeader::DestinationOptions],
+            ),
+            Verdict::DropRouterAdvert,
+        ),
+        (
+            "router advertisement in an atomic fragment",
+            frames::ipv6_with_ext(&ra, &[ExtensionHeader::Fragment]),
+            Verdict::DropRouterAdvert,
+        ),
+        (
+            "router advertisement behind five extension headers",
+            five_deep,
+            Verdict::DropMalformed,
+        ),
+        (
+            "router renumbering",
+            frames::icmpv6(
+                MAC_A,
+                ALL_NODES_MAC,
+                ll(MAC_A),
+                frames::ALL_NODES,
+                138,
+                0,
+                &[0; 12],
+            ),
+            Verdict::DropRouterAdvert,
+        ),
+        (
+            "ICMPv6 redirect",
+            frames::icmpv6_redirect(MAC_A, MAC_B, ll(MAC_A), ll(MAC_B), ll(MAC_A), prefix, Some(MAC_A)),
+            Verdict::DropIcmpRedirect,
+        ),
+        (
+            "ICMP redirect",
+            frames::ipv4_checksummed(MAC_A, MAC_B, IP_A, IP_B, 1, &icmp_redirect),
+            Verdict::DropIcmpRedirect,
+        ),
+        ("DHCP offer", dhcp_offer.clone(), Verdict::DropDhcpServer),
+        (
+            "DHCP offer with IP options",
+            ipv4_with_options(&dhcp_offer, 2),
+            Verdict::DropDhcpServer,
+        ),
+        (
+            "DHCPv6 advertise",
+            frames::dhcpv6_advertise(MAC_A, ll(MAC_A), MAC_B, ll(MAC_B)),
+            Verdict::DropDhcpServer,
+        ),
+    ];
+    for (what, frame, verdict) in cases {
+        world.expect(FROM_POD, world.host_a, &frame, verdict, TC_ACT_SHOT, what);
+        // From the wire it is not the pods' business: carried on, unchanged.
+        let (action, out, _) = world.run(FROM_UPLINK, world.uplink, &frame, Verdict::UplinkToBridge);
+        assert_ne!(action, TC_ACT_SHOT, "{what} from the uplink");
+        assert_eq!(out, frame, "{what} from the uplink");
+    }
+}
+
+#[test]
+fn a_pod_speaks_ipv6_and_neighbour_discovery_only_for_itself() {
+    let world = World::default();
+    let global = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+    let udp6 = |src| frames::udp_ipv6(MAC_A, ALL_NODES_MAC, src, frames::ALL_NODES, 5000, 5001, b"data");
+    let mut later_fragment = frames::ipv6_with_ext(&udp6(ll(MAC_A)), &[ExtensionHeader::Fragment]);
+    // Fragment offset 8 bytes: no UDP header in this one.
+    later_fragment[14 + 40 + 3] = 8;
+    let dropped = [
+        (
+            "UDP from another pod's link-local",
+            udp6(ll(MAC_B)),
+            Verdict::DropSpoofedIpv6,
+        ),
+        (
+            "UDP from an address not leased",
+            udp6(global),
+            Verdict::DropSpoofedIpv6,
+        ),
+        ("UDP from ::", udp6([0; 16]), Verdict::DropSpoofedIpv6),
+        (
+            "advertisement for another pod's address",
+            frames::neighbor_advertisement(
+                MAC_A,
+                ll(MAC_A),
+                frames::ALL_NODES,
+                ll(MAC_B),
+                frames::NA_OVERRIDE,
+                MAC_A,
+            ),
+            Verdict::DropSpoofedNd,
+        ),
+        (
+            "advertisement naming another MAC",
+            frames::neighbor_advertisement(
+                MAC_A,
+                ll(MAC_A),
+                frames::ALL_NODES,
+                ll(MAC_A),
+                frames::NA_OVERRIDE,
+                MAC_B,
+            ),
+            Verdict::DropSpoofedNd,
+        ),
+        (
+            "duplicate address detection for another's address",
+            frames::neighbor_solicitation(MAC_A, [0; 16], ll(MAC_B), None),
+            Verdict::DropSpoofedNd,
+        ),
+        (
+            "solicitation naming another MAC",
+            frames::neighbor_solicitation(MAC_A, ll(MAC_A), ll(MAC_C), Some(MAC_B)),
+            Verdict::DropSpoofedNd,
+        ),
+        (
+            "truncated neighbour solicitation",
+            frames::neighbor_solicitation(MAC_A, ll(MAC_A), ll(MAC_C), None)[..14 + 40 + 12].to_vec(),
+            Verdict::DropMalformed,
+        ),
+    ];
+    for (what, frame, verdict) in dropped {
+        world.expect(FROM_POD, world.host_a, &frame, verdict, TC_ACT_SHOT, what);
+    }
+    let allowed = [
+        ("UDP from its link-local", udp6(ll(MAC_A))),
+        (
+            "solicitation for another host",
+            frames::neighbor_solicitation(MAC_A, ll(MAC_A), ll(MAC_C), Some(MAC_A)),
+        ),
+        (
+            "its own duplicate address detection",
+            frames::neighbor_solicitation(MAC_A, [0; 16], ll(MAC_A), None),
+        ),
+        (
+            "advertisement of its own address",
+            frames::neighbor_advertisement(
+                MAC_A,
+                ll(MAC_A),
+                frames::ALL_NODES,
+                ll(MAC_A),
+                frames::NA_OVERRIDE,
+                MAC_A,
+            ),
+        ),
+        (
+            "router solicitation",
+            frames::icmpv6(
+                MAC_A,
+                [0x33, 0x33, 0, 0, 0, 2],
+                ll(MAC_A),
+                frames::ALL_ROUTERS,
+                133,
+                0,
+                &[0; 4],
+            ),
+        ),
+        (
+            "MLDv2 report from ::",
+            frames::icmpv6(
+                MAC_A,
+                [0x33, 0x33, 0, 0, 0, 0x16],
+                [0; 16],
+                [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16],
+                143,
+                0,
+                &[0; 4],
+            ),
+        ),
+        ("a later fragment from its link-local", later_fragment),
+    ];
+    for (what, frame) in allowed {
+        let out = world.expect(
+            FROM_POD,
+            world.host_a,
+            &frame,
+            Verdict::PodToBridge,
+            TC_ACT_OK,
+            what,
+        );
+        assert_eq!(out, frame, "{what}: the frame was changed");
+    }
+}
+
+#[test]
+fn a_leased_ipv6_address_is_the_pods_and_no_one_elses() {
+    let world = World::default();
+    let leased: std::net::Ipv6Addr = "fd10:10::1:5".parse().expect("IPv6");
+    let port = world.stray;
+    let endpoint = Endpoint {
+        ifindex: port,
+        ipv4: [10, 10, 1, 9],
+        mac: MAC_OUTSIDE,
+        ipv6s: 1,
+        ..Endpoint::default()
+    };
+    world
+        .datapath
+        .add_endpoint(endpoint, &[Ipv4Addr::new(10, 10, 1, 9)], &[leased])
+        .expect("endpoint with IPv6");
+    let from = |src_mac, src: std::net::Ipv6Addr| {
+        frames::udp_ipv6(
+            src_mac,
+            ALL_NODES_MAC,
+            src.octets(),
+            frames::ALL_NODES,
+            5000,
+            5001,
+            b"v6",
+        )
+    };
+    world.expect(
+        FROM_POD,
+        port,
+        &from(MAC_OUTSIDE, leased),
+        Verdict::PodToBridge,
+        TC_ACT_OK,
+        "own lease",
+    );
+    world.expect(
+        FROM_POD,
+        world.host_a,
+        &from(MAC_A, leased),
+        Verdict::DropSpoofedIpv6,
+        TC_ACT_SHOT,
+        "another pod's lease",
+    );
+    // Another pod cannot claim it.
+    let thief = Endpoint {
+        ifindex: world.host_c,
+        ipv4: IP_C,
+        mac: MAC_C,
+        ipv6s: 1,
+        ..Endpoint::default()
+    };
+    let refused = world
+        .datapath
+        .add_endpoint(thief, &[Ipv4Addr::from(IP_C)], &[leased]);
+    assert!(refused.is_err(), "a pod took another's IPv6 lease");
+}
+
+#[test]
+fn a_port_without_an_endpoint_sends_nothing() {
+    let world = World::default();
+    for (what, frame) in [
+        ("ARP", arp_request(MAC_OUTSIDE, [10, 10, 1, 9], IP_B)),
+        ("IPv4", ipv4(MAC_B, MAC_OUTSIDE, [10, 10, 1, 9], IP_B)),
+        (
+            "IPv6",
+            frames::udp_ipv6(
+                MAC_OUTSIDE,
+                ALL_NODES_MAC,
+                ll(MAC_OUTSIDE),
+                frames::ALL_NODES,
+                1,
+                2,
+                b"x",
+            ),
+        ),
+    ] {
+        world.expect(
+            FROM_POD,
+            world.stray,
+            &frame,
+            Verdict::DropUnknownPort,
+            TC_ACT_SHOT,
+            what,
+        );
+    }
+    // Without anti-spoofing there is nothing to check against, and nothing is dropped.
+    let unchecked = World::new(NODE_ENABLED, true);
+    unchecked.expect(
+        FROM_POD,
+        unchecked.stray,
+        &ipv4(MAC_B, MAC_OUTSIDE, [10, 10, 1, 9], IP_B),
+        Verdict::PodToPod,
+        TC_ACT_REDIRECT,
+        "",
+    );
+}
+
+/// The sum of every counter: each run of a program counts the frame exactly once.
+fn total(world: &World) -> u64 {
+    world
+        .datapath
+        .counters()
+        .expect("counters")
+        .iter()
+        .map(|count| count.total.packets)
+        .sum()
+}
+
+#[test]
+fn every_length_is_passed_unchanged_or_dropped_never_misdirected() {
+    // Whether the world redirects by destination MAC ("always" mode), or only confirmed flows.
+    let worlds = [
+        ("anti-spoofing, confirmed flows", confirmed_world(), false),
+        ("always mode", World::default(), true),
+        (
+            "always mode without anti-spoofing",
+            World::new(NODE_ENABLED, true),
+            true,
+        ),
+    ];
+    let prefix = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let bases = [
+        ("ARP request for pod B", arp_request(MAC_A, IP_A, IP_B)),
+        ("UDP to pod B", udp((MAC_B, MAC_A), IP_A, IP_B, (40000, 53))),
+        ("TCP to pod B", tcp((MAC_B, MAC_A), IP_A, IP_B, (40000, 80), ACK)),
+        (
+            "router advertisement",
+            frames::router_advertisement(MAC_A, ll(MAC_A), prefix, 64),
+        ),
+        (
+            "neighbour advertisement",
+            frames::neighbor_advertisement(MAC_A, ll(MAC_A), frames::ALL_NODES, ll(MAC_A), 0, MAC_A),
+        ),
+        (
+            "802.1Q-tagged UDP",
+            frames::vlan_tagged(&udp((MAC_B, MAC_A), IP_A, IP_B, (1, 2)), 0x8100, 7),
+        ),
+        (
+            "QinQ-tagged UDP",
+            frames::vlan_tagged(
+                &frames::vlan_tagged(&udp((MAC_B, MAC_A), IP_A, IP_B, (1, 2)), 0x8100, 7),
+                0x88a8,
+                9,
+            ),
+        ),
+    ];
+    let mut runs = 0;
+    for (world_name, world, by_mac) in &worlds {
+        for (what, base) in &bases {
+            for length in 0..=base.len().min(64) {
+                let frame = &base[..length];
+                for (program, port) in [(FROM_POD, world.host_a), (FROM_UPLINK, world.uplink)] {
+                    let before = total(world);
+                    let case = format!("{world_name}: {what} cut to {length} bytes, {program}");
+                    let Ok((action, out, _)) = world.try_run(program, port, 0, frame) else {
+                        // The kernel runs no program on a frame without an Ethernet header,
+                        // and test runs refuse an IP ethertype without a whole IP header:
+                        // nothing to check there.
+                        let ethertype = frame
+                            .get(12..14)
+                            .map(|bytes| u16::from_be_bytes([bytes[0], bytes[1]]));
+                        let refusable = match ethertype {
+                            None => true,
+                            Some(0x0800) => length < 34,
+                            Some(0x86dd) => length < 54,
+                            Some(_) => false,
+                        };
+                        assert!(refusable, "{case}: the test run was refused");
+                        continue;
+                    };
+                    runs += 1;
+                    assert_eq!(total(world) - before, 1, "{case}: not counted exactly once");
+                    let whole = length == base.len();
+                    match action {
+                        TC_ACT_OK => assert_eq!(out, frame, "{case}: changed on its way to the bridge"),
+                        TC_ACT_SHOT => {}
+                        // In "always" mode a frame goes by its destination MAC once its IPv4
+                        // header is whole (and checked): where the bridge would send it.
+                        TC_ACT_REDIRECT => assert!(
+                            whole || (*by_mac && length >= 34),
+                            "{case}: a truncated frame was redirected"
+                        ),
+                        other => panic!("{case}: action {other}"),
+                    }
+                }
+            }
+        }
+    }
+    assert!(runs > 500, "only {runs} runs: the kernel refused most lengths");
+}
+
+#[test]
+fn jumbo_frames_pass_the_checks_as_any_other() {
+    let world = World::default();
+    let mut jumbo = udp((MAC_B, MAC_A), IP_A, IP_B, (40000, 53));
+    jumbo.extend(std::iter::repeat_n(0xab, 3000));
+    let total_len = u16::try_from(jumbo.len() - 14).expect("fits");
+    jumbo[16..18].copy_from_slice(&total_len.to_be_bytes());
+    let out = world.expect(
+        FROM_POD,
+        world.host_a,
+        &jumbo,
+        Verdict::PodToPod,
+        TC_ACT_REDIRECT,
+        "jumbo UDP",
+    );
+    assert_eq!(out, jumbo);
+    let mut spoofed = jumbo.clone();
+    spoofed[26..30].copy_from_slice(&IP_B);
+    world.expect(
+        FROM_POD,
+        world.host_a,
+        &spoofed,
+        Verdict::DropSpoofedIp,
+        TC_ACT_SHOT,
+        "jumbo, spoofed",
+    );
+}
+
+#[test]
+fn a_confirmed_flow_is_redirected_only_from_the_port_that_confirmed_it() {
+    let world = confirmed_world();
+    let (request, reply) = udp_pair();
+    through_the_bridge(&world, &request, &reply);
+    assert_eq!(
+        world.run(FROM_POD, world.host_a, &request, Verdict::PodToPod).0,
+        TC_ACT_REDIRECT
+    );
+    // The very same frame (A's addresses and MAC) arriving from the wire is not A's.
+    let out = world.expect(
+        FROM_UPLINK,
+        world.uplink,
+        &request,
+        Verdict::UplinkToBridge,
+        TC_ACT_OK,
+        "from the wire",
+    );
+    assert_eq!(out, request);
+    // Nor from another pod's port, when nothing else checks the sender.
+    let unchecked = World::new(NODE_ENABLED | NODE_CONFIRM_FLOWS | NODE_TCP_OFFLOAD, true);
+    through_the_bridge(&unchecked, &request, &reply);
+    unchecked.expect(
+        FROM_POD,
+        unchecked.host_c,
+        &request,
+        Verdict::PodToBridge,
+        TC_ACT_OK,
+        "from pod C's port",
+    );
+}
+
+#[test]
+fn a_deleted_pods_flows_are_never_followed() {
+    let world = confirmed_world();
+    let (request, reply) = udp_pair();
+    through_the_bridge(&world, &request, &reply);
+    assert_eq!(
+        world.run(FROM_POD, world.host_a, &request, Verdict::PodToPod).0,
+        TC_ACT_REDIRECT
+    );
+    assert!(world.datapath.remove_endpoint(world.host_b).expect("remove B"));
+    world.expect(
+        FROM_POD,
+        world.host_a,
+        &request,
+        Verdict::PodToBridge,
+        TC_ACT_OK,
+        "to deleted B",
+    );
+    // A new pod with B's address and MAC behind another port is not reached through B's old one.
+    let replacement = Endpoint {
+        ifindex: world.stray,
+        ipv4: IP_B,
+        mac: MAC_B,
+        ..Endpoint::default()
+    };
+    world
+        .datapath
+        .add_endpoint(replacement, &[Ipv4Addr::from(IP_B)], &[])
+        .expect("replacement");
+    world.expect(
+        FROM_POD,
+        world.host_a,
+        &request,
+        Verdict::PodToBridge,
+        TC_ACT_OK,
+        "to B's replacement",
+    );
 }

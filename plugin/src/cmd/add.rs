@@ -110,6 +110,7 @@ impl Steps<'_> {
         let datapath = if config.fast_path() {
             Some(fastpath::prepare(self.request, self.node, &bridge).await?)
         } else {
+            fastpath::check_plain_bridge_allowed(self.request)?;
             None
         };
         // Without an explicit mtu, pods follow the bridge (which follows its uplink).
@@ -120,6 +121,7 @@ impl Steps<'_> {
         // What the datapath already knows of the uplink saves listing the bridge's ports.
         let known = datapath.as_ref().and_then(|datapath| datapath.node_config().ok());
         let uplink = fastpath::find_uplink(self.node, &bridge, net.uplink.as_deref(), known.as_ref()).await?;
+        self.refuse_node_mac(&bridge, uplink.link.as_ref())?;
         let wire = Self::wire(&bridge, uplink.link.as_ref())?;
         let mut result = match self.ipam {
             Some(ipam) => self.lease(ipam, wire.as_ref(), undo).await?,
@@ -137,9 +139,22 @@ impl Steps<'_> {
             .await?;
         undo.host_veth = Some(host_name.clone());
         let host = self.node.require_link(&host_name).await?;
-        // The veth is still down: the programs go on now, cheaply (see attach_pod).
+        // The veth is still down: the programs go on now, cheaply (see attach_pod), and the
+        // pod's endpoint before the veth comes up, so that no frame of the pod ever passes
+        // unchecked.
         if let Some(datapath) = &datapath {
             datapath.attach_pod(&host_name)?;
+            let pod_mac = self.pod.require_link(self.ifname).await?.mac.unwrap_or_default();
+            fastpath::add_endpoint(
+                self.request,
+                datapath,
+                &bridge,
+                &host,
+                &uplink,
+                pod_mac,
+                &result,
+                &mut undo.fast_path,
+            )?;
         }
         // Who owns this veth, for GC and for people reading `ip link`.
         self.node
@@ -184,18 +199,7 @@ impl Steps<'_> {
             }
         }
         if let Some(datapath) = &datapath {
-            fastpath::add_pod(
-                self.request,
-                datapath,
-                self.node,
-                &bridge,
-                &host,
-                &uplink,
-                pod_mac,
-                &result,
-                &mut undo.fast_path,
-            )
-            .await?;
+            fastpath::finish_pod(datapath, self.node, &bridge, &result).await?;
         }
 
         result.interfaces = vec![
@@ -223,6 +227,27 @@ impl Steps<'_> {
                 .join(", ")
         );
         Ok(result)
+    }
+
+    /// A pod must not take the MAC of the node's bridge or uplink: with it, it would speak
+    /// for the node on the wire.
+    fn refuse_node_mac(&self, bridge: &Link, uplink: Option<&Link>) -> Result<(), CniError> {
+        let Some(requested) = self.mac else {
+            return Ok(());
+        };
+        for device in std::iter::once(bridge).chain(uplink) {
+            if device.mac == Some(requested) {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!(
+                        "the requested MAC {} is the MAC of the node's {}: choose another",
+                        format_mac(requested),
+                        device.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A socket for ARP on the wire, when the bridge has an uplink (without one there is no
@@ -310,7 +335,7 @@ impl Steps<'_> {
             self.pod.set_up(lo.index).await?;
         }
         let arp_notify = format!("/proc/sys/net/ipv4/conf/{}/arp_notify", self.ifname);
-        let accept_dad = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", self.ifname);
+        let ipv6_conf = format!("/proc/sys/net/ipv6/conf/{}", self.ifname);
         let dad = if config.net.enable_dad { "1" } else { "0" };
         self.pod_netns.run(|| {
             // With arp_notify the kernel announces the addresses (gratuitous ARP) when the
@@ -319,7 +344,17 @@ impl Steps<'_> {
             if let Err(error) = node::write_sysctl(&arp_notify, "1") {
                 log::warn!("{error}");
             }
-            let _ = node::write_sysctl(&accept_dad, dad);
+            // The pod's IPv6 sources are checked against its leases and its link-local,
+            // which must be the one its MAC gives (EUI-64); addresses made from router
+            // advertisements on the wire would be dropped, so none are made.
+            for (name, value) in [
+                ("accept_dad", dad),
+                ("addr_gen_mode", "0"),
+                ("accept_ra", "0"),
+                ("autoconf", "0"),
+            ] {
+                let _ = node::write_sysctl(&format!("{ipv6_conf}/{name}"), value);
+            }
         })?;
         // Addresses before the link comes up, so that the announcement carries them; routes
         // after, as the kernel refuses routes through a link that is down.
@@ -394,6 +429,4 @@ fn interface(link: &Link, sandbox: Option<String>) -> Interface {
     }
 }
 
-pub fn format_mac(mac: [u8; 6]) -> String {
-    mac.map(|byte| format!("{byte:02x}")).join(":")
-}
+pub use crate::mac::format as format_mac;

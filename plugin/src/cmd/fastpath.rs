@@ -1,9 +1,11 @@
 //! The fast path's share of ADD, DEL and GC: the node's settings, the pod's endpoint and
 //! the programs on the pod's host veth and on the uplink.
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use ipnetwork::{IpNetwork, Ipv4Network};
 
 use flatbridge_common::{
     Endpoint, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_SET_PKT_TYPE, NODE_TCP_OFFLOAD,
@@ -12,7 +14,7 @@ use flatbridge_common::{
 
 use super::ALIAS_PREFIX;
 use crate::{
-    cni::{CniError, Request, result::CniResult},
+    cni::{CniError, Request, code, result::CniResult},
     datapath::Datapath,
     netlink::{Link, Netlink},
     node::UplinkState,
@@ -164,26 +166,9 @@ pub async fn prepare(request: &Request, node: &Netlink, bridge: &Link) -> Result
     Ok(datapath)
 }
 
-/// Records the node's settings and the pod (whose veth already has its programs, see
-/// `Datapath::attach_pod`), and attaches the uplink programs once. `bridge` must be read
-/// after the pod's port was added to it.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; the arguments are the ADD's state"
-)]
-pub async fn add_pod(
-    request: &Request,
-    datapath: &Datapath,
-    node: &Netlink,
-    bridge: &Link,
-    host: &Link,
-    uplink: &Uplink,
-    pod_mac: [u8; 6],
-    result: &CniResult,
-    added: &mut Added,
-) -> Result<(), CniError> {
+/// The node-wide settings `request` asks for. `bridge` and `uplink` as found by ADD.
+fn wanted_node_config(request: &Request, bridge: &Link, uplink: &Uplink) -> NodeConfig {
     let config = &request.config;
-    let bridge_mac = bridge.mac.unwrap_or_default();
     let mut flags = NODE_ENABLED;
     if config.anti_spoof() {
         flags |= NODE_ANTI_SPOOF;
@@ -202,32 +187,120 @@ pub async fn add_pod(
              (run `flatbridge node setup` or set it to 1)"
         );
     }
-    datapath.set_node_config(&NodeConfig {
+    NodeConfig {
         revalidate_ns: config.revalidate_ms() * 1_000_000,
         bridge_ifindex: bridge.index,
         uplink_ifindex: uplink.link.as_ref().map_or(0, |link| link.index),
         flags,
-        bridge_mac,
+        bridge_mac: bridge.mac.unwrap_or_default(),
         no_uplink_seen_ns: uplink.no_uplink_seen_ns,
         ..NodeConfig::default()
-    })?;
+    }
+}
 
-    let ipv4s: Vec<Ipv4Addr> = result
-        .ips
-        .iter()
-        .filter_map(|ip| match ip.address.ip() {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
+/// The settings that decide how every pod of the network is protected: one config must not
+/// change them for pods that were added under another.
+const SECURITY_FLAGS: u32 = NODE_ANTI_SPOOF | NODE_CONFIRM_FLOWS;
+
+fn describe(node: &NodeConfig) -> String {
+    format!(
+        "antiSpoof={}, fastPathMode={:?}, revalidateMs={}",
+        node.flags & NODE_ANTI_SPOOF != 0,
+        if node.flags & NODE_CONFIRM_FLOWS != 0 {
+            "confirmed"
+        } else {
+            "always"
+        },
+        node.revalidate_ns / 1_000_000
+    )
+}
+
+/// Refuses settings that differ from those the network's pods run with: they apply to
+/// every pod of the node, so one config (a tenant's, with Multus) could otherwise turn
+/// protection off for all of them.
+fn settings_agree(network: &str, running: &NodeConfig, wanted: &NodeConfig) -> Result<(), CniError> {
+    if running.flags & SECURITY_FLAGS == wanted.flags & SECURITY_FLAGS
+        && running.revalidate_ns == wanted.revalidate_ns
+    {
+        return Ok(());
+    }
+    Err(CniError::new(
+        code::INVALID_CONFIG,
+        format!(
+            "network {network} runs on this node with {}, and this config asks for {}: these settings \
+             apply to every pod of the network on the node, so all its configs must agree. Use the \
+             same settings, or delete the network's pods on this node before changing them",
+            describe(running),
+            describe(wanted)
+        ),
+    ))
+}
+
+/// A config without the fast path must not add a pod beside pods that have it: its pod
+/// would have none of their isolation checks.
+pub fn check_plain_bridge_allowed(request: &Request) -> Result<(), CniError> {
+    let config = &request.config;
+    let Ok(datapath) = Datapath::open(&config.bpf_root(), &config.net.name) else {
+        return Ok(());
+    };
+    if datapath.has_no_endpoints()? {
+        return Ok(());
+    }
+    Err(CniError::new(
+        code::INVALID_CONFIG,
+        format!(
+            "network {} runs with the fast path on this node, and this config has \"fastPath\": false: \
+             its pod would bypass the isolation checks of the others. Use the same settings, or delete \
+             the network's pods on this node first",
+            config.net.name
+        ),
+    ))
+}
+
+/// Makes the pod known to the programs, before its veth comes up (its programs are on
+/// already, see `Datapath::attach_pod`; until its endpoint exists they drop its frames):
+/// the node's settings, the pod's MAC and addresses, and the uplink programs, attached
+/// once. A MAC or address another pod holds is refused.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the arguments are the ADD's state"
+)]
+pub fn add_endpoint(
+    request: &Request,
+    datapath: &Datapath,
+    bridge: &Link,
+    host: &Link,
+    uplink: &Uplink,
+    pod_mac: [u8; 6],
+    result: &CniResult,
+    added: &mut Added,
+) -> Result<(), CniError> {
+    let config = &request.config;
+    let wanted = wanted_node_config(request, bridge, uplink);
+    let mut ipv4s: Vec<Ipv4Addr> = Vec::new();
+    let mut ipv6s: Vec<Ipv6Addr> = Vec::new();
+    for ip in &result.ips {
+        match ip.address.ip() {
+            IpAddr::V4(v4) => ipv4s.push(v4),
+            IpAddr::V6(v6) => ipv6s.push(v6),
+        }
+    }
     let endpoint = Endpoint {
         ifindex: host.index,
         ipv4: ipv4s.first().map_or([0; 4], Ipv4Addr::octets),
         mac: pod_mac,
         extra_ipv4s: u8::try_from(ipv4s.len().saturating_sub(1)).unwrap_or(u8::MAX),
-        ..Endpoint::default()
+        ipv6s: u8::try_from(ipv6s.len()).unwrap_or(u8::MAX),
     };
-    datapath.add_endpoint(endpoint, &ipv4s)?;
+    {
+        let _lock = datapath.lock()?;
+        let running = datapath.node_config()?;
+        if running.flags & NODE_ENABLED != 0 && !datapath.has_no_endpoints()? {
+            settings_agree(&config.net.name, &running, &wanted)?;
+        }
+        datapath.set_node_config(&wanted)?;
+        datapath.add_endpoint(endpoint, &ipv4s, &ipv6s)?;
+    }
     added.endpoint = Some(host.index);
     if let Some(uplink) = &uplink.link {
         for program in UPLINK_PROGRAMS {
@@ -237,20 +310,46 @@ pub async fn add_pod(
             }
         }
     }
+    Ok(())
+}
 
-    // Gateways the node owns (their address is on the bridge) are answered by the program.
+/// What is left once the pod is up: the gateways the node owns (their address is on the
+/// bridge) are answered by the programs. `bridge` as it is now; should its MAC have changed
+/// when the pod's port joined (a bridge whose MAC was never set), the node's settings
+/// follow.
+pub async fn finish_pod(
+    datapath: &Datapath,
+    node: &Netlink,
+    bridge: &Link,
+    result: &CniResult,
+) -> Result<(), CniError> {
+    let bridge_mac = bridge.mac.unwrap_or_default();
+    let running = datapath.node_config()?;
+    if running.bridge_mac != bridge_mac {
+        let _lock = datapath.lock()?;
+        let running = datapath.node_config()?;
+        datapath.set_node_config(&NodeConfig {
+            bridge_mac,
+            ..running
+        })?;
+    }
     let bridge_addresses = node.addrs(bridge.index).await?;
-    for gateway in result.ips.iter().filter_map(|ip| ip.gateway) {
-        if let IpAddr::V4(v4) = gateway
-            && bridge_addresses.iter().any(|address| address.ip() == gateway)
+    for ip in &result.ips {
+        if let (Some(IpAddr::V4(gateway)), IpNetwork::V4(pod_address)) = (ip.gateway, ip.address)
+            && bridge_addresses
+                .iter()
+                .any(|address| address.ip() == IpAddr::V4(gateway))
         {
-            datapath.set_gateway(v4, bridge_mac)?;
+            let subnet = Ipv4Network::new(gateway, pod_address.prefix()).map_err(|error| {
+                CniError::new(code::INVALID_CONFIG, format!("gateway {gateway}: {error}"))
+            })?;
+            datapath.set_gateway(subnet, bridge_mac)?;
         }
     }
     Ok(())
 }
 
-/// Takes back what [`add_pod`] did; errors are logged, the rollback goes on.
+/// Takes back what [`add_endpoint`] did; errors are logged, the rollback goes on.
 pub fn undo_add(request: &Request, added: Added) {
     let config = &request.config;
     let Ok(datapath) = Datapath::open(&config.bpf_root(), &config.net.name) else {
@@ -266,10 +365,10 @@ pub fn undo_add(request: &Request, added: Added) {
 
 /// DEL's share: forget the pod behind `host`, before its veth goes. The programs on the
 /// veth go away with it. When the veth is already gone (the pod's namespace was deleted
-/// first), its port is unknown: sweep every endpoint whose veth vanished. The pod's flows
-/// are left to expire: no egress program confirms for a port without an entry, so their
-/// confirmations lapse within the revalidation period, and until then can only point at a
-/// device that is gone. A network without a datapath is fine.
+/// first), its port is unknown: sweep every endpoint whose veth vanished. The pod's
+/// confirmed flows stay in their LRU map but are never followed again: the programs redirect
+/// to a pod's port only while its endpoint names the MAC the flow was confirmed for (see
+/// flow.rs). A network without a datapath is fine.
 pub async fn del_pod(request: &Request, node: &Netlink, host: Option<&Link>) -> Result<(), CniError> {
     let config = &request.config;
     let Ok(datapath) = Datapath::open(&config.bpf_root(), &config.net.name) else {
@@ -278,14 +377,47 @@ pub async fn del_pod(request: &Request, node: &Netlink, host: Option<&Link>) -> 
     match host {
         Some(host) => {
             datapath.remove_endpoint(host.index)?;
-            Ok(())
         }
-        None => sweep(&datapath, node).await,
+        None => sweep(&datapath, node).await?,
     }
+    // The network's last pod took its gateways' reason to be answered with it.
+    if datapath.has_no_endpoints()? {
+        forget_gateways(&datapath, |_| true)?;
+    }
+    Ok(())
 }
 
-/// Removes endpoints whose host veth no longer exists and link pins of devices that are
-/// gone.
+/// Stops answering for the gateways `stale` picks, and says so.
+fn forget_gateways(datapath: &Datapath, stale: impl Fn(&Ipv4Network) -> bool) -> Result<(), CniError> {
+    for (gateway, _) in datapath.gateways()? {
+        if stale(&gateway) {
+            datapath.remove_gateway(gateway.ip())?;
+            log::info!(
+                "network {}: stopped answering ARP for gateway {}",
+                datapath.network(),
+                gateway.ip()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Gateways no pod is behind any more, or whose address left the bridge (a teardown, a
+/// config change), are not answered for any more.
+pub async fn forget_stale_gateways(datapath: &Datapath, node: &Netlink) -> Result<(), CniError> {
+    let bridge = datapath.node_config()?.bridge_ifindex;
+    let on_bridge: Vec<IpAddr> = match node.link_by_index(bridge).await? {
+        Some(link) => node.addrs(link.index).await?.iter().map(IpNetwork::ip).collect(),
+        None => Vec::new(),
+    };
+    let pods = datapath.pod_ipv4s()?;
+    forget_gateways(datapath, |gateway| {
+        !on_bridge.contains(&IpAddr::V4(gateway.ip())) || !pods.iter().any(|&pod| gateway.contains(pod))
+    })
+}
+
+/// Removes endpoints whose host veth no longer exists, link pins of devices that are gone,
+/// and gateways no pod is behind any more.
 pub async fn sweep(datapath: &Datapath, node: &Netlink) -> Result<(), CniError> {
     let links = node.links().await?;
     for ifindex in datapath.endpoint_ports()? {
@@ -301,7 +433,7 @@ pub async fn sweep(datapath: &Datapath, node: &Netlink) -> Result<(), CniError> 
             }
         }
     }
-    Ok(())
+    forget_stale_gateways(datapath, node).await
 }
 
 #[cfg(test)]

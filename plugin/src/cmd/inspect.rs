@@ -90,7 +90,9 @@ fn network_report(datapath: &Datapath) -> anyhow::Result<Value> {
     let gateways: Vec<Value> = datapath
         .gateways()?
         .into_iter()
-        .map(|(ip, mac)| json!({"address": ip.to_string(), "mac": format_mac(mac)}))
+        .map(|(gateway, mac)| {
+            json!({"address": gateway.ip().to_string(), "subnet": gateway.to_string(), "mac": format_mac(mac)})
+        })
         .collect();
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|time| time.tv_sec() as u64 * 1_000_000_000 + time.tv_nsec() as u64)
@@ -288,9 +290,10 @@ pub fn render(report: &Value) -> String {
         }
         for gateway in network["gateways"].as_array().into_iter().flatten() {
             out.push_str(&format!(
-                "  answers ARP for gateway {} with {}\n",
+                "  answers ARP for gateway {} with {} (pods in {})\n",
                 text(&gateway["address"]),
-                text(&gateway["mac"])
+                text(&gateway["mac"]),
+                text(&gateway["subnet"])
             ));
         }
         let flows = network["flows"].as_array().cloned().unwrap_or_default();

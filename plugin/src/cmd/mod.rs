@@ -161,7 +161,11 @@ impl From<NetnsError> for CniError {
 
 impl From<DatapathError> for CniError {
     fn from(error: DatapathError) -> Self {
-        CniError::new(code::DATAPATH, error.to_string()).with_details(chain(&error))
+        let code = match &error {
+            DatapathError::Taken { .. } => code::ADDRESS_UNAVAILABLE,
+            _ => code::DATAPATH,
+        };
+        CniError::new(code, error.to_string()).with_details(chain(&error))
     }
 }
 

@@ -78,6 +78,12 @@ pub fn teardown(bridge: &str, bpf_root: &Path) -> anyhow::Result<String> {
         config.uplink_ifindex = 0;
         config.no_uplink_seen_ns = 0;
         datapath.set_node_config(&config)?;
+        // Gateway addresses that left the bridge with the uplink are not the node's to
+        // answer for any more.
+        run(async {
+            let netlink = Netlink::open()?;
+            super::fastpath::forget_stale_gateways(&datapath, &netlink).await
+        })?;
     }
     Ok(format!(
         "{uplink} has its addresses and routes back and is no longer a port of {bridge}"

@@ -373,6 +373,12 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], CniError> {
             format!("{text} is a multicast MAC address"),
         ));
     }
+    if mac == [0; 6] {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("{text} is the all-zero MAC address"),
+        ));
+    }
     Ok(mac)
 }
 

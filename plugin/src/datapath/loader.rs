@@ -202,6 +202,12 @@ impl Datapath {
         &self.layout
     }
 
+    /// Serialises changes of the network's node-wide state (its settings and who holds
+    /// what) between concurrent plugin calls; held until the returned guard drops.
+    pub fn lock(&self) -> Result<Flock<File>, DatapathError> {
+        lock_dir(self.layout.dir())
+    }
+
     pub fn network(&self) -> &str {
         &self.network
     }

@@ -1,12 +1,17 @@
 //! Typed access to the pinned maps: what the plugin writes on ADD and removes on DEL, and
 //! what `flatbridge status` reads. Every entry is written whole, so a program never sees a
 //! half-updated endpoint.
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use flatbridge_common::{
-    Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Ipv4, Mac, NodeConfig, Verdict, map_name,
+    Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Gateway, Ipv4, Ipv6, Mac, NodeConfig, Verdict,
+    map_name,
 };
+use ipnetwork::Ipv4Network;
 
 use super::{Datapath, DatapathError};
 
@@ -19,6 +24,41 @@ pub struct VerdictCount {
 
 fn ipv4_key(ip: Ipv4Addr) -> Ipv4 {
     Ipv4 { addr: ip.octets() }
+}
+
+fn ipv6_key(ip: Ipv6Addr) -> Ipv6 {
+    Ipv6 { addr: ip.octets() }
+}
+
+/// BPF_NOEXIST: insert only when the key is not there yet.
+const NO_EXIST: u64 = 1;
+
+/// True when the host veth `ifindex` still exists in the calling thread's namespace.
+fn port_exists(ifindex: u32) -> bool {
+    nix::net::if_::if_indextoname(ifindex).is_ok()
+}
+
+/// Inserts `endpoint` under `key` unless another live port holds the key already: then
+/// returns that port. An entry of this very port (a retried ADD) or of a port that is gone
+/// (left by a crash) is replaced. BPF_NOEXIST makes two concurrent ADDs of the same key
+/// find each other.
+fn claim<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, Endpoint>,
+    key: K,
+    endpoint: Endpoint,
+) -> Result<Result<(), u32>, MapError> {
+    match map.insert(key, endpoint, NO_EXIST) {
+        Ok(()) => Ok(Ok(())),
+        Err(MapError::SyscallError(error)) if error.io_error.raw_os_error() == Some(libc::EEXIST) => {
+            match map.get(&key, 0) {
+                Ok(holder) if holder.ifindex != endpoint.ifindex && port_exists(holder.ifindex) => {
+                    Ok(Err(holder.ifindex))
+                }
+                _ => map.insert(key, endpoint, 0).map(Ok),
+            }
+        }
+        Err(error) => Err(error),
+    }
 }
 
 impl Datapath {
@@ -109,23 +149,59 @@ impl Datapath {
             .map_err(|error| self.map_error(name, error))
     }
 
-    /// Makes a pod known to the programs: by MAC, by each of its IPv4 addresses, by port.
-    pub fn add_endpoint(&self, endpoint: Endpoint, addresses: &[Ipv4Addr]) -> Result<(), DatapathError> {
-        let mut by_mac = self.hash_map::<Mac, Endpoint>(map_name::PODS_BY_MAC)?;
-        let mut by_ip = self.hash_map::<Ipv4, Endpoint>(map_name::PODS_BY_IP)?;
-        let mut ports = self.hash_map::<u32, Endpoint>(map_name::PORTS)?;
-        for &ip in addresses {
-            by_ip
-                .insert(ipv4_key(ip), endpoint, 0)
-                .map_err(|error| self.map_error(map_name::PODS_BY_IP, error))?;
+    /// Makes a pod known to the programs: by MAC, by each of its addresses, by port. A MAC
+    /// or address another live pod holds is refused (nothing of this pod is left in the
+    /// maps then): a pod must never take over another's entries.
+    pub fn add_endpoint(
+        &self,
+        endpoint: Endpoint,
+        ipv4s: &[Ipv4Addr],
+        ipv6s: &[Ipv6Addr],
+    ) -> Result<(), DatapathError> {
+        let claimed = self.claim_all(endpoint, ipv4s, ipv6s);
+        if !matches!(claimed, Ok(())) {
+            let _ = self.remove_endpoint(endpoint.ifindex);
+            return claimed;
         }
-        by_mac
-            .insert(Mac::new(endpoint.mac), endpoint, 0)
-            .map_err(|error| self.map_error(map_name::PODS_BY_MAC, error))?;
-        // The port last: once it exists, the anti-spoofing check applies to this pod.
+        let mut ports = self.hash_map::<u32, Endpoint>(map_name::PORTS)?;
+        // The port last: from then on the pod's frames pass its checks (before, they are
+        // dropped as from an unknown port).
         ports
             .insert(endpoint.ifindex, endpoint, 0)
             .map_err(|error| self.map_error(map_name::PORTS, error))
+    }
+
+    fn claim_all(
+        &self,
+        endpoint: Endpoint,
+        ipv4s: &[Ipv4Addr],
+        ipv6s: &[Ipv6Addr],
+    ) -> Result<(), DatapathError> {
+        let taken = |what: String, holder: u32| DatapathError::Taken {
+            network: self.network().to_owned(),
+            what,
+            holder: nix::net::if_::if_indextoname(holder).map_or_else(
+                |_| format!("#{holder}"),
+                |name| name.to_string_lossy().into_owned(),
+            ),
+        };
+        let mut by_mac = self.hash_map::<Mac, Endpoint>(map_name::PODS_BY_MAC)?;
+        claim(&mut by_mac, Mac::new(endpoint.mac), endpoint)
+            .map_err(|error| self.map_error(map_name::PODS_BY_MAC, error))?
+            .map_err(|holder| taken(format!("MAC {}", crate::mac::format(endpoint.mac)), holder))?;
+        let mut by_ip = self.hash_map::<Ipv4, Endpoint>(map_name::PODS_BY_IP)?;
+        for &ip in ipv4s {
+            claim(&mut by_ip, ipv4_key(ip), endpoint)
+                .map_err(|error| self.map_error(map_name::PODS_BY_IP, error))?
+                .map_err(|holder| taken(format!("address {ip}"), holder))?;
+        }
+        let mut by_ipv6 = self.hash_map::<Ipv6, Endpoint>(map_name::PODS_BY_IPV6)?;
+        for &ip in ipv6s {
+            claim(&mut by_ipv6, ipv6_key(ip), endpoint)
+                .map_err(|error| self.map_error(map_name::PODS_BY_IPV6, error))?
+                .map_err(|holder| taken(format!("address {ip}"), holder))?;
+        }
+        Ok(())
     }
 
     /// Forgets the pod behind host veth `ifindex`: every entry that points at that port,
@@ -134,8 +210,10 @@ impl Datapath {
     pub fn remove_endpoint(&self, ifindex: u32) -> Result<bool, DatapathError> {
         let mut by_mac = self.hash_map::<Mac, Endpoint>(map_name::PODS_BY_MAC)?;
         let mut by_ip = self.hash_map::<Ipv4, Endpoint>(map_name::PODS_BY_IP)?;
+        let mut by_ipv6 = self.hash_map::<Ipv6, Endpoint>(map_name::PODS_BY_IPV6)?;
         let mut ports = self.hash_map::<u32, Endpoint>(map_name::PORTS)?;
         let entry = ports.get(&ifindex, 0).ok();
+        // The port first: from then on its frames are dropped as from an unknown port.
         let _ = ports.remove(&ifindex);
         let points_here =
             |endpoint: Result<Endpoint, MapError>| endpoint.is_ok_and(|found| found.ifindex == ifindex);
@@ -148,31 +226,24 @@ impl Datapath {
             if points_here(by_ip.get(&ip, 0)) {
                 let _ = by_ip.remove(&ip);
             }
-            if endpoint.extra_ipv4s == 0 {
-                return Ok(true);
-            }
         }
-        let stale_ips: Vec<Ipv4> = by_ip
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, endpoint)| endpoint.ifindex == ifindex)
-            .map(|(ip, _)| ip)
-            .collect();
-        for ip in stale_ips {
-            let _ = by_ip.remove(&ip);
+        let all = entry.is_none();
+        if all || entry.is_some_and(|endpoint| endpoint.extra_ipv4s != 0) {
+            remove_pointing_at(&mut by_ip, ifindex);
         }
-        if entry.is_none() {
-            let stale_macs: Vec<Mac> = by_mac
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(_, endpoint)| endpoint.ifindex == ifindex)
-                .map(|(mac, _)| mac)
-                .collect();
-            for mac in stale_macs {
-                let _ = by_mac.remove(&mac);
-            }
+        if all || entry.is_some_and(|endpoint| endpoint.ipv6s != 0) {
+            remove_pointing_at(&mut by_ipv6, ifindex);
+        }
+        if all {
+            remove_pointing_at(&mut by_mac, ifindex);
         }
         Ok(entry.is_some())
+    }
+
+    /// True when no pod is known (no port entry).
+    pub fn has_no_endpoints(&self) -> Result<bool, DatapathError> {
+        let ports = self.hash_map::<u32, Endpoint>(map_name::PORTS)?;
+        Ok(ports.keys().next().is_none())
     }
 
     /// Every endpoint with its addresses, ordered by port.
@@ -215,23 +286,71 @@ impl Datapath {
                 .filter_map(Result::ok)
                 .map(|(_, endpoint)| endpoint.ifindex),
         );
+        let by_ipv6 = self.hash_map::<Ipv6, Endpoint>(map_name::PODS_BY_IPV6)?;
+        found.extend(
+            by_ipv6
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(_, endpoint)| endpoint.ifindex),
+        );
         Ok(found)
     }
 
-    /// Answers ARP for `ip` with `mac` (a gateway address the node owns).
-    pub fn set_gateway(&self, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), DatapathError> {
-        let mut gateways = self.hash_map::<Ipv4, Mac>(map_name::GATEWAYS)?;
+    /// Answers ARP for `gateway` (an address the node owns, with the prefix of the pods'
+    /// subnet behind it) with `mac`.
+    pub fn set_gateway(&self, gateway: Ipv4Network, mac: [u8; 6]) -> Result<(), DatapathError> {
+        let mut gateways = self.hash_map::<Ipv4, Gateway>(map_name::GATEWAYS)?;
+        let value = Gateway {
+            mac,
+            prefix_len: gateway.prefix(),
+            _pad: 0,
+        };
         gateways
-            .insert(ipv4_key(ip), Mac::new(mac), 0)
+            .insert(ipv4_key(gateway.ip()), value, 0)
             .map_err(|error| self.map_error(map_name::GATEWAYS, error))
     }
 
-    pub fn gateways(&self) -> Result<Vec<(Ipv4Addr, [u8; 6])>, DatapathError> {
-        let gateways = self.hash_map::<Ipv4, Mac>(map_name::GATEWAYS)?;
+    pub fn gateways(&self) -> Result<Vec<(Ipv4Network, [u8; 6])>, DatapathError> {
+        let gateways = self.hash_map::<Ipv4, Gateway>(map_name::GATEWAYS)?;
         Ok(gateways
             .iter()
             .filter_map(Result::ok)
-            .map(|(ip, mac)| (Ipv4Addr::from(ip.addr), mac.addr))
+            .filter_map(|(ip, gateway)| {
+                let network = Ipv4Network::new(Ipv4Addr::from(ip.addr), gateway.prefix_len).ok()?;
+                Some((network, gateway.mac))
+            })
             .collect())
+    }
+
+    /// Stops answering ARP for `gateway`.
+    pub fn remove_gateway(&self, gateway: Ipv4Addr) -> Result<(), DatapathError> {
+        let mut gateways = self.hash_map::<Ipv4, Gateway>(map_name::GATEWAYS)?;
+        match gateways.remove(&ipv4_key(gateway)) {
+            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(error) => Err(self.map_error(map_name::GATEWAYS, error)),
+        }
+    }
+
+    /// Every IPv4 address of every pod.
+    pub fn pod_ipv4s(&self) -> Result<Vec<Ipv4Addr>, DatapathError> {
+        let by_ip = self.hash_map::<Ipv4, Endpoint>(map_name::PODS_BY_IP)?;
+        Ok(by_ip
+            .keys()
+            .filter_map(Result::ok)
+            .map(|ip| Ipv4Addr::from(ip.addr))
+            .collect())
+    }
+}
+
+/// Removes every entry of `map` that points at port `ifindex`.
+fn remove_pointing_at<K: aya::Pod>(map: &mut HashMap<MapData, K, Endpoint>, ifindex: u32) {
+    let stale: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, endpoint)| endpoint.ifindex == ifindex)
+        .map(|(key, _)| key)
+        .collect();
+    for key in stale {
+        let _ = map.remove(&key);
     }
 }

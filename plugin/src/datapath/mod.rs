@@ -59,6 +59,15 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error(
+        "the {what} is already used by another pod of network {network} on this node (host veth {holder}); \
+         a pod cannot take over another's"
+    )]
+    Taken {
+        network: String,
+        what: String,
+        holder: String,
+    },
     #[error("the datapath of network {network} is not loaded (no {path})")]
     NotLoaded { network: String, path: PathBuf },
     #[error(
