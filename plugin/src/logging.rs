@@ -4,6 +4,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::Write,
+    os::unix::fs::OpenOptionsExt,
     path::Path,
     sync::Mutex,
     time::{SystemTime, UNIX_EPOCH},
@@ -55,9 +56,12 @@ pub fn init(path: &Path, level: LevelFilter, context: String) {
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
+    // Never through a symbolic link: a link planted at the path must not make the plugin
+    // (root) append to another file.
     let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .ok()
         .map(Mutex::new);

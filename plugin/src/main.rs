@@ -1,10 +1,10 @@
 //! The `flatbridge` binary. With CNI_COMMAND set it is a CNI plugin (a runtime called
 //! it); otherwise it offers the operator subcommands.
-use std::path::PathBuf;
+use std::{net::IpAddr, path::PathBuf, time::SystemTime};
 
 use clap::{Parser, Subcommand};
 use flatbridge::{
-    cmd::{Flatbridge, inspect, node_cmd},
+    cmd::{Flatbridge, conflicts, inspect, node_cmd},
     cni::{self, CniError, CniVersion, code, config::DEFAULT_BPF_ROOT},
     ipam::config::DEFAULT_DATA_DIR,
 };
@@ -52,6 +52,40 @@ enum Operator {
     Node {
         #[command(subcommand)]
         action: NodeAction,
+    },
+    /// Addresses IPAM keeps out of allocations because another host on the wire answered
+    /// an ARP probe for them (address, MAC that answered, age). A marker expires 10 minutes
+    /// after it was written: its address is handed out, and so probed, again.
+    #[command(args_conflicts_with_subcommands = true)]
+    Conflicts {
+        #[command(subcommand)]
+        action: Option<ConflictsAction>,
+        /// Only this network.
+        #[arg(long)]
+        network: Option<String>,
+        /// Where host-local keeps its leases (the `ipam.dataDir` of the network config).
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConflictsAction {
+    /// Remove conflict markers, expired or not, under the IPAM lock, so that their
+    /// addresses are handed out (and probed) again. Leases of pods are never touched.
+    Clear {
+        /// Only this network.
+        #[arg(long)]
+        network: Option<String>,
+        /// Only the marker of this address.
+        #[arg(long)]
+        address: Option<IpAddr>,
+        /// Where host-local keeps its leases (the `ipam.dataDir` of the network config).
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
     },
 }
 
@@ -140,6 +174,28 @@ fn main() -> anyhow::Result<()> {
         Operator::Node {
             action: NodeAction::Teardown { bridge, bpf_root },
         } => println!("{}", node_cmd::teardown(&bridge, &bpf_root)?),
+        Operator::Conflicts {
+            action: None,
+            network,
+            data_dir,
+            json,
+        } => {
+            let rows = conflicts::list(&data_dir, network.as_deref(), SystemTime::now())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", conflicts::render(&rows));
+            }
+        }
+        Operator::Conflicts {
+            action:
+                Some(ConflictsAction::Clear {
+                    network,
+                    address,
+                    data_dir,
+                }),
+            ..
+        } => println!("{}", conflicts::clear(&data_dir, network.as_deref(), address)?),
     }
     Ok(())
 }

@@ -73,7 +73,9 @@ pub async fn ensure_bridge(netlink: &Netlink, spec: &BridgeSpec<'_>) -> Result<L
 
 /// Puts the gateway address on the bridge (isGateway). With `force`, other addresses of the
 /// same family in the same subnet are removed first, as the reference plugin's
-/// forceAddress does; without it the gateway is added beside them.
+/// forceAddress does — except those `flatbridge node setup` put there (the node's own
+/// address, moved from the uplink, is often in the pods' subnet on a flat L2: removing it
+/// would take the node off the network). Without `force` the gateway is added beside them.
 pub async fn ensure_gateway(
     netlink: &Netlink,
     bridge: &Link,
@@ -84,13 +86,18 @@ pub async fn ensure_gateway(
     if present.iter().any(|address| address.ip() == gateway.ip()) {
         return Ok(());
     }
-    let conflicting = present
-        .iter()
-        .any(|address| address.is_ipv4() == gateway.is_ipv4() && gateway.contains(address.ip()));
-    if force && conflicting {
-        netlink
-            .del_addrs_of_family(bridge.index, gateway.is_ipv4())
-            .await?;
+    if force {
+        let node_setup = bridge.alias.as_deref().and_then(UplinkState::decode);
+        let kept = |address: &IpNetwork| {
+            node_setup
+                .as_ref()
+                .is_some_and(|state| state.addresses.contains(address) || state.gateways.contains(address))
+        };
+        for address in &present {
+            if address.is_ipv4() == gateway.is_ipv4() && gateway.contains(address.ip()) && !kept(address) {
+                netlink.del_addr(bridge.index, *address).await?;
+            }
+        }
     }
     netlink.add_addr(bridge.index, gateway).await?;
     enable_forwarding(gateway.ip())
@@ -213,8 +220,34 @@ pub async fn setup_uplink(
     if let Some(master) = uplink.master {
         if existing.as_ref().is_some_and(|bridge| bridge.index == master) {
             let bridge = netlink.require_link(bridge_name).await?;
-            for gateway in gateways {
-                netlink.add_addr(bridge.index, *gateway).await?;
+            // An earlier setup may have died half-way: finish what its state says (every
+            // step is idempotent), then add what this call asks for.
+            if let Some(state) = bridge.alias.as_deref().and_then(UplinkState::decode)
+                && state.uplink == uplink_name
+            {
+                for address in &state.addresses {
+                    netlink.add_addr(bridge.index, *address).await?;
+                    netlink.del_addr(uplink.index, *address).await?;
+                }
+                for (dst, gateway) in &state.routes {
+                    netlink.replace_route(*dst, *gateway, bridge.index).await?;
+                }
+                let mut more = state.clone();
+                more.gateways.extend(
+                    gateways
+                        .iter()
+                        .filter(|gateway| !state.gateways.contains(gateway)),
+                );
+                for gateway in &more.gateways {
+                    netlink.add_addr(bridge.index, *gateway).await?;
+                }
+                if more != state {
+                    netlink.set_alias(bridge.index, &more.encode()).await?;
+                }
+            } else {
+                for gateway in gateways {
+                    netlink.add_addr(bridge.index, *gateway).await?;
+                }
             }
             node_sysctls()?;
             return Ok(SetupOutcome::AlreadySetUp);
@@ -341,7 +374,9 @@ fn node_sysctls() -> Result<(), NodeError> {
 /// Undoes `setup_uplink`: the uplink gets its addresses and routes back and leaves the
 /// bridge; the bridge is deleted unless pods are still on it. Returns the uplink's name.
 pub async fn teardown_uplink(netlink: &Netlink, bridge_name: &str) -> Result<String, NodeError> {
-    let bridge = netlink.require_link(bridge_name).await?;
+    let Some(bridge) = netlink.link_by_name(bridge_name).await? else {
+        return Err(NodeError::NotSetUp(bridge_name.to_owned()));
+    };
     let state = bridge
         .alias
         .as_deref()

@@ -13,6 +13,7 @@ pub mod netns;
 pub mod node;
 pub mod pod;
 pub mod raw;
+pub mod snapshot;
 pub mod sockets;
 pub mod sweep;
 pub mod tempdir;

@@ -27,8 +27,17 @@ pub fn plugin_binary() -> PathBuf {
     BUILD.call_once(|| {
         let release = path.parent().is_some_and(|dir| dir.ends_with("release"));
         let mut cargo = Command::new(env!("CARGO"));
+        // With the test-only fault points, as `cargo test --workspace` builds it too (the
+        // tests' dev-dependency turns the feature on), so neither build undoes the other.
         cargo
-            .args(["build", "--quiet", "-p", "flatbridge"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "flatbridge",
+                "--features",
+                "fault-injection",
+            ])
             .current_dir(workspace_root());
         if release {
             cargo.arg("--release");
@@ -136,6 +145,8 @@ pub struct CniEnv {
     pub ifname: String,
     pub args: String,
     pub path: String,
+    /// FLATBRIDGE_FAULT: a fault point of the plugin to fail (or `<point>:kill`) at.
+    pub fault: String,
 }
 
 pub struct Node {
@@ -281,20 +292,27 @@ impl Node {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// The packets a datapath counter of `network` holds now.
+    /// The packets a datapath counter of `network` holds now. Panics when the node has no
+    /// datapath for `network` or it reports no such counter: "never loaded" must not read
+    /// as "counted nothing".
     pub fn counter(&self, network: &str, verdict: &str) -> u64 {
         let status = self.status();
-        let networks = status["networks"].as_array().cloned().unwrap_or_default();
-        let Some(report) = networks.iter().find(|report| report["network"] == network) else {
-            return 0;
-        };
+        let report = status["networks"]
+            .as_array()
+            .and_then(|networks| networks.iter().find(|report| report["network"] == network))
+            .unwrap_or_else(|| {
+                panic!(
+                    "counter {verdict}: network {network} has no datapath on this node \
+                     (not in `flatbridge status --json`): {status}"
+                )
+            });
         report["counters"]
             .as_array()
             .into_iter()
             .flatten()
             .find(|counter| counter["verdict"] == verdict)
             .and_then(|counter| counter["packets"].as_u64())
-            .unwrap_or_else(|| panic!("no counter {verdict} in {report}"))
+            .unwrap_or_else(|| panic!("network {network} reports no counter {verdict}: {report}"))
     }
 
     /// The plugin's log on this node.
@@ -308,6 +326,28 @@ impl Node {
     }
 
     pub fn cni_raw(&self, verb: &str, env: &CniEnv, stdin: &[u8]) -> Reply {
+        Reply::from_output(run_with_stdin(self.cni_command(verb, env), stdin))
+    }
+
+    /// Starts the plugin as [`Node::cni`] does, without waiting for it (to kill it midway).
+    pub fn cni_start(&self, verb: &str, env: &CniEnv, config: &Value) -> std::process::Child {
+        let mut child = self
+            .cni_command(verb, env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the plugin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(config.to_string().as_bytes())
+            .expect("write stdin");
+        child
+    }
+
+    fn cni_command(&self, verb: &str, env: &CniEnv) -> Command {
         let mut command = self.command(&self.plugin_path());
         command
             .env_clear()
@@ -319,12 +359,13 @@ impl Node {
             ("CNI_IFNAME", &env.ifname),
             ("CNI_ARGS", &env.args),
             ("CNI_PATH", &env.path),
+            ("FLATBRIDGE_FAULT", &env.fault),
         ] {
             if !value.is_empty() {
                 command.env(name, value);
             }
         }
-        Reply::from_output(run_with_stdin(command, stdin))
+        command
     }
 
     /// Runs the libcni driver on this node: `verb` on the conflist for one attachment.

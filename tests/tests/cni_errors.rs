@@ -1,7 +1,7 @@
 //! Bad input gets a clear error and loses nothing: every failure is one CNI error JSON on
 //! stdout with the spec's code and a useful msg, a non-zero exit, and no lease, veth or
 //! interface left behind.
-use flatbridge_tests::{CniEnv, Node, Pod, require_root, seed_config};
+use flatbridge_tests::{CniEnv, Node, Pod, require_root, seed_config, snapshot::state};
 use serde_json::json;
 
 /// Nothing of any attachment on the node or in the pod.
@@ -185,12 +185,226 @@ fn malformed_input_is_a_cni_error_with_the_spec_code() {
             with("cniVersion", json!("1.1.0")),
             7,
         ),
+        ("config is a JSON array", "ADD", env.clone(), "[1,2]".into(), 6),
+        (
+            "name of the wrong type",
+            "ADD",
+            env.clone(),
+            with("name", json!(7)),
+            6,
+        ),
+        (
+            "unsupported vlanTrunk",
+            "ADD",
+            env.clone(),
+            with("vlanTrunk", json!([{"id": 5}])),
+            2,
+        ),
+        (
+            "unsupported portIsolation",
+            "ADD",
+            env.clone(),
+            with("portIsolation", json!(true)),
+            2,
+        ),
+        (
+            "relative bpfRoot",
+            "ADD",
+            env.clone(),
+            with("bpfRoot", json!("sys/fs/bpf")),
+            7,
+        ),
+        (
+            "bpfRoot with ..",
+            "ADD",
+            env.clone(),
+            with("bpfRoot", json!("/sys/fs/bpf/../../etc")),
+            7,
+        ),
+        (
+            "logFile outside /var/log and /run",
+            "ADD",
+            env.clone(),
+            with("logFile", json!("/etc/passwd")),
+            7,
+        ),
+        (
+            "revalidateMs too long",
+            "ADD",
+            env.clone(),
+            with("revalidateMs", json!(120_000)),
+            7,
+        ),
+        (
+            "arpProbeMs too long",
+            "ADD",
+            env.clone(),
+            with("arpProbeMs", json!(60_000)),
+            7,
+        ),
+        (
+            "uplink not an interface name",
+            "ADD",
+            env.clone(),
+            with("uplink", json!("../eth0")),
+            7,
+        ),
+        (
+            "fastPathMode unknown",
+            "ADD",
+            env.clone(),
+            with("fastPathMode", json!("turbo")),
+            7,
+        ),
+        ("mtu too large", "ADD", env.clone(), with("mtu", json!(70_000)), 7),
+        (
+            "multicast MAC capability",
+            "ADD",
+            env.clone(),
+            with("runtimeConfig", json!({"mac": "01:00:5e:00:00:01"})),
+            7,
+        ),
+        (
+            "all-zero MAC in args",
+            "ADD",
+            env.clone(),
+            with("args", json!({"cni": {"mac": "00:00:00:00:00:00"}})),
+            7,
+        ),
+        (
+            "MAC in CNI_ARGS not a MAC",
+            "ADD",
+            CniEnv {
+                args: "MAC=02:00:00:00:00".into(),
+                ..env.clone()
+            },
+            seed.to_string(),
+            7,
+        ),
+        (
+            "IP in CNI_ARGS not an address",
+            "ADD",
+            CniEnv {
+                args: "IP=10.10.1.300".into(),
+                ..env.clone()
+            },
+            seed.to_string(),
+            7,
+        ),
+        (
+            "CNI_ARGS with an empty key",
+            "ADD",
+            CniEnv {
+                args: "=value".into(),
+                ..env.clone()
+            },
+            seed.to_string(),
+            4,
+        ),
+        (
+            "CNI_IFNAME too long",
+            "ADD",
+            CniEnv {
+                ifname: "a-very-long-ifname".into(),
+                ..env.clone()
+            },
+            seed.to_string(),
+            4,
+        ),
+        (
+            "CNI_IFNAME is ..",
+            "ADD",
+            CniEnv {
+                ifname: "..".into(),
+                ..env.clone()
+            },
+            seed.to_string(),
+            4,
+        ),
+        (
+            "missing CNI_CONTAINERID",
+            "ADD",
+            CniEnv {
+                container_id: String::new(),
+                ..env.clone()
+            },
+            seed.to_string(),
+            4,
+        ),
+        (
+            "missing CNI_NETNS",
+            "ADD",
+            CniEnv {
+                netns: String::new(),
+                ..env.clone()
+            },
+            seed.to_string(),
+            4,
+        ),
+        (
+            "requested IP is the gateway",
+            "ADD",
+            CniEnv {
+                args: "IP=10.10.1.0".into(),
+                ..env.clone()
+            },
+            seed.to_string(),
+            7,
+        ),
+        (
+            "ips capability not an address",
+            "ADD",
+            env.clone(),
+            with("runtimeConfig", json!({"ips": ["ten.ten.one.five"]})),
+            7,
+        ),
+        (
+            "range with start after end",
+            "ADD",
+            env.clone(),
+            with(
+                "ipam",
+                json!({"type": "host-local", "ranges": [[{"subnet": "10.10.0.0/16", "rangeStart": "10.10.1.9", "rangeEnd": "10.10.1.1"}]]}),
+            ),
+            7,
+        ),
+        (
+            "relative ipam.dataDir",
+            "ADD",
+            env.clone(),
+            with(
+                "ipam",
+                json!({"type": "host-local", "dataDir": "lib/cni", "ranges": [[{"subnet": "10.10.0.0/16"}]]}),
+            ),
+            7,
+        ),
+        (
+            "prevResult not a result",
+            "CHECK",
+            env.clone(),
+            with("prevResult", json!({"ips": "10.10.1.5/16"})),
+            6,
+        ),
+        (
+            "prevResult address not a CIDR",
+            "CHECK",
+            env.clone(),
+            with(
+                "prevResult",
+                json!({"cniVersion": "1.0.0", "ips": [{"address": "10.10.1.5"}], "interfaces": []}),
+            ),
+            6,
+        ),
     ];
+    assert!(cases.len() >= 40, "only {} malformed inputs", cases.len());
+    // Every case fails before anything exists: the node is as fresh after each as before.
+    let before = state(&node);
     for (what, verb, env, stdin, code) in cases {
         let reply = node.cni_raw(verb, &env, stdin.as_bytes());
         let msg = reply.error(what, code);
         assert!(msg.len() > 10, "{what}: msg too short to help: {msg}");
         assert_clean(&node, &pod, what);
+        assert_eq!(state(&node), before, "{what}: the node changed");
     }
 }
 

@@ -237,19 +237,53 @@ fn status_and_bpftool_show_the_datapath_by_name() {
     let config = seed_config("1.0.0");
     let pod = Pod::new("show");
     let result = add(&node, &pod, &config);
-    let text = node.status_text();
+    let veth = host_veth(&result);
     let address = pod.ipv4("eth0").expect("address");
+
+    // What the kernel runs, as `status --json` reports it: the pod programs on the pod's
+    // host veth, nothing on an uplink (this node has none).
+    let status = node.status();
+    let networks = status["networks"].as_array().expect("networks");
+    assert_eq!(networks.len(), 1, "{status}");
+    let report = &networks[0];
+    assert_eq!(report["network"], NET, "{report}");
+    let programs = report["programs"].as_array().expect("programs");
+    let names: Vec<&str> = programs
+        .iter()
+        .map(|program| program["name"].as_str().expect("program name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["from_pod", "from_uplink", "to_pod", "to_uplink"],
+        "{report}"
+    );
+    for program in programs {
+        assert!(program["id"].as_u64().is_some(), "program without id: {program}");
+        let expected = match program["name"].as_str() {
+            Some("from_pod" | "to_pod") => json!([{"device": veth, "attached": true}]),
+            _ => json!([]),
+        };
+        assert_eq!(program["devices"], expected, "{program}");
+    }
+    let endpoints = report["endpoints"].as_array().expect("endpoints");
+    assert_eq!(endpoints.len(), 1, "{report}");
+    assert_eq!(endpoints[0]["host_veth"], veth, "{report}");
+    assert_eq!(endpoints[0]["addresses"], json!([address]), "{report}");
+    assert_eq!(endpoints[0]["attached"], true, "{report}");
+
+    // The same, as a person reads it.
+    let text = node.status_text();
     for expected in [
         "network data",
         "from_pod",
-        &host_veth(&result),
+        &veth,
         &address,
-        "attached",
         "pod_to_pod",
         "10.10.1.0",
     ] {
         assert!(text.contains(expected), "status lacks {expected:?}:\n{text}");
     }
+    assert!(!text.contains("NOT attached"), "{text}");
     let pins = node.bpffs.path().join("flatbridge/data");
     let dump = Command::new("bpftool")
         .args(["map", "dump", "pinned"])

@@ -46,6 +46,7 @@ pub fn run() -> anyhow::Result<()> {
     install_packages()?;
     install_rust_src()?;
     install_bpf_linker()?;
+    install_cargo_fuzz()?;
     mount_bpffs()?;
     eprintln!(
         "setup: everything is in place ({:.1} s)",
@@ -146,6 +147,33 @@ fn install_bpf_linker() -> anyhow::Result<()> {
             .env_remove("CARGO_TARGET_DIR"),
     )
     .context("building bpf-linker failed")
+}
+
+/// cargo-fuzz runs the fuzz target that `cargo xtask test` runs for a bounded time.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn install_cargo_fuzz() -> anyhow::Result<()> {
+    let version = output(Command::new("cargo").args(["fuzz", "--version"]));
+    let wanted = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    if version.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == wanted) {
+        eprintln!("setup: {wanted}: present");
+        return Ok(());
+    }
+    eprintln!("setup: installing {wanted}: the tests fuzz the parsing of what runtimes hand the plugin");
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--locked",
+                "--force",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ])
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO_TARGET_DIR"),
+    )
+    .context("building cargo-fuzz failed")
 }
 
 /// The plugin mounts bpffs itself when its root is not one; mounting the default root here

@@ -1,5 +1,6 @@
-//! `cargo xtask test`: what CI runs. Setup, formatting, lints, the eBPF build, then every
-//! unit and integration test (the integration tests need root: namespaces and BPF).
+//! `cargo xtask test`: what CI runs. Setup, formatting, lints, the eBPF build, a bounded
+//! fuzz run, then every unit and integration test (the integration tests need root:
+//! namespaces and BPF).
 use std::process::Command;
 
 use crate::{
@@ -35,10 +36,34 @@ pub fn run(test_args: &[String]) -> anyhow::Result<()> {
             .args(["--", "-D", "warnings"])
             .current_dir(root().join("ebpf")),
     )?;
+    fuzz()?;
     exec(
         Command::new(cargo)
             .args(["test", "--workspace", "--"])
             .args(test_args)
             .current_dir(root()),
+    )
+}
+
+/// How long the fuzz target runs in every test run.
+const FUZZ_SECONDS: u32 = 60;
+
+/// The parsing of everything a runtime hands the plugin (env, config, prevResult), fuzzed
+/// for a bounded time from the committed seeds; a crash fails the run and leaves its input
+/// in fuzz/artifacts/.
+fn fuzz() -> anyhow::Result<()> {
+    let corpus = root().join("target/fuzz-corpus/cni_input");
+    std::fs::create_dir_all(&corpus)?;
+    exec(
+        nightly_cargo()
+            .args(["fuzz", "run", "cni_input"])
+            .arg(&corpus)
+            .arg(root().join("fuzz/seeds/cni_input"))
+            .args([
+                "--",
+                &format!("-max_total_time={FUZZ_SECONDS}"),
+                "-print_final_stats=1",
+            ])
+            .current_dir(root().join("fuzz")),
     )
 }

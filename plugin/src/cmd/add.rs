@@ -8,7 +8,7 @@ use std::{
 
 use ipnetwork::IpNetwork;
 
-use super::{block_on, fastpath, host_veth_name, ipam::Ipam, veth_alias};
+use super::{block_on, fastpath, fault, host_veth_name, ipam::Ipam, veth_alias};
 use crate::{
     arp::ArpSocket,
     cni::{
@@ -59,6 +59,10 @@ pub fn add(request: &Request) -> Result<CniResult, CniError> {
     let pod_netns = Netns::open(netns_path)?;
     let mac = request.config.requested_mac(request.env.arg("MAC"))?;
     let ipam = Ipam::of(request)?;
+    // Bad requests fail before the node is touched (no bridge, no datapath made for them).
+    if let Some(Ipam::HostLocal(config)) = &ipam {
+        config.check_requested()?;
+    }
     let owner = Owner::new(container_id, ifname);
     block_on(async {
         let node = Netlink::open()?;
@@ -107,12 +111,14 @@ impl Steps<'_> {
             },
         )
         .await?;
+        fault::point("add:bridge")?;
         let datapath = if config.fast_path() {
             Some(fastpath::prepare(self.request, self.node, &bridge).await?)
         } else {
             fastpath::check_plain_bridge_allowed(self.request)?;
             None
         };
+        fault::point("add:datapath")?;
         // Without an explicit mtu, pods follow the bridge (which follows its uplink).
         let mtu = if net.mtu != 0 { net.mtu } else { bridge.mtu };
         let host_name = host_veth_name(&net.name, &self.owner.container_id, self.ifname);
@@ -127,6 +133,7 @@ impl Steps<'_> {
             Some(ipam) => self.lease(ipam, wire.as_ref(), undo).await?,
             None => CniResult::default(),
         };
+        fault::point("add:lease")?;
 
         self.node
             .create_veth(&VethSpec {
@@ -138,12 +145,14 @@ impl Steps<'_> {
             })
             .await?;
         undo.host_veth = Some(host_name.clone());
+        fault::point("add:veth")?;
         let host = self.node.require_link(&host_name).await?;
         // The veth is still down: the programs go on now, cheaply (see attach_pod), and the
         // pod's endpoint before the veth comes up, so that no frame of the pod ever passes
         // unchecked.
         if let Some(datapath) = &datapath {
             datapath.attach_pod(&host_name)?;
+            fault::point("add:programs")?;
             let pod_mac = self.pod.require_link(self.ifname).await?.mac.unwrap_or_default();
             fastpath::add_endpoint(
                 self.request,
@@ -155,6 +164,7 @@ impl Steps<'_> {
                 &result,
                 &mut undo.fast_path,
             )?;
+            fault::point("add:endpoint")?;
         }
         // Who owns this veth, for GC and for people reading `ip link`.
         self.node
@@ -173,8 +183,10 @@ impl Steps<'_> {
             self.node.set_hairpin(host.index, true).await?;
         }
         self.node.set_up(host.index).await?;
+        fault::point("add:port")?;
 
         let pod_link = self.configure_pod(&mut result).await?;
+        fault::point("add:pod")?;
 
         if config.is_gateway() {
             for ip in &result.ips {
@@ -186,6 +198,7 @@ impl Steps<'_> {
                 }
             }
         }
+        fault::point("add:gateway")?;
         // The devices as they are now: a bridge's MAC changes when its first port arrives
         // unless it was set explicitly (as flatbridge does for bridges it creates).
         let host = self.node.require_link(&host_name).await?;
@@ -201,6 +214,7 @@ impl Steps<'_> {
         if let Some(datapath) = &datapath {
             fastpath::finish_pod(datapath, self.node, &bridge, &result).await?;
         }
+        fault::point("add:finish")?;
 
         result.interfaces = vec![
             interface(&bridge, None),
@@ -277,8 +291,10 @@ impl Steps<'_> {
         const ATTEMPTS: usize = 5;
         let wait = self.request.config.arp_probe();
         for _ in 0..ATTEMPTS {
-            let result = ipam.add(self.request, self.owner)?;
+            // Before the call: a delegated plugin that allocated and then failed must get
+            // its DEL too (DEL of nothing is success).
             undo.leased = true;
+            let result = ipam.add(self.request, self.owner)?;
             let Some(wire) = wire.filter(|_| !wait.is_zero()) else {
                 return Ok(result);
             };

@@ -12,7 +12,7 @@ use flatbridge_common::{
     NodeConfig, program_name,
 };
 
-use super::ALIAS_PREFIX;
+use super::{ALIAS_PREFIX, all_done};
 use crate::{
     cni::{CniError, Request, code, result::CniResult},
     datapath::Datapath,
@@ -417,23 +417,40 @@ pub async fn forget_stale_gateways(datapath: &Datapath, node: &Netlink) -> Resul
 }
 
 /// Removes endpoints whose host veth no longer exists, link pins of devices that are gone,
-/// and gateways no pod is behind any more.
+/// and gateways no pod is behind any more; goes on past failures and reports them all.
+///
+/// The map is read before the links are listed: an endpoint is written only once its veth
+/// exists, so a pod that ADD makes in the meantime either is not read yet or has its veth
+/// listed — it is never taken for one whose veth vanished.
 pub async fn sweep(datapath: &Datapath, node: &Netlink) -> Result<(), CniError> {
+    let ports = datapath.endpoint_ports()?;
+    let pinned: Vec<(&str, Vec<String>)> = program_name::ALL
+        .iter()
+        .map(|&program| (program, datapath.attached(program)))
+        .collect();
     let links = node.links().await?;
-    for ifindex in datapath.endpoint_ports()? {
+    let mut errors: Vec<CniError> = Vec::new();
+    for ifindex in ports {
         if !links.iter().any(|link| link.index == ifindex) {
-            datapath.remove_endpoint(ifindex)?;
-            log::info!("removed the endpoint of vanished port #{ifindex}");
-        }
-    }
-    for program in program_name::ALL {
-        for ifname in datapath.attached(program) {
-            if !links.iter().any(|link| link.name == ifname) {
-                datapath.detach(program, &ifname)?;
+            match datapath.remove_endpoint(ifindex) {
+                Ok(_) => log::info!("removed the endpoint of vanished port #{ifindex}"),
+                Err(error) => errors.push(error.into()),
             }
         }
     }
-    forget_stale_gateways(datapath, node).await
+    for (program, ifnames) in pinned {
+        for ifname in ifnames {
+            if !links.iter().any(|link| link.name == ifname)
+                && let Err(error) = datapath.detach(program, &ifname)
+            {
+                errors.push(error.into());
+            }
+        }
+    }
+    if let Err(error) = forget_stale_gateways(datapath, node).await {
+        errors.push(error);
+    }
+    all_done(errors)
 }
 
 #[cfg(test)]

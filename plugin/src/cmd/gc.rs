@@ -2,7 +2,7 @@
 //! attachment is not in `cni.dev/valid-attachments`.
 use std::collections::HashSet;
 
-use super::{block_on, fastpath, ipam::Ipam, parse_veth_alias};
+use super::{all_done, block_on, fastpath, ipam::Ipam, parse_veth_alias};
 use crate::{
     cni::{CniError, Request, code},
     datapath::Datapath,
@@ -26,7 +26,9 @@ pub fn gc(request: &Request) -> Result<(), CniError> {
         .map(|attachment| Owner::new(&attachment.container_id, &attachment.ifname))
         .collect();
     let network = &request.config.net.name;
-    block_on(async {
+    // Every step runs whatever the others did; the failures are reported together.
+    let mut errors: Vec<CniError> = Vec::new();
+    let swept = block_on(async {
         let node = Netlink::open()?;
         for link in node.links().await? {
             let Some((container_id, ifname)) = link
@@ -38,17 +40,28 @@ pub fn gc(request: &Request) -> Result<(), CniError> {
             };
             if !valid.contains(&Owner::new(container_id, ifname)) {
                 log::info!("GC removes veth {} of {container_id}/{ifname}", link.name);
-                node.delete_link(link.index).await?;
+                if let Err(error) = node.delete_link(link.index).await {
+                    errors.push(error.into());
+                }
             }
         }
         let config = &request.config;
         if let Ok(datapath) = Datapath::open(&config.bpf_root(), network) {
             fastpath::sweep(&datapath, &node).await?;
         }
-        Ok(())
-    })?;
-    if let Some(ipam) = Ipam::of(request)? {
-        ipam.gc(request, &valid)?;
+        Ok::<(), CniError>(())
+    });
+    if let Err(error) = swept {
+        errors.push(error);
     }
-    Ok(())
+    match Ipam::of(request) {
+        Ok(Some(ipam)) => {
+            if let Err(error) = ipam.gc(request, &valid) {
+                errors.push(error);
+            }
+        }
+        Ok(None) => {}
+        Err(error) => errors.push(error),
+    }
+    all_done(errors)
 }

@@ -191,8 +191,8 @@ pub fn render(report: &Value) -> String {
     }
     for conflict in report["conflicts"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "CONFLICT: network {} address {} is used on the wire by {}; it is never handed out (remove its lease \
-             file to release it)\n",
+            "CONFLICT: network {} address {} is used on the wire by {}; it is not handed out until its marker \
+             expires (10 minutes after the probe that found it; `flatbridge conflicts clear` releases it now)\n",
             conflict["network"].as_str().unwrap_or_default(),
             conflict["address"].as_str().unwrap_or_default(),
             conflict["answered_by"].as_str().unwrap_or_default(),

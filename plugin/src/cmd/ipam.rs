@@ -1,15 +1,16 @@
 //! IPAM for the verbs: `host-local` is served in-process with its exact semantics and
 //! files; any other `ipam.type` is delegated to that plugin in CNI_PATH.
-use std::{collections::HashSet, net::IpAddr, path::PathBuf};
+use std::{collections::HashSet, net::IpAddr, path::PathBuf, time::SystemTime};
 
 use ipnetwork::IpNetwork;
 
 use crate::{
     cni::{
         CniError, Command, Request, code, delegate,
+        error::chain,
         result::{CniResult, Dns, IpConfig, Route},
     },
-    ipam::{self, DiskStore, IpamConfig, Owner, Store},
+    ipam::{self, DiskStore, IpamConfig, Owner, Released, Store},
 };
 
 pub enum Ipam {
@@ -38,8 +39,13 @@ impl Ipam {
     pub fn add(&self, request: &Request, owner: &Owner) -> Result<CniResult, CniError> {
         match self {
             Ipam::HostLocal(config) => {
+                // Read before anything is leased, so that failing to read it strands nothing.
+                let dns = match &config.resolv_conf {
+                    Some(path) => parse_resolv_conf(path)?,
+                    None => Dns::default(),
+                };
                 let mut store = Self::store(config, request)?;
-                let allocations = ipam::allocate(&mut store, config, owner)?;
+                let allocations = ipam::allocate(&mut store, config, owner, SystemTime::now())?;
                 drop(store);
                 log::info!(
                     "leased {} to {owner}",
@@ -68,10 +74,7 @@ impl Ipam {
                             gw: route.gw,
                         })
                         .collect(),
-                    dns: match &config.resolv_conf {
-                        Some(path) => parse_resolv_conf(path)?,
-                        None => Dns::default(),
-                    },
+                    dns,
                 })
             }
             Ipam::Delegate(binary) => delegate::ipam_add(binary, &request.config.raw),
@@ -83,18 +86,19 @@ impl Ipam {
         match self {
             Ipam::HostLocal(config) => {
                 let mut store = Self::store(config, request)?;
-                let released = ipam::release(&mut store, owner)?;
-                if !released.is_empty() {
+                let outcome = ipam::release(&mut store, owner)?;
+                if !outcome.released.is_empty() {
                     log::info!(
                         "released {} of {owner}",
-                        released
+                        outcome
+                            .released
                             .iter()
-                            .map(ToString::to_string)
+                            .map(|(ip, _)| ip.to_string())
                             .collect::<Vec<_>>()
                             .join(", ")
                     );
                 }
-                Ok(())
+                failures(&format!("failed to release the leases of {owner}"), &outcome)
             }
             Ipam::Delegate(binary) => delegate::exec(binary, Command::Del, &request.config.raw).map(drop),
         }
@@ -110,7 +114,7 @@ impl Ipam {
     pub fn mark_conflict(&self, request: &Request, ip: IpAddr, mac: [u8; 6]) -> Result<(), CniError> {
         if let Ipam::HostLocal(config) = self {
             let mut store = Self::store(config, request)?;
-            ipam::mark_conflict(&mut store, ip, mac)?;
+            ipam::mark_conflict(&mut store, ip, mac, SystemTime::now())?;
         }
         Ok(())
     }
@@ -152,7 +156,7 @@ impl Ipam {
                 store
                     .check_writable()
                     .map_err(|error| not_available(format!("the IPAM store is not writable: {error}")))?;
-                for usage in ipam::usage(&store, config)? {
+                for usage in ipam::usage(&store, config, SystemTime::now())? {
                     if usage.leased >= usage.size {
                         return Err(not_available(format!(
                             "range set {} ({}) is exhausted: {} of {} addresses leased",
@@ -166,26 +170,53 @@ impl Ipam {
         }
     }
 
-    /// Releases every lease whose attachment is not in `valid`.
+    /// Releases every lease whose attachment is not in `valid`, every lease of nobody and
+    /// every expired conflict marker; goes on past a lease it cannot remove.
     pub fn gc(&self, request: &Request, valid: &HashSet<Owner>) -> Result<(), CniError> {
         match self {
             Ipam::HostLocal(config) => {
                 let mut store = Self::store(config, request)?;
-                for (ip, holder) in store.leases()? {
-                    // An ID-only lease is valid while any interface of its container is;
-                    // a conflict marker is not a container's and stays.
-                    let still_used =
-                        holder.conflicting_mac().is_some() || valid.iter().any(|owner| holder.matches(owner));
-                    if !still_used {
-                        store.remove(ip)?;
-                        log::info!("GC released {ip} of {holder}");
-                    }
-                }
-                Ok(())
+                gc_leases(&mut store, valid, SystemTime::now())
             }
             Ipam::Delegate(binary) => delegate::exec(binary, Command::Gc, &request.config.raw).map(drop),
         }
     }
+}
+
+/// GC of one lease store at `now`: an ID-only lease is valid while any interface of its
+/// container is; a live conflict marker is no container's and stays.
+fn gc_leases(store: &mut impl Store, valid: &HashSet<Owner>, now: SystemTime) -> Result<(), CniError> {
+    let outcome = ipam::release_unused(
+        store,
+        |holder| valid.iter().any(|owner| holder.matches(owner)),
+        now,
+    )?;
+    for (ip, holder) in &outcome.released {
+        log::info!("GC released {ip} of {holder}");
+    }
+    failures("GC", &outcome)
+}
+
+/// The leases a release could not remove, as one error: `what` and how many in the message,
+/// each address with its error in the details.
+fn failures(what: &str, outcome: &Released) -> Result<(), CniError> {
+    if outcome.failed.is_empty() {
+        return Ok(());
+    }
+    let total = outcome.failed.len() + outcome.released.len();
+    let details: Vec<String> = outcome
+        .failed
+        .iter()
+        .map(|(ip, error)| format!("{ip}: {}", chain(error)))
+        .collect();
+    Err(CniError::new(
+        code::IO_FAILURE,
+        format!(
+            "{what}: {} of {total} leases could not be released",
+            outcome.failed.len()
+        ),
+    )
+    .with_details(details.join("; ")))
 }
 
 /// host-local's `resolvConf`: nameserver, domain, search and options lines.
@@ -208,4 +239,54 @@ fn parse_resolv_conf(path: &std::path::Path) -> Result<Dns, CniError> {
         }
     }
     Ok(dns)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ipam::{CONFLICT_RETRY, MemoryStore};
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    #[test]
+    fn gc_goes_on_past_failing_removals_and_reports_each() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000);
+        let mut store = MemoryStore::default();
+        for (n, address) in ["10.10.1.1", "10.10.1.2", "10.10.1.3", "10.10.1.4"]
+            .into_iter()
+            .enumerate()
+        {
+            store
+                .leases
+                .insert(ip(address), Owner::new(&format!("gone{n}"), "eth0"));
+        }
+        store.leases.insert(ip("10.10.1.5"), Owner::new("kept", "eth0"));
+        ipam::mark_conflict(&mut store, ip("10.10.1.6"), [2, 0, 0, 0, 0, 1], now).expect("mark");
+        store.fail_remove.extend([ip("10.10.1.1"), ip("10.10.1.3")]);
+        let valid = HashSet::from([Owner::new("kept", "eth0")]);
+        let error = gc_leases(&mut store, &valid, now).expect_err("two removals fail");
+        assert_eq!(error.code, code::IO_FAILURE);
+        assert!(error.msg.contains("2 of 4 leases"), "{}", error.msg);
+        assert!(
+            error.details.contains("10.10.1.1: ") && error.details.contains("10.10.1.3: "),
+            "{}",
+            error.details
+        );
+        assert!(error.details.contains("injected failure"), "{}", error.details);
+        assert_eq!(
+            store.leases.keys().copied().collect::<Vec<_>>(),
+            [ip("10.10.1.1"), ip("10.10.1.3"), ip("10.10.1.5"), ip("10.10.1.6")]
+        );
+        // Nothing fails any more: what is left goes, the expired marker with it.
+        store.fail_remove.clear();
+        gc_leases(&mut store, &valid, now + CONFLICT_RETRY).expect("gc");
+        assert_eq!(
+            store.leases.keys().copied().collect::<Vec<_>>(),
+            [ip("10.10.1.5")]
+        );
+    }
 }

@@ -3,8 +3,10 @@
 //! touches the kernel.
 mod add;
 mod check;
+pub mod conflicts;
 mod del;
 mod fastpath;
+mod fault;
 mod gc;
 pub mod inspect;
 mod ipam;
@@ -113,6 +115,16 @@ pub fn parse_veth_alias<'a>(alias: &'a str, network: &str) -> Option<(&'a str, &
         .strip_prefix(network)?
         .strip_prefix(':')?;
     rest.split_once(':')
+}
+
+/// The outcome of a multi-step cleanup that went on past its failures: success, or the
+/// first failure with every failure in its details.
+pub(crate) fn all_done(errors: Vec<CniError>) -> Result<(), CniError> {
+    let Some(first) = errors.first().cloned() else {
+        return Ok(());
+    };
+    let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    Err(first.with_details(all.join("; ")))
 }
 
 impl From<NetlinkError> for CniError {

@@ -26,12 +26,11 @@ pub fn setup(bridge: &str, uplink: &str, gateways: &[IpNetwork], bpf_root: &Path
         Ok(node::setup_uplink(&netlink, bridge, uplink, gateways).await?)
     })
     .with_context(|| format!("setting up {uplink} under {bridge} failed; nothing was left changed"))?;
-    // Networks that already have pods get their uplink programs now, not at the next ADD.
+    // Networks of this bridge that already have pods get their uplink programs now, not at
+    // the next ADD.
     let mut attached = Vec::new();
-    for network in Datapath::networks(bpf_root) {
-        let Ok(datapath) = Datapath::open(bpf_root, &network) else {
-            continue;
-        };
+    for datapath in datapaths_of(bridge, bpf_root)? {
+        let network = datapath.network().to_owned();
         let uplink_index = nix::net::if_::if_nametoindex(uplink).context("uplink vanished")?;
         let mut config = datapath.node_config()?;
         config.uplink_ifindex = uplink_index;
@@ -62,15 +61,40 @@ pub fn setup(bridge: &str, uplink: &str, gateways: &[IpNetwork], bpf_root: &Path
     Ok(report)
 }
 
+/// The datapaths of the networks whose pods hang off `bridge` (other networks on the node
+/// are not this setup's business).
+fn datapaths_of(bridge: &str, bpf_root: &Path) -> anyhow::Result<Vec<Datapath>> {
+    let Ok(bridge_index) = nix::net::if_::if_nametoindex(bridge) else {
+        return Ok(Vec::new());
+    };
+    Ok(Datapath::networks(bpf_root)
+        .iter()
+        .filter_map(|network| Datapath::open(bpf_root, network).ok())
+        .filter(|datapath| {
+            datapath
+                .node_config()
+                .is_ok_and(|config| config.bridge_ifindex == bridge_index)
+        })
+        .collect())
+}
+
 pub fn teardown(bridge: &str, bpf_root: &Path) -> anyhow::Result<String> {
-    let uplink = run(async {
+    let datapaths = datapaths_of(bridge, bpf_root)?;
+    let torn = run(async {
         let netlink = Netlink::open()?;
-        Ok(node::teardown_uplink(&netlink, bridge).await?)
+        match node::teardown_uplink(&netlink, bridge).await {
+            Ok(uplink) => Ok(Some(uplink)),
+            // Torn down already (or never set up): nothing to give back.
+            Err(node::NodeError::NotSetUp(_)) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
     })?;
-    for network in Datapath::networks(bpf_root) {
-        let Ok(datapath) = Datapath::open(bpf_root, &network) else {
-            continue;
-        };
+    let Some(uplink) = torn else {
+        return Ok(format!(
+            "{bridge} has no uplink set up by flatbridge: nothing to tear down"
+        ));
+    };
+    for datapath in datapaths {
         for program in UPLINK_PROGRAMS {
             datapath.detach(program, &uplink)?;
         }

@@ -1,6 +1,6 @@
 //! The network configuration on stdin: the reference `bridge` plugin's fields (so its
 //! configs work unchanged), the runtime's additions, and flatbridge's own options.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -271,6 +271,30 @@ impl Config {
         if let Some(mac) = self.requested_mac_text() {
             parse_mac(mac)?;
         }
+        if let Some(root) = &net.bpf_root {
+            validate_path("bpfRoot", root, None)?;
+        }
+        if let Some(file) = &net.log_file {
+            validate_path("logFile", file, Some(&LOG_DIRS))?;
+        }
+        if self.ipam_type()? == Some("host-local")
+            && let Some(ipam) = &net.ipam
+        {
+            for field in ["dataDir", "resolvConf"] {
+                match ipam.get(field) {
+                    None | Some(Value::Null) => {}
+                    Some(Value::String(path)) => {
+                        validate_path(&format!("ipam.{field}"), Path::new(path), None)?
+                    }
+                    Some(_) => {
+                        return Err(CniError::new(
+                            code::INVALID_CONFIG,
+                            format!("ipam.{field} must be a path"),
+                        ));
+                    }
+                }
+            }
+        }
         if let Some(level) = &net.log_level
             && level.parse::<log::LevelFilter>().is_err()
         {
@@ -350,6 +374,36 @@ impl Config {
     }
 }
 
+/// Where `logFile` may be: the plugin runs as root, and a config (with Multus, perhaps a
+/// tenant's) must not make it append to any file it likes.
+const LOG_DIRS: [&str; 2] = ["/var/log", "/run"];
+
+/// A path from a config: absolute, without `..` or NUL, and under one of `within` when
+/// given.
+fn validate_path(field: &str, path: &Path, within: Option<&[&str]>) -> Result<(), CniError> {
+    let invalid = |why: String| CniError::new(code::INVALID_CONFIG, format!("{field} {path:?} {why}"));
+    if !path.is_absolute() {
+        return Err(invalid("is not an absolute path".into()));
+    }
+    if path
+        .components()
+        .any(|part| matches!(part, std::path::Component::ParentDir))
+    {
+        return Err(invalid("contains \"..\"".into()));
+    }
+    if path.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(invalid("contains a NUL byte".into()));
+    }
+    if let Some(dirs) = within
+        && !dirs
+            .iter()
+            .any(|dir| path.starts_with(dir) && path != Path::new(dir))
+    {
+        return Err(invalid(format!("is not under {}", dirs.join(" or "))));
+    }
+    Ok(())
+}
+
 /// `aa:bb:cc:dd:ee:ff`; a unicast address.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], CniError> {
     let invalid = || {
@@ -412,6 +466,12 @@ mod tests {
         assert_eq!(config.revalidate_ms(), 1000);
     }
 
+    fn with_ipam(field: &str, value: &str) -> String {
+        let mut config: Value = serde_json::from_str(SEED).expect("seed parses");
+        config["ipam"][field] = serde_json::from_str(value).expect("value parses");
+        config.to_string()
+    }
+
     #[test]
     fn bridge_defaults_to_cni0() {
         let config =
@@ -429,6 +489,17 @@ mod tests {
             (with("cniVersion", r#""0.2.0""#), code::INCOMPATIBLE_VERSION),
             (with("cniVersion", r#""2.0.0""#), code::INCOMPATIBLE_VERSION),
             (with("name", r#""../etc""#), code::INVALID_CONFIG),
+            (with("bpfRoot", r#""sys/fs/bpf""#), code::INVALID_CONFIG),
+            (
+                with("bpfRoot", r#""/sys/fs/bpf/../../etc""#),
+                code::INVALID_CONFIG,
+            ),
+            (with("logFile", r#""/etc/passwd""#), code::INVALID_CONFIG),
+            (
+                with("logFile", r#""/var/log/../../etc/passwd""#),
+                code::INVALID_CONFIG,
+            ),
+            (with("logFile", r#""/var/log""#), code::INVALID_CONFIG),
             (with("name", r#""""#), code::INVALID_CONFIG),
             (with("bridge", r#""a/b""#), code::INVALID_CONFIG),
             (with("bridge", r#""waytoolongbridgename""#), code::INVALID_CONFIG),
@@ -449,6 +520,17 @@ mod tests {
                 with("runtimeConfig", r#"{"mac":"01:00:00:00:00:01"}"#),
                 code::INVALID_CONFIG,
             ),
+            (
+                with("runtimeConfig", r#"{"mac":"00:00:00:00:00:00"}"#),
+                code::INVALID_CONFIG,
+            ),
+            (with_ipam("dataDir", r#""var/lib/cni""#), code::INVALID_CONFIG),
+            (
+                with_ipam("dataDir", r#""/var/lib/../../etc""#),
+                code::INVALID_CONFIG,
+            ),
+            (with_ipam("resolvConf", r#""resolv.conf""#), code::INVALID_CONFIG),
+            (with_ipam("resolvConf", "7"), code::INVALID_CONFIG),
         ];
         for (input, expected) in cases {
             let error = Config::parse(input.as_bytes()).expect_err(&input);

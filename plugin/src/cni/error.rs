@@ -23,6 +23,8 @@ pub mod code {
     pub const TRY_AGAIN_LATER: u32 = 11;
     /// STATUS: the plugin cannot serve ADD now.
     pub const NOT_AVAILABLE: u32 = 50;
+    /// STATUS: ADD works, but existing pods may have limited connectivity.
+    pub const LIMITED_CONNECTIVITY: u32 = 51;
     /// A netlink request to the kernel failed.
     pub const NETLINK: u32 = 100;
     /// No free address is left in a range set.

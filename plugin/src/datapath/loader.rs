@@ -42,10 +42,11 @@ pub struct PinLayout {
 }
 
 impl PinLayout {
-    /// `network` must already be validated as a CNI network name (no `/`, no `..`).
+    /// `network` must already be validated as a CNI network name (no `/`, no `..`); its
+    /// dots are escaped, as bpffs refuses them.
     pub fn new(bpf_root: &Path, network: &str) -> Self {
         Self {
-            dir: bpf_root.join(PIN_DIR).join(network),
+            dir: bpf_root.join(PIN_DIR).join(escape_pin_name(network)),
         }
     }
 
@@ -104,17 +105,37 @@ fn unescape_pin_name(name: &str) -> String {
     name.replace("%2e", ".").replace("%25", "%")
 }
 
+/// Where flatbridge mounts a BPF filesystem itself when there is none: anywhere else
+/// `bpfRoot` must already be one (a config must not make the plugin mount over any path).
+const BPFFS_MOUNT_ROOT: &str = "/sys/fs/bpf";
+
 /// Makes sure `bpf_root` is a BPF filesystem, mounting one when it is not (as on a node
-/// where nothing mounted /sys/fs/bpf yet).
+/// where nothing mounted /sys/fs/bpf yet): only at or under /sys/fs/bpf, and never over a
+/// directory that holds anything.
 pub fn ensure_bpffs(bpf_root: &Path) -> Result<(), DatapathError> {
     let bpffs_error = |source| DatapathError::Bpffs {
         path: bpf_root.to_path_buf(),
         source,
     };
+    if let Ok(fs) = statfs(bpf_root)
+        && fs.filesystem_type() == BPF_FS_MAGIC
+    {
+        return Ok(());
+    }
+    if !bpf_root.starts_with(BPFFS_MOUNT_ROOT) {
+        return Err(bpffs_error(io::Error::other(format!(
+            "it is not a BPF filesystem, and flatbridge mounts one only at or under {BPFFS_MOUNT_ROOT}"
+        ))));
+    }
     fs::create_dir_all(bpf_root).map_err(bpffs_error)?;
     let fs = statfs(bpf_root).map_err(|errno| bpffs_error(errno.into()))?;
     if fs.filesystem_type() == BPF_FS_MAGIC {
         return Ok(());
+    }
+    if fs::read_dir(bpf_root).map_err(bpffs_error)?.next().is_some() {
+        return Err(bpffs_error(io::Error::other(
+            "it is not a BPF filesystem and not empty: refusing to mount one over it",
+        )));
     }
     mount(
         Some("bpf"),
@@ -190,7 +211,7 @@ impl Datapath {
     pub fn networks(bpf_root: &Path) -> Vec<String> {
         let mut networks: Vec<String> = fs::read_dir(bpf_root.join(PIN_DIR))
             .map(|dir| {
-                dir.filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                dir.filter_map(|entry| Some(unescape_pin_name(&entry.ok()?.file_name().into_string().ok()?)))
                     .collect()
             })
             .unwrap_or_default();
@@ -218,8 +239,39 @@ impl Datapath {
             .all(|program| self.layout.program(program).exists())
     }
 
+    /// Whether an ADD could load this build's programs on this node: the BPF filesystem is
+    /// there (or can be mounted) and the kernel takes the object (its verifier, BTF, map
+    /// types). Loads nothing that outlives the call and pins nothing.
+    pub fn probe(bpf_root: &Path) -> Result<(), DatapathError> {
+        let on_bpffs = statfs(bpf_root).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC);
+        if !on_bpffs {
+            let mountable = bpf_root.starts_with(BPFFS_MOUNT_ROOT)
+                && fs::read_dir(bpf_root).map_or(true, |mut dir| dir.next().is_none());
+            if !mountable {
+                return Err(DatapathError::Bpffs {
+                    path: bpf_root.to_path_buf(),
+                    source: io::Error::other("it is not a BPF filesystem, and one cannot be mounted there"),
+                });
+            }
+        }
+        let mut ebpf = EbpfLoader::new()
+            .load(BPF_OBJECT)
+            .map_err(|error| DatapathError::Load(Box::new(error)))?;
+        for name in program_name::ALL {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|error| program_error("load", name, error))?;
+            program
+                .load()
+                .map_err(|error| program_error("load", name, error))?;
+        }
+        Ok(())
+    }
+
     /// True when the programs of this very build are pinned.
-    fn is_loaded(&self) -> bool {
+    pub fn is_loaded(&self) -> bool {
         self.has_programs() && self.layout.build_marker(BPF_OBJECT_HASH).exists()
     }
 
@@ -510,6 +562,10 @@ mod tests {
             Path::new("/sys/fs/bpf/flatbridge/data/links/from_uplink/bond0%2e100")
         );
         assert_ne!(layout.link("from_pod", "a%2eb"), layout.link("from_pod", "a.b"));
+        assert_eq!(
+            PinLayout::new(Path::new("/sys/fs/bpf"), "data.v1").dir(),
+            Path::new("/sys/fs/bpf/flatbridge/data%2ev1")
+        );
         for name in ["bond0.100", "a%2eb", "eth0", "x.%.y"] {
             assert_eq!(unescape_pin_name(&escape_pin_name(name)), name);
         }

@@ -16,7 +16,7 @@ pub const BPF_OBJECT_HASH: &str = env!("FLATBRIDGE_BPF_HASH");
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("{path} is not a BPF filesystem and mounting one there failed: {source}")]
+    #[error("cannot use {path} as the BPF filesystem: {source}")]
     Bpffs {
         path: PathBuf,
         #[source]

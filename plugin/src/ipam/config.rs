@@ -182,6 +182,22 @@ impl IpamConfig {
     }
 
     /// The directory with this network's leases.
+    /// Every requested address lies in a range set and is not its range's gateway: what
+    /// allocation would refuse, known before anything on the node is touched.
+    pub fn check_requested(&self) -> Result<(), IpamError> {
+        for &ip in &self.requested {
+            let range = self
+                .range_sets
+                .iter()
+                .find_map(|set| set.range_for(ip))
+                .ok_or(IpamError::RequestedOutOfRange { ip })?;
+            if ip == range.gateway {
+                return Err(IpamError::RequestedIsGateway { ip });
+            }
+        }
+        Ok(())
+    }
+
     pub fn network_dir(&self, network: &str) -> PathBuf {
         self.data_dir.join(network)
     }

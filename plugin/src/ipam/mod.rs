@@ -8,7 +8,10 @@ pub mod store;
 
 use std::{net::IpAddr, path::PathBuf};
 
-pub use allocator::{Allocation, allocate, mark_conflict, release, usage};
+pub use allocator::{
+    Allocation, CONFLICT_RETRY, Conflict, Released, allocate, clear_conflicts, conflicts, mark_conflict,
+    release, release_unused, usage,
+};
 pub use config::IpamConfig;
 pub use range::{Range, RangeSet};
 pub use store::{DiskStore, MemoryStore, Owner, Store, read_leases};

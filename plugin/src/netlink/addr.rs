@@ -1,5 +1,4 @@
 //! Addresses on a link.
-use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
 use ipnetwork::IpNetwork;
@@ -65,26 +64,6 @@ impl Netlink {
                     .map_err(request_error(format!(
                         "remove address {address} from link #{index}"
                     )))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes every address of the family of `ip` from link `index` (forceAddress).
-    pub async fn del_addrs_of_family(&self, index: u32, ipv4: bool) -> Result<(), NetlinkError> {
-        let messages = self.messages_of(index).await?;
-        for message in messages {
-            let is_v4 = message
-                .attributes
-                .iter()
-                .any(|attribute| matches!(attribute, AddressAttribute::Address(IpAddr::V4(_))));
-            if is_v4 == ipv4 {
-                self.handle()
-                    .address()
-                    .del(message)
-                    .execute()
-                    .await
-                    .map_err(request_error(format!("remove an address from link #{index}")))?;
             }
         }
         Ok(())
