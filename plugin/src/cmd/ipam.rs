@@ -152,10 +152,13 @@ impl Ipam {
         match self {
             Ipam::HostLocal(config) => {
                 let not_available = |why: String| CniError::new(code::NOT_AVAILABLE, why);
-                let store = Self::store(config, request).map_err(|error| not_available(error.msg))?;
-                store
-                    .check_writable()
+                // Read only: a poll takes no lock and creates nothing, not even the directory.
+                let dir = config.network_dir(&request.config.net.name);
+                ipam::check_writable(&dir)
                     .map_err(|error| not_available(format!("the IPAM store is not writable: {error}")))?;
+                let Some(store) = DiskStore::peek(&dir).map_err(|error| not_available(error.to_string()))? else {
+                    return Ok(());
+                };
                 for usage in ipam::usage(&store, config, SystemTime::now())? {
                     if usage.leased >= usage.size {
                         return Err(not_available(format!(

@@ -14,7 +14,7 @@ pub use allocator::{
 };
 pub use config::IpamConfig;
 pub use range::{Range, RangeSet};
-pub use store::{DiskStore, MemoryStore, Owner, Store, read_leases};
+pub use store::{DiskStore, MemoryStore, Owner, Store, check_writable, read_leases};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {

@@ -151,10 +151,11 @@ enum Place {
     Replace,
 }
 
-/// host-local's on-disk store, locked for as long as it is open.
+/// host-local's on-disk store, locked for as long as it is open; or, from
+/// [`DiskStore::peek`], a read-only view that takes no lock and writes nothing.
 pub struct DiskStore {
     dir: PathBuf,
-    _lock: Flock<File>,
+    lock: Option<Flock<File>>,
 }
 
 impl DiskStore {
@@ -175,8 +176,38 @@ impl DiskStore {
         let lock = lock_with_timeout(file, &lock_path)?;
         Ok(Self {
             dir: dir.to_path_buf(),
-            _lock: lock,
+            lock: Some(lock),
         })
+    }
+
+    /// The store at `dir` for reading only (STATUS): no directory or lock file is created,
+    /// no lock taken, no dead writer's temporary file removed, and every write fails.
+    /// `None` when the directory does not exist yet.
+    pub fn peek(dir: &Path) -> Result<Option<Self>, IpamError> {
+        match fs::symlink_metadata(dir) {
+            Ok(metadata) if metadata.is_dir() => Ok(Some(Self {
+                dir: dir.to_path_buf(),
+                lock: None,
+            })),
+            Ok(_) => Err(io_error(
+                "use",
+                dir,
+                io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            )),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(io_error("stat", dir, source)),
+        }
+    }
+
+    fn writable(&self) -> Result<(), IpamError> {
+        match self.lock {
+            Some(_) => Ok(()),
+            None => Err(io_error(
+                "write into",
+                &self.dir,
+                io::Error::new(io::ErrorKind::PermissionDenied, "the store was opened read-only"),
+            )),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -198,6 +229,7 @@ impl DiskStore {
         place: Place,
         fill: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> Result<bool, IpamError> {
+        self.writable()?;
         let path = self.dir.join(name);
         let mut temp = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
@@ -215,15 +247,6 @@ impl DiskStore {
             }
             Err(error) => Err(io_error("write", &path, error.error)),
         }
-    }
-
-    /// Checks that the directory takes new files (for STATUS).
-    pub fn check_writable(&self) -> Result<(), IpamError> {
-        tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(&self.dir)
-            .and_then(tempfile::NamedTempFile::close)
-            .map_err(|source| io_error("create a file in", &self.dir, source))
     }
 
     fn path(&self, ip: IpAddr) -> PathBuf {
@@ -304,6 +327,7 @@ impl Store for DiskStore {
     }
 
     fn remove(&mut self, ip: IpAddr) -> Result<(), IpamError> {
+        self.writable()?;
         let path = self.path(ip);
         // No fsync: a release lost in a crash leaves a lease of no attachment, which GC frees.
         match fs::remove_file(&path) {
@@ -315,7 +339,24 @@ impl Store for DiskStore {
 
     fn leases(&self) -> Result<BTreeMap<IpAddr, Owner>, IpamError> {
         // Under the lock no writer is half-way, so temporary files are a dead writer's.
-        scan(&self.dir, true)
+        scan(&self.dir, self.lock.is_some())
+    }
+}
+
+/// Whether `dir`, or the nearest of its parents that exists (which the first ADD creates
+/// it in), takes new files, asked of the kernel (access(2)) so that nothing is written:
+/// a read-only filesystem or missing permission fails.
+pub fn check_writable(dir: &Path) -> Result<(), IpamError> {
+    let mut at = dir;
+    loop {
+        match nix::unistd::access(at, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::ENOENT) => match at.parent() {
+                Some(parent) => at = parent,
+                None => return Err(io_error("find", dir, io::ErrorKind::NotFound.into())),
+            },
+            Err(errno) => return Err(io_error("create files in", at, errno.into())),
+        }
     }
 }
 
@@ -533,12 +574,33 @@ mod tests {
         store.remove(ip).expect("remove");
         assert!(store.leases().expect("leases").is_empty());
         assert_eq!(store.written_at(ip).expect("written"), None);
-        store.check_writable().expect("writable");
-        assert!(
-            temp_files(&dir).is_empty(),
-            "temporary files left: {:?}",
-            names(&dir)
-        );
+    }
+
+    #[test]
+    fn a_peek_creates_locks_and_writes_nothing() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().join("data");
+        assert!(DiskStore::peek(&dir).expect("peek").is_none());
+        check_writable(&dir).expect("a parent takes the directory");
+        assert!(!dir.exists(), "the check created the directory");
+        let ip = "10.10.1.1".parse().expect("ip");
+        let owner = Owner::new("c0ffee", "eth0");
+        {
+            let mut store = DiskStore::open(&dir).expect("open");
+            store.create(ip, &owner).expect("create");
+        }
+        // A dead writer's temporary file: only a locked store may sweep it.
+        fs::write(dir.join(format!("{TEMP_PREFIX}dead")), "").expect("write");
+        let before = names(&dir);
+        let mut view = DiskStore::peek(&dir).expect("peek").expect("the store exists");
+        // Held by a writer while peeked at: the view does not wait for the lock.
+        let _writer = DiskStore::open(&dir).expect("a writer takes the lock beside a peek");
+        assert_eq!(view.leases().expect("leases").get(&ip), Some(&owner));
+        assert!(view.create("10.10.1.2".parse().expect("ip"), &owner).is_err());
+        assert!(view.remove(ip).is_err());
+        assert!(view.set_last_reserved(0, ip).is_err());
+        check_writable(&dir).expect("writable");
+        assert_eq!(names(&dir), before, "the peek changed the directory");
     }
 
     #[test]
