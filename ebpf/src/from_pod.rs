@@ -1,6 +1,6 @@
 //! tc ingress of a pod's host-side veth: every frame the pod sends passes here first.
-//! With anti-spoofing on (the default) every frame is checked first (isolation.rs): what
-//! fails a check is dropped and counted. ARP requests for local pods and the gateway are
+//! With anti-spoofing on (the default), or without the node's settings, every frame is
+//! checked first (isolation.rs): what fails a check is dropped and counted. ARP requests for local pods and the gateway are
 //! answered here. IPv4 unicast of a flow netfilter accepted (flow.rs) goes straight into
 //! the target pod or out of the uplink; in "always" mode every IPv4 unicast frame for a
 //! local pod's MAC does. Everything else — broadcast, multicast, IPv6, for the node, not
@@ -35,11 +35,20 @@ fn pass(ctx: &TcContext) -> Result<i32, Verdict> {
 
 #[inline(always)]
 fn try_from_pod(ctx: &TcContext) -> Result<i32, Verdict> {
-    // Not configured yet: no ADD wrote the node's settings, so no pod's port has programs.
+    let port_ifindex = ifindex(ctx);
+    // No settings: an ADD writes them before it attaches a program, so they are missing
+    // only if something else cleared them. Fail closed: check as anti-spoofing does (which
+    // drops the frames of a port with no endpoint), offload nothing.
     let Some(node) = enabled_node() else {
+        let (frame, pod) = isolation::checked_frame(ctx, port_ifindex)?;
+        match frame.proto {
+            ETH_P_ARP => isolation::arp(ctx, &pod, port_ifindex)?,
+            ETH_P_IP => isolation::ipv4(ctx, &pod, port_ifindex)?,
+            ETH_P_IPV6 => isolation::ipv6(ctx, &pod, port_ifindex)?,
+            _ => return Err(Verdict::DropUnknownL3),
+        }
         return pass(ctx);
     };
-    let port_ifindex = ifindex(ctx);
     let (Frame { eth, src, dst, proto }, pod) = if node.flags & NODE_ANTI_SPOOF != 0 {
         let (frame, pod) = isolation::checked_frame(ctx, port_ifindex)?;
         (frame, Some(pod))

@@ -4,11 +4,13 @@
 //! passed. A pod sends only
 //! - from its own port's endpoint (a port without one is not a pod yet, or not any more),
 //! - untagged frames, with its own source MAC, of IPv4, ARP or IPv6,
-//! - ARP with its own MAC and one of its own addresses (or 0.0.0.0, as a probe),
+//! - ARP with its own MAC and one of its own addresses (or 0.0.0.0, as a probe of one of
+//!   its own addresses),
 //! - IPv4 from its own addresses, IPv6 from its link-local or its leased addresses (or ::
-//!   for ICMPv6, as DAD and MLD do),
-//! - no router advertisements, redirects or DHCP server messages (RA guard, RFC 6105; DHCP
-//!   guard), and no neighbour discovery on behalf of another address or MAC.
+//!   for ICMPv6, as DAD and MLD do) with a known upper-layer protocol,
+//! - no router advertisements, redirects or DHCP server messages, from a server's port or
+//!   to a client's (RA guard, RFC 6105; DHCP guard), no neighbour discovery on behalf of
+//!   another address or MAC, and no fragmented neighbour discovery (RFC 6980).
 //!
 //! Every drop has its own verdict, counted by `counters::finish`.
 use aya_ebpf::programs::TcContext;
@@ -17,7 +19,8 @@ use flatbridge_common::{Endpoint, Ipv4, Ipv6, Verdict, link_local};
 use crate::{
     maps::{PODS_BY_IP, PODS_BY_IPV6, PORTS},
     parse::{
-        ArpIpv4, ETH_HLEN, ETH_P_IP, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, Ipv4Hdr, Ipv6Hdr,
+        ArpIpv4, ETH_HLEN, ETH_P_IP, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr,
+        Ipv6Hdr,
         checked_header, frame, has_vlan_tag, is_vlan_ethertype, readable, same_mac,
     },
 };
@@ -25,8 +28,11 @@ use crate::{
 /// The longest IPv4 header (IHL 15) and a UDP header, or an ICMP type.
 const IPV4_CHECKED: usize = ETH_HLEN + 60 + 8;
 const DHCP_SERVER_PORT: u16 = 67;
+const DHCP_CLIENT_PORT: u16 = 68;
+const DHCPV6_CLIENT_PORT: u16 = 546;
 const DHCPV6_SERVER_PORT: u16 = 547;
 const ICMP_REDIRECT: u8 = 5;
+const ICMPV6_ROUTER_SOLICIT: u8 = 133;
 const ICMPV6_ROUTER_ADVERT: u8 = 134;
 const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
 const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
@@ -45,6 +51,11 @@ const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DEST_OPTIONS: u8 = 60;
+/// The authentication header, whose length counts 4-byte units less two (RFC 4302).
+const IPV6_AUTH: u8 = 51;
+const IPPROTO_ESP: u8 = 50;
+const IPPROTO_NONE: u8 = 59;
+const IPPROTO_SCTP: u8 = 132;
 
 /// The frame and the endpoint of the port it came in on, when the frame may be looked at
 /// further: the port is a pod's, the frame untagged and from the pod's own MAC.
@@ -69,13 +80,14 @@ pub fn checked_frame(ctx: &TcContext, port_ifindex: u32) -> Result<(Frame, Endpo
 }
 
 /// An ARP packet must be IPv4 over Ethernet, carry the pod's own MAC and one of its own
-/// addresses (or 0.0.0.0, as an address probe does).
+/// addresses, or 0.0.0.0 as a probe (RFC 5227) of one of its own: a probe for another's
+/// address tells its owner the address is in use elsewhere.
 #[inline(always)]
 pub fn arp(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Verdict> {
     readable(ctx, ETH_HLEN + core::mem::size_of::<ArpIpv4>())?;
     let arp: *mut ArpIpv4 = checked_header(ctx, ETH_HLEN)?;
     // SAFETY: bounds-checked by `checked_header`.
-    let (htype, ptype, hlen, plen, sha, spa) = unsafe {
+    let (htype, ptype, hlen, plen, sha, spa, tpa) = unsafe {
         (
             (*arp).htype,
             (*arp).ptype,
@@ -83,19 +95,21 @@ pub fn arp(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Ver
             (*arp).plen,
             (*arp).sha,
             (*arp).spa,
+            (*arp).tpa,
         )
     };
     if htype != 1u16.to_be() || ptype != ETH_P_IP.to_be() || hlen != 6 || plen != 4 {
         return Err(Verdict::DropMalformed);
     }
-    if !same_mac(&sha, &pod.mac) || (spa != [0; 4] && !owns_ipv4(pod, port_ifindex, spa)) {
+    let speaks_for = if spa == [0; 4] { tpa } else { spa };
+    if !same_mac(&sha, &pod.mac) || !owns_ipv4(pod, port_ifindex, speaks_for) {
         return Err(Verdict::DropSpoofedArp);
     }
     Ok(())
 }
 
 /// IPv4 from one of the pod's addresses, and neither an ICMP redirect nor a DHCP server's
-/// message.
+/// message (from the server port, or to the client port from any).
 #[inline(always)]
 pub fn ipv4(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Verdict> {
     readable(ctx, IPV4_CHECKED)?;
@@ -128,7 +142,9 @@ pub fn ipv4(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Ve
             let ports: *mut [u8; 4] = checked_header(ctx, l4)?;
             // SAFETY: bounds-checked by `checked_header`.
             let ports = unsafe { *ports };
-            if u16::from_be_bytes([ports[0], ports[1]]) == DHCP_SERVER_PORT {
+            if u16::from_be_bytes([ports[0], ports[1]]) == DHCP_SERVER_PORT
+                || u16::from_be_bytes([ports[2], ports[3]]) == DHCP_CLIENT_PORT
+            {
                 return Err(Verdict::DropDhcpServer);
             }
         }
@@ -154,6 +170,7 @@ pub fn ipv6(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Ve
     let mut next = first_next;
     let mut offset = fixed;
     let mut later_fragment = false;
+    let mut fragmented = false;
     for _ in 0..MAX_EXTENSION_HEADERS {
         if !is_extension(next) {
             break;
@@ -168,10 +185,13 @@ pub fn ipv6(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Ve
             // Eight bytes, whatever its second byte says; a fragment after the first has
             // no upper-layer header.
             offset += 8;
+            fragmented = true;
             if u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 != 0 {
                 later_fragment = true;
                 break;
             }
+        } else if this == IPV6_AUTH {
+            offset += (usize::from(ext[1]) + 2) * 4;
         } else {
             offset += (usize::from(ext[1]) + 1) * 8;
         }
@@ -192,7 +212,7 @@ pub fn ipv6(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Ve
         return Err(Verdict::DropMalformed);
     }
     match next {
-        IPPROTO_ICMPV6 => icmpv6(ctx, pod, port_ifindex, offset, unspecified),
+        IPPROTO_ICMPV6 => icmpv6(ctx, pod, port_ifindex, offset, unspecified, fragmented),
         // :: is a source only neighbour discovery and MLD use.
         _ if unspecified => Err(Verdict::DropSpoofedIpv6),
         IPPROTO_UDP => {
@@ -200,18 +220,26 @@ pub fn ipv6(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Ve
             let ports: *mut [u8; 4] = checked_header(ctx, offset)?;
             // SAFETY: bounds-checked by `checked_header`.
             let ports = unsafe { *ports };
-            if u16::from_be_bytes([ports[0], ports[1]]) == DHCPV6_SERVER_PORT {
+            if u16::from_be_bytes([ports[0], ports[1]]) == DHCPV6_SERVER_PORT
+                || u16::from_be_bytes([ports[2], ports[3]]) == DHCPV6_CLIENT_PORT
+            {
                 return Err(Verdict::DropDhcpServer);
             }
             Ok(())
         }
-        _ => Ok(()),
+        IPPROTO_TCP | IPPROTO_ESP | IPPROTO_NONE | IPPROTO_SCTP => Ok(()),
+        // An extension header this walk does not know hides what follows it (RFC 7113).
+        _ => Err(Verdict::DropMalformed),
     }
 }
 
 #[inline(always)]
 fn is_extension(next: u8) -> bool {
-    next == IPV6_HOP_BY_HOP || next == IPV6_ROUTING || next == IPV6_FRAGMENT || next == IPV6_DEST_OPTIONS
+    next == IPV6_HOP_BY_HOP
+        || next == IPV6_ROUTING
+        || next == IPV6_FRAGMENT
+        || next == IPV6_DEST_OPTIONS
+        || next == IPV6_AUTH
 }
 
 /// Router messages are never a pod's; neighbour discovery must be about the pod itself.
@@ -222,6 +250,7 @@ fn icmpv6(
     port_ifindex: u32,
     offset: usize,
     unspecified: bool,
+    fragmented: bool,
 ) -> Result<(), Verdict> {
     // Type, code, checksum, flags or reserved, and the target of NS/NA.
     let nd_len = 24;
@@ -229,9 +258,14 @@ fn icmpv6(
     let head: *mut [u8; 4] = checked_header(ctx, offset)?;
     // SAFETY: bounds-checked by `checked_header`.
     let icmp_type = unsafe { (*head)[0] };
+    // Neighbour discovery is never fragmented: a host ignores such a message (RFC 6980),
+    // and a guard that cannot see all of it must not let it pass.
     match icmp_type {
         ICMPV6_ROUTER_ADVERT | ICMPV6_ROUTER_RENUMBERING => Err(Verdict::DropRouterAdvert),
         ICMPV6_REDIRECT => Err(Verdict::DropIcmpRedirect),
+        _ if fragmented && (ICMPV6_ROUTER_SOLICIT..=ICMPV6_REDIRECT).contains(&icmp_type) => {
+            Err(Verdict::DropMalformed)
+        }
         ICMPV6_NEIGHBOR_SOLICIT | ICMPV6_NEIGHBOR_ADVERT => {
             let target: *mut [u8; 16] = checked_header(ctx, offset + 8)?;
             // SAFETY: bounds-checked by `checked_header`.

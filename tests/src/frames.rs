@@ -225,6 +225,12 @@ pub fn udp_ipv4(
 /// A broadcast DHCPOFFER (BOOTREPLY, option 53 = 2) of `yiaddr` from the server at
 /// `src_ip`, as a rogue DHCP server in a pod would send it (chaddr left zero).
 pub fn dhcp_offer(src_mac: [u8; 6], src_ip: [u8; 4], yiaddr: [u8; 4]) -> Vec<u8> {
+    dhcp_offer_from(src_mac, src_ip, 67, yiaddr)
+}
+
+/// As [`dhcp_offer`], from UDP port `src_port`: clients take an offer for their port 68
+/// whatever port it came from.
+pub fn dhcp_offer_from(src_mac: [u8; 6], src_ip: [u8; 4], src_port: u16, yiaddr: [u8; 4]) -> Vec<u8> {
     // op, htype (Ethernet), hlen, hops, xid, secs, flags (broadcast), ciaddr.
     let mut bootp = vec![2, 1, 6, 0, 0x46, 0x4c, 0x42, 0x54, 0, 0, 0x80, 0, 0, 0, 0, 0];
     bootp.extend_from_slice(&yiaddr);
@@ -235,7 +241,7 @@ pub fn dhcp_offer(src_mac: [u8; 6], src_ip: [u8; 4], yiaddr: [u8; 4]) -> Vec<u8>
     bootp.extend_from_slice(&[54, 4]);
     bootp.extend_from_slice(&src_ip);
     bootp.push(255);
-    udp_ipv4(src_mac, BROADCAST_MAC, src_ip, [255; 4], 67, 68, &bootp)
+    udp_ipv4(src_mac, BROADCAST_MAC, src_ip, [255; 4], src_port, 68, &bootp)
 }
 
 /// The MAC an IPv6 multicast address maps to (RFC 2464 7): 33:33 and its last 32 bits.
@@ -302,6 +308,13 @@ pub enum ExtensionHeader {
     DestinationOptions,
     /// Fragment (44) with offset 0 and M clear: an atomic fragment (RFC 6946).
     Fragment,
+    /// Fragment (44) with offset 0 and M set: the first of several.
+    FirstFragment,
+    /// Authentication Header (51), 16 bytes: its length counts 4-byte units less two
+    /// (RFC 4302), unlike the other headers here.
+    Authentication,
+    /// A header numbered `0` laid out as options are (8 bytes): one a guard does not know.
+    Other(u8),
 }
 
 impl ExtensionHeader {
@@ -310,17 +323,26 @@ impl ExtensionHeader {
         match self {
             Self::HopByHop => 0,
             Self::DestinationOptions => 60,
-            Self::Fragment => 44,
+            Self::Fragment | Self::FirstFragment => 44,
+            Self::Authentication => 51,
+            Self::Other(number) => number,
         }
     }
 
-    /// This header, 8 bytes, followed by a header of type `next_header`.
-    fn bytes(self, next_header: u8) -> [u8; 8] {
+    /// This header, followed by a header of type `next_header`.
+    fn bytes(self, next_header: u8) -> Vec<u8> {
         match self {
             // Header Ext Len 0 (8 bytes); PadN (type 1) with 4 bytes of padding.
-            Self::HopByHop | Self::DestinationOptions => [next_header, 0, 1, 4, 0, 0, 0, 0],
+            Self::HopByHop | Self::DestinationOptions | Self::Other(_) => {
+                vec![next_header, 0, 1, 4, 0, 0, 0, 0]
+            }
             // Fragment Offset 0, M 0, Identification "FLBT".
-            Self::Fragment => [next_header, 0, 0, 0, 0x46, 0x4c, 0x42, 0x54],
+            Self::Fragment => vec![next_header, 0, 0, 0, 0x46, 0x4c, 0x42, 0x54],
+            Self::FirstFragment => vec![next_header, 0, 0, 1, 0x46, 0x4c, 0x42, 0x54],
+            // Payload Len 2: (2 + 2) * 4 = 16 bytes; SPI, sequence number, a 4-byte ICV.
+            Self::Authentication => {
+                vec![next_header, 2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0xa5, 0xa5, 0xa5, 0xa5]
+            }
         }
     }
 }
@@ -343,7 +365,7 @@ pub fn ipv6_with_ext(frame: &[u8], extensions: &[ExtensionHeader]) -> Vec<u8> {
     );
     ip += 2;
     let upper_layer = frame[ip + 6];
-    let mut chain = Vec::with_capacity(8 * extensions.len());
+    let mut chain = Vec::with_capacity(16 * extensions.len());
     for (index, extension) in extensions.iter().enumerate() {
         let next = extensions
             .get(index + 1)
@@ -726,6 +748,13 @@ mod tests {
         let tagged_extended = ipv6_with_ext(&tagged, &[ExtensionHeader::DestinationOptions]);
         assert_eq!((tagged_extended[24], tagged_extended[58]), (60, 58));
         assert_eq!(ipv6_with_ext(&advertisement, &[]), advertisement);
+
+        let behind_ah = ipv6_with_ext(&advertisement, &[ExtensionHeader::Authentication]);
+        assert_eq!(behind_ah.len(), advertisement.len() + 16);
+        assert_eq!((behind_ah[20], behind_ah[54], behind_ah[55]), (51, 58, 2));
+        assert_eq!(&behind_ah[70..], &advertisement[54..]);
+        let first = ipv6_with_ext(&advertisement, &[ExtensionHeader::FirstFragment]);
+        assert_eq!(&first[56..58], &[0, 1], "fragment offset 0, M set");
     }
 
     #[test]

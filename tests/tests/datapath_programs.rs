@@ -292,6 +292,12 @@ fn spoofed_arp_mac_and_ip_are_dropped() {
             Verdict::DropSpoofedArp,
         ),
         (
+            "ARP probe for another pod's address",
+            arp_request(MAC_A, [0; 4], IP_B),
+            world.host_a,
+            Verdict::DropSpoofedArp,
+        ),
+        (
             "IPv4 from another pod's address",
             ipv4(MAC_B, MAC_A, IP_GATEWAY, IP_B),
             world.host_a,
@@ -511,7 +517,7 @@ fn from_the_uplink_pod_traffic_and_arp_are_handled_and_the_rest_passes() {
 }
 
 #[test]
-fn a_disabled_datapath_passes_everything() {
+fn without_the_nodes_settings_pods_are_checked_and_nothing_is_offloaded() {
     let world = World::new(0, true);
     world.expect(
         FROM_POD,
@@ -519,8 +525,47 @@ fn a_disabled_datapath_passes_everything() {
         &ipv4(MAC_B, MAC_A, IP_A, IP_B),
         Verdict::PodToBridge,
         TC_ACT_OK,
-        "",
+        "its own frame to another pod",
     );
+    for (what, port, frame, verdict) in [
+        (
+            "from another pod's address",
+            world.host_a,
+            ipv4(MAC_B, MAC_A, IP_C, IP_B),
+            Verdict::DropSpoofedIp,
+        ),
+        (
+            "from a port without an endpoint",
+            world.stray,
+            ipv4(MAC_B, MAC_OUTSIDE, [10, 10, 1, 9], IP_B),
+            Verdict::DropUnknownPort,
+        ),
+        (
+            "an ARP reply for another pod's address",
+            world.host_a,
+            arp(2, MAC_A, IP_B, MAC_C, IP_C),
+            Verdict::DropSpoofedArp,
+        ),
+        (
+            "a router advertisement",
+            world.host_a,
+            frames::router_advertisement(
+                MAC_A,
+                ll(MAC_A),
+                [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                64,
+            ),
+            Verdict::DropRouterAdvert,
+        ),
+        (
+            "another ethertype",
+            world.host_a,
+            ethernet(MAC_B, MAC_A, 0x88b5),
+            Verdict::DropUnknownL3,
+        ),
+    ] {
+        world.expect(FROM_POD, port, &frame, verdict, TC_ACT_SHOT, what);
+    }
     world.expect(
         FROM_UPLINK,
         world.uplink,
@@ -822,6 +867,21 @@ fn a_pod_cannot_act_as_a_router_or_a_dhcp_server() {
             Verdict::DropRouterAdvert,
         ),
         (
+            "router advertisement in the first of several fragments",
+            frames::ipv6_with_ext(&ra, &[ExtensionHeader::FirstFragment]),
+            Verdict::DropRouterAdvert,
+        ),
+        (
+            "router advertisement behind an authentication header",
+            frames::ipv6_with_ext(&ra, &[ExtensionHeader::HopByHop, ExtensionHeader::Authentication]),
+            Verdict::DropRouterAdvert,
+        ),
+        (
+            "router advertisement behind an extension header the guard does not know",
+            frames::ipv6_with_ext(&ra, &[ExtensionHeader::Other(253)]),
+            Verdict::DropMalformed,
+        ),
+        (
             "router advertisement behind five extension headers",
             five_deep,
             Verdict::DropMalformed,
@@ -856,8 +916,18 @@ fn a_pod_cannot_act_as_a_router_or_a_dhcp_server() {
             Verdict::DropDhcpServer,
         ),
         (
+            "DHCP offer from another port than the server's",
+            frames::dhcp_offer_from(MAC_A, IP_A, 6767, [10, 10, 1, 200]),
+            Verdict::DropDhcpServer,
+        ),
+        (
             "DHCPv6 advertise",
             frames::dhcpv6_advertise(MAC_A, ll(MAC_A), MAC_B, ll(MAC_B)),
+            Verdict::DropDhcpServer,
+        ),
+        (
+            "DHCPv6 to a client's port from another",
+            frames::udp_ipv6(MAC_A, MAC_B, ll(MAC_A), ll(MAC_B), 5470, 546, b"advertise"),
             Verdict::DropDhcpServer,
         ),
     ];
@@ -925,6 +995,38 @@ fn a_pod_speaks_ipv6_and_neighbour_discovery_only_for_itself() {
             Verdict::DropSpoofedNd,
         ),
         (
+            "its own solicitation in an atomic fragment",
+            frames::ipv6_with_ext(
+                &frames::neighbor_solicitation(MAC_A, ll(MAC_A), ll(MAC_C), Some(MAC_A)),
+                &[ExtensionHeader::Fragment],
+            ),
+            Verdict::DropMalformed,
+        ),
+        (
+            "its own advertisement in the first of several fragments",
+            frames::ipv6_with_ext(
+                &frames::neighbor_advertisement(
+                    MAC_A,
+                    ll(MAC_A),
+                    frames::ALL_NODES,
+                    ll(MAC_A),
+                    frames::NA_OVERRIDE,
+                    MAC_A,
+                ),
+                &[ExtensionHeader::FirstFragment],
+            ),
+            Verdict::DropMalformed,
+        ),
+        (
+            "an upper-layer protocol the checks do not know (GRE)",
+            {
+                let mut gre = udp6(ll(MAC_A));
+                gre[14 + 6] = 47;
+                gre
+            },
+            Verdict::DropMalformed,
+        ),
+        (
             "truncated neighbour solicitation",
             frames::neighbor_solicitation(MAC_A, ll(MAC_A), ll(MAC_C), None)[..14 + 40 + 12].to_vec(),
             Verdict::DropMalformed,
@@ -979,6 +1081,10 @@ fn a_pod_speaks_ipv6_and_neighbour_discovery_only_for_itself() {
             ),
         ),
         ("a later fragment from its link-local", later_fragment),
+        (
+            "UDP behind an authentication header",
+            frames::ipv6_with_ext(&udp6(ll(MAC_A)), &[ExtensionHeader::Authentication]),
+        ),
     ];
     for (what, frame) in allowed {
         let out = world.expect(

@@ -212,6 +212,14 @@ fn a_pod_cannot_act_as_a_router_or_dhcp_server() {
         "drop_router_advert",
         l3(&hidden),
     );
+    let behind_ah = frames::ipv6_with_ext(&ra, &[ExtensionHeader::Authentication]);
+    lan.stopped(
+        "router advertisement behind an authentication header",
+        &behind_ah,
+        Sender::Plain,
+        "drop_router_advert",
+        l3(&behind_ah),
+    );
     lan.stopped(
         "router advertisement from a TX ring",
         &ra,
@@ -254,6 +262,14 @@ fn a_pod_cannot_act_as_a_router_or_dhcp_server() {
         Sender::Plain,
         "drop_dhcp_server",
         l3(&offer),
+    );
+    let offer_elsewhere = frames::dhcp_offer_from(a.mac, a.ip, 6767, [10, 10, 1, 201]);
+    lan.stopped(
+        "DHCP offer from another port",
+        &offer_elsewhere,
+        Sender::Plain,
+        "drop_dhcp_server",
+        l3(&offer_elsewhere),
     );
     let advertise = frames::dhcpv6_advertise(a.mac, a.link_local(), c.mac, c.link_local());
     lan.stopped(
@@ -350,6 +366,14 @@ fn ipv6_and_neighbour_discovery_speak_only_for_the_pod() {
         lan.stopped(what, &frame, Sender::Plain, "drop_spoofed_nd", l3(&frame));
     }
     let legit = frames::neighbor_solicitation(a.mac, a.link_local(), c.link_local(), Some(a.mac));
+    let fragmented = frames::ipv6_with_ext(&legit, &[ExtensionHeader::FirstFragment]);
+    lan.stopped(
+        "its own solicitation, fragmented",
+        &fragmented,
+        Sender::Plain,
+        "drop_malformed",
+        l3(&fragmented),
+    );
     lan.arrives(
         "solicitation for pod C, from A",
         &legit,
@@ -394,6 +418,18 @@ fn other_ethertypes_and_malformed_frames_are_dropped() {
         "drop_malformed",
         &mark,
     );
+    // A probe (RFC 5227) tells the address's owner it is taken elsewhere: here the LAN's
+    // router's.
+    let router: std::net::Ipv4Addr = flatbridge_tests::fabric::EXTERNAL_IP.parse().expect("IPv4");
+    let mut probe = frames::arp_request(a.mac, [0; 4], router.octets());
+    probe.extend_from_slice(&mark);
+    lan.stopped(
+        "ARP probe for the router's address",
+        &probe,
+        Sender::Plain,
+        "drop_spoofed_arp",
+        &mark,
+    );
     let mut foreign_mac = frames::udp_ipv4(lan.b.mac, BROADCAST_MAC, a.ip, [255; 4], 5000, 5001, &mark);
     lan.stopped(
         "another pod's MAC",
@@ -425,6 +461,32 @@ fn a_port_without_its_endpoint_sends_nothing() {
         lan.counter("drop_unknown_port") > before,
         "not counted as drop_unknown_port"
     );
+}
+
+#[test]
+fn a_node_without_its_settings_still_checks_its_pods() {
+    let lan = Lan::new();
+    let (a, b, c) = (&lan.a, &lan.b, &lan.c);
+    let datapath = flatbridge::datapath::Datapath::open(lan.node().node.bpffs.path(), NET).expect("datapath");
+    // As if another tool had cleared them: the programs stay attached to the pods' ports.
+    let settings = datapath.node_config().expect("settings");
+    datapath
+        .set_node_config(&flatbridge_common::NodeConfig::default())
+        .expect("clear the settings");
+    let mark = marker("unset");
+    let spoofed = frames::udp_ipv4(a.mac, BROADCAST_MAC, b.ip, [255; 4], 5000, 5001, &mark);
+    lan.stopped(
+        "from another pod's address",
+        &spoofed,
+        Sender::Plain,
+        "drop_spoofed_ip",
+        &mark,
+    );
+    let own = frames::udp_ipv4(a.mac, BROADCAST_MAC, a.ip, [255; 4], 5000, 5001, &mark);
+    lan.arrives("from its own address", &own, Sender::Plain, &mark);
+    let c_ip = std::net::Ipv4Addr::from(c.ip).to_string();
+    assert!(a.pod.ping(&c_ip), "pod A cannot reach pod C through the bridge");
+    datapath.set_node_config(&settings).expect("restore the settings");
 }
 
 // --- what ADD refuses ---

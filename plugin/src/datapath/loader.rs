@@ -263,9 +263,7 @@ impl Datapath {
                 .ok_or(DatapathError::MissingProgram(name))?
                 .try_into()
                 .map_err(|error| program_error("load", name, error))?;
-            program
-                .load()
-                .map_err(|error| program_error("load", name, error))?;
+            load_program(program, name)?;
         }
         Ok(())
     }
@@ -310,9 +308,7 @@ impl Datapath {
                 .ok_or(DatapathError::MissingProgram(name))?
                 .try_into()
                 .map_err(|error| program_error("load", name, error))?;
-            program
-                .load()
-                .map_err(|error| program_error("load", name, error))?;
+            load_program(program, name)?;
             // Devices attached to an older build switch to this one atomically: host veths
             // by replacing their filter, the uplink by updating its link.
             if let Some((_, hook)) = POD_PROGRAMS.iter().find(|(pod_program, _)| *pod_program == name) {
@@ -539,6 +535,26 @@ fn link_error(program: &str, ifname: &str, source: aya::programs::links::LinkErr
         program: program.to_owned(),
         ifname: ifname.to_owned(),
         source: Box::new(source),
+    }
+}
+
+
+/// Loads `program`, again when the verifier gave up because a signal came in (EAGAIN: it
+/// stops on a pending signal; a runtime or a busy test harness sends those), as libbpf
+/// does, up to five times.
+fn load_program(program: &mut SchedClassifier, name: &'static str) -> Result<(), DatapathError> {
+    let mut attempts = 5;
+    loop {
+        match program.load() {
+            Ok(()) => return Ok(()),
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts > 1 =>
+            {
+                attempts -= 1;
+                log::debug!("{name}: the verifier was interrupted ({io_error}), loading it again");
+            }
+            Err(error) => return Err(program_error("load", name, error)),
+        }
     }
 }
 
