@@ -20,8 +20,7 @@ use crate::{
     maps::{PODS_BY_IP, PODS_BY_IPV6, PORTS},
     parse::{
         ArpIpv4, ETH_HLEN, ETH_P_IP, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr,
-        Ipv6Hdr,
-        checked_header, frame, has_vlan_tag, is_vlan_ethertype, readable, same_mac,
+        Ipv6Hdr, checked_header, frame, has_vlan_tag, is_vlan_ethertype, readable, same_mac,
     },
 };
 

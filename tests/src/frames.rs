@@ -341,7 +341,24 @@ impl ExtensionHeader {
             Self::FirstFragment => vec![next_header, 0, 0, 1, 0x46, 0x4c, 0x42, 0x54],
             // Payload Len 2: (2 + 2) * 4 = 16 bytes; SPI, sequence number, a 4-byte ICV.
             Self::Authentication => {
-                vec![next_header, 2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0xa5, 0xa5, 0xa5, 0xa5]
+                vec![
+                    next_header,
+                    2,
+                    0,
+                    0,
+                    0,
+                    0,
+                    1,
+                    0,
+                    0,
+                    0,
+                    0,
+                    1,
+                    0xa5,
+                    0xa5,
+                    0xa5,
+                    0xa5,
+                ]
             }
         }
     }

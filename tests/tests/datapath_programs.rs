@@ -1142,7 +1142,8 @@ fn a_leased_ipv6_address_is_the_pods_and_no_one_elses() {
         TC_ACT_SHOT,
         "another pod's lease",
     );
-    // Another pod cannot claim it.
+    // Another pod cannot claim it (C's port again, as for a pod the kernel gave the
+    // ifindex of a dead one).
     let thief = Endpoint {
         ifindex: world.host_c,
         ipv4: IP_C,
@@ -1153,7 +1154,26 @@ fn a_leased_ipv6_address_is_the_pods_and_no_one_elses() {
     let refused = world
         .datapath
         .add_endpoint(thief, &[Ipv4Addr::from(IP_C)], &[leased]);
-    assert!(refused.is_err(), "a pod took another's IPv6 lease");
+    assert!(
+        matches!(refused, Err(flatbridge::datapath::DatapathError::Taken { .. })),
+        "a pod took another's IPv6 lease: {refused:?}"
+    );
+    world.expect(
+        FROM_POD,
+        port,
+        &from(MAC_OUTSIDE, leased),
+        Verdict::PodToBridge,
+        TC_ACT_OK,
+        "own lease, after a refused claim",
+    );
+    world.expect(
+        FROM_POD,
+        world.host_c,
+        &from(MAC_C, leased),
+        Verdict::DropUnknownPort,
+        TC_ACT_SHOT,
+        "the refused pod has no endpoint",
+    );
 }
 
 #[test]

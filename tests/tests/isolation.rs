@@ -577,6 +577,70 @@ fn one_config_cannot_weaken_the_others_pods() {
 }
 
 #[test]
+fn no_network_on_the_same_bridge_gets_around_the_checks() {
+    let lan = Lan::new();
+    let node = lan.node();
+    let seed = node.config("1.0.0");
+    let other = |changes: &[(&str, Value)]| {
+        let mut config = seed.clone();
+        config["name"] = json!("other");
+        config["ipam"]["ranges"][0][0]["rangeStart"] = json!("10.10.9.1");
+        config["ipam"]["ranges"][0][0]["rangeEnd"] = json!("10.10.9.9");
+        for (field, value) in changes {
+            config[*field] = value.clone();
+        }
+        config
+    };
+    let tenant = Pod::new("tenant");
+    for (field, value) in [("antiSpoof", json!(false)), ("fastPath", json!(false))] {
+        let msg = error_of(node, &tenant, &other(&[(field, value)]), "", 7);
+        assert!(
+            msg.contains("network") && msg.contains("data") && msg.contains(field),
+            "{field}: {msg}"
+        );
+        assert_only(&lan, 3);
+        assert!(node.node.leases("other").is_empty(), "{field}: lease left");
+    }
+    // On a bridge of its own a network has settings of its own.
+    node.node
+        .cni(
+            "ADD",
+            &tenant.env("eth0"),
+            &other(&[("antiSpoof", json!(false)), ("bridge", json!("cni1"))]),
+        )
+        .ok("ADD of another network on another bridge");
+    node.node
+        .cni("DEL", &tenant.env("eth0"), &other(&[("bridge", json!("cni1"))]))
+        .ok("DEL");
+
+    // The other way round: pods without checks first, then the first pod with them.
+    for pod in [&lan.a, &lan.b, &lan.c] {
+        node.node.cni("DEL", &pod.pod.env("eth0"), &seed).ok("DEL");
+    }
+    let plain = other(&[("fastPath", json!(false))]);
+    let added = node.node.cni("ADD", &tenant.env("eth0"), &plain).ok("plain ADD");
+    let plain_veth = added["interfaces"][1]["name"]
+        .as_str()
+        .expect("host veth")
+        .to_owned();
+    let checked = Pod::new("checked");
+    let msg = error_of(node, &checked, &seed, "", 7);
+    assert!(msg.contains(&plain_veth), "{msg}");
+    assert!(
+        node.node.leases(NET).is_empty(),
+        "lease left: {:?}",
+        node.node.leases(NET)
+    );
+    assert_eq!(node.node.host_veths().len(), 1, "{:?}", node.node.host_veths());
+    node.node
+        .cni("DEL", &tenant.env("eth0"), &plain)
+        .ok("DEL of the plain pod");
+    node.node
+        .cni("ADD", &checked.env("eth0"), &seed)
+        .ok("ADD once the unchecked pod is gone");
+}
+
+#[test]
 fn gateways_are_answered_only_while_pods_are_behind_them() {
     let lan = Lan::new();
     let node = &lan.node().node;

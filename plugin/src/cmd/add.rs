@@ -115,7 +115,7 @@ impl Steps<'_> {
         let datapath = if config.fast_path() {
             Some(fastpath::prepare(self.request, self.node, &bridge).await?)
         } else {
-            fastpath::check_plain_bridge_allowed(self.request)?;
+            fastpath::check_plain_bridge_allowed(self.request, &bridge)?;
             None
         };
         fault::point("add:datapath")?;
@@ -154,7 +154,7 @@ impl Steps<'_> {
             datapath.attach_pod(&host_name)?;
             fault::point("add:programs")?;
             let pod_mac = self.pod.require_link(self.ifname).await?.mac.unwrap_or_default();
-            fastpath::add_endpoint(
+            let first = fastpath::add_endpoint(
                 self.request,
                 datapath,
                 &bridge,
@@ -164,6 +164,9 @@ impl Steps<'_> {
                 &result,
                 &mut undo.fast_path,
             )?;
+            if first && config.anti_spoof() {
+                fastpath::refuse_unchecked_pods(self.request, self.node, &bridge, &host).await?;
+            }
             fault::point("add:endpoint")?;
         }
         // Who owns this veth, for GC and for people reading `ip link`.
@@ -181,6 +184,11 @@ impl Steps<'_> {
         self.node.set_master(host.index, bridge.index).await?;
         if net.hairpin_mode {
             self.node.set_hairpin(host.index, true).await?;
+        }
+        if datapath.is_none() {
+            // Again, now that the port is on the bridge (still down): a first checked pod
+            // may have come in the meantime.
+            fastpath::check_plain_bridge_allowed(self.request, &bridge)?;
         }
         self.node.set_up(host.index).await?;
         fault::point("add:port")?;

@@ -2,6 +2,7 @@
 //! the programs on the pod's host veth and on the uplink.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -15,7 +16,7 @@ use flatbridge_common::{
 use super::{ALIAS_PREFIX, all_done};
 use crate::{
     cni::{CniError, Request, code, result::CniResult},
-    datapath::Datapath,
+    datapath::{Datapath, DatapathError},
     netlink::{Link, Netlink},
     node::UplinkState,
 };
@@ -215,20 +216,31 @@ fn describe(node: &NodeConfig) -> String {
     )
 }
 
-/// Refuses settings that differ from those the network's pods run with: they apply to
-/// every pod of the node, so one config (a tenant's, with Multus) could otherwise turn
-/// protection off for all of them.
-fn settings_agree(network: &str, running: &NodeConfig, wanted: &NodeConfig) -> Result<(), CniError> {
+/// Refuses settings that differ from those the pods of `network` run with: they apply to
+/// every pod of the network on the node, and the pods of every network on one bridge share
+/// its L2, so one config (a tenant's, with Multus) could otherwise turn protection off for
+/// all of them.
+fn settings_agree(
+    network: &str,
+    own: bool,
+    running: &NodeConfig,
+    wanted: &NodeConfig,
+) -> Result<(), CniError> {
     if running.flags & SECURITY_FLAGS == wanted.flags & SECURITY_FLAGS
         && running.revalidate_ns == wanted.revalidate_ns
     {
         return Ok(());
     }
+    let scope = if own {
+        "these settings apply to every pod of the network on the node, so all its configs must agree"
+    } else {
+        "its pods share the bridge, and so the L2, with this network's, so the settings of every network \
+         on one bridge must agree"
+    };
     Err(CniError::new(
         code::INVALID_CONFIG,
         format!(
-            "network {network} runs on this node with {}, and this config asks for {}: these settings \
-             apply to every pod of the network on the node, so all its configs must agree. Use the \
+            "network {network} runs on this node with {}, and this config asks for {}: {scope}. Use the \
              same settings, or delete the network's pods on this node before changing them",
             describe(running),
             describe(wanted)
@@ -236,23 +248,109 @@ fn settings_agree(network: &str, running: &NodeConfig, wanted: &NodeConfig) -> R
     ))
 }
 
-/// A config without the fast path must not add a pod beside pods that have it: its pod
-/// would have none of their isolation checks.
-pub fn check_plain_bridge_allowed(request: &Request) -> Result<(), CniError> {
-    let config = &request.config;
-    let Ok(datapath) = Datapath::open(&config.bpf_root(), &config.net.name) else {
+/// The fast-path networks under `bpf_root` with pods on bridge `bridge` (by ifindex), and
+/// their settings. Fails closed: a datapath that exists but cannot be read is an error.
+fn networks_on_bridge(bpf_root: &Path, bridge: u32) -> Result<Vec<(String, NodeConfig)>, CniError> {
+    let mut found = Vec::new();
+    for network in Datapath::networks(bpf_root) {
+        let datapath = match Datapath::open(bpf_root, &network) {
+            Ok(datapath) => datapath,
+            Err(DatapathError::NotLoaded { .. }) => continue,
+            Err(error) => return Err(error.into()),
+        };
+        let settings = datapath.node_config()?;
+        if settings.flags & NODE_ENABLED != 0
+            && settings.bridge_ifindex == bridge
+            && !datapath.has_no_endpoints()?
+        {
+            found.push((network, settings));
+        }
+    }
+    Ok(found)
+}
+
+/// A config without the fast path must not add a pod to a bridge where pods are checked
+/// (of any network): its pod would have none of their isolation checks. Called before the
+/// pod's port is made and again once it is on the bridge, under the node's datapath lock:
+/// a first checked pod that comes in between finds the port (see [`refuse_unchecked_pods`]),
+/// or this finds that pod.
+pub fn check_plain_bridge_allowed(request: &Request, bridge: &Link) -> Result<(), CniError> {
+    let bpf_root = request.config.bpf_root();
+    let Some(any) = Datapath::networks(&bpf_root).into_iter().next() else {
         return Ok(());
     };
-    if datapath.has_no_endpoints()? {
+    // Any network's datapath holds the lock of them all.
+    let _lock = match Datapath::open(&bpf_root, &any) {
+        Ok(datapath) => Some(datapath.lock()?),
+        Err(DatapathError::NotLoaded { .. }) => None,
+        Err(error) => return Err(error.into()),
+    };
+    let checked: Vec<String> = networks_on_bridge(&bpf_root, bridge.index)?
+        .into_iter()
+        .filter(|(_, settings)| settings.flags & NODE_ANTI_SPOOF != 0)
+        .map(|(network, _)| network)
+        .collect();
+    if checked.is_empty() {
         return Ok(());
     }
     Err(CniError::new(
         code::INVALID_CONFIG,
         format!(
-            "network {} runs with the fast path on this node, and this config has \"fastPath\": false: \
-             its pod would bypass the isolation checks of the others. Use the same settings, or delete \
-             the network's pods on this node first",
-            config.net.name
+            "{} has pods of network(s) {} with the fast path and its isolation checks on this node, and this \
+             config (network {}) has \"fastPath\": false: its pod would bypass their checks on the same L2. \
+             Use the same settings, or delete those pods on this node first",
+            bridge.name,
+            checked.join(", "),
+            request.config.net.name
+        ),
+    ))
+}
+
+/// A first pod with isolation checks on a bridge must not share it with pods that have
+/// none: flatbridge's ports (by their alias) without a program of ours on their ingress,
+/// that is pods a config without the fast path added. Runs after the pod's endpoint is in,
+/// so that a plain ADD that comes later finds it (see [`check_plain_bridge_allowed`]).
+pub async fn refuse_unchecked_pods(
+    request: &Request,
+    node: &Netlink,
+    bridge: &Link,
+    host: &Link,
+) -> Result<(), CniError> {
+    let bpf_root = request.config.bpf_root();
+    let mut ours = Vec::new();
+    for network in Datapath::networks(&bpf_root) {
+        match Datapath::open(&bpf_root, &network) {
+            Ok(datapath) => ours.extend(datapath.program_id(program_name::FROM_POD)),
+            Err(DatapathError::NotLoaded { .. }) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let mut unchecked = Vec::new();
+    for port in node.ports_of(bridge.index).await? {
+        if port.index == host.index
+            || !port
+                .alias
+                .as_deref()
+                .is_some_and(|alias| alias.starts_with(ALIAS_PREFIX))
+        {
+            continue;
+        }
+        let programs = node.bpf_filter_programs(port.index, true).await?;
+        if !programs.iter().any(|id| ours.contains(id)) {
+            unchecked.push(format!("{} ({})", port.name, port.alias.unwrap_or_default()));
+        }
+    }
+    if unchecked.is_empty() {
+        return Ok(());
+    }
+    Err(CniError::new(
+        code::INVALID_CONFIG,
+        format!(
+            "{} has flatbridge pods without the fast path's isolation checks: {}. A pod with them would share \
+             the L2 with pods that can spoof it; delete those pods first, or add this one with the same \
+             settings as theirs",
+            bridge.name,
+            unchecked.join(", ")
         ),
     ))
 }
@@ -260,7 +358,9 @@ pub fn check_plain_bridge_allowed(request: &Request) -> Result<(), CniError> {
 /// Makes the pod known to the programs, before its veth comes up (its programs are on
 /// already, see `Datapath::attach_pod`; until its endpoint exists they drop its frames):
 /// the node's settings, the pod's MAC and addresses, and the uplink programs, attached
-/// once. A MAC or address another pod holds is refused.
+/// once. A MAC or address another pod holds is refused, and so are settings that differ
+/// from those of the network's pods or of other networks' pods on the same bridge.
+/// Returns whether this is the network's first pod.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; the arguments are the ADD's state"
@@ -274,7 +374,7 @@ pub fn add_endpoint(
     pod_mac: [u8; 6],
     result: &CniResult,
     added: &mut Added,
-) -> Result<(), CniError> {
+) -> Result<bool, CniError> {
     let config = &request.config;
     let wanted = wanted_node_config(request, bridge, uplink);
     let mut ipv4s: Vec<Ipv4Addr> = Vec::new();
@@ -292,15 +392,22 @@ pub fn add_endpoint(
         extra_ipv4s: u8::try_from(ipv4s.len().saturating_sub(1)).unwrap_or(u8::MAX),
         ipv6s: u8::try_from(ipv6s.len()).unwrap_or(u8::MAX),
     };
-    {
+    let first = {
         let _lock = datapath.lock()?;
         let running = datapath.node_config()?;
-        if running.flags & NODE_ENABLED != 0 && !datapath.has_no_endpoints()? {
-            settings_agree(&config.net.name, &running, &wanted)?;
+        let first = datapath.has_no_endpoints()?;
+        if running.flags & NODE_ENABLED != 0 && !first {
+            settings_agree(&config.net.name, true, &running, &wanted)?;
+        }
+        for (network, settings) in networks_on_bridge(&config.bpf_root(), bridge.index)? {
+            if network != config.net.name {
+                settings_agree(&network, false, &settings, &wanted)?;
+            }
         }
         datapath.set_node_config(&wanted)?;
         datapath.add_endpoint(endpoint, &ipv4s, &ipv6s)?;
-    }
+        first
+    };
     added.endpoint = Some(host.index);
     if let Some(uplink) = &uplink.link {
         for program in UPLINK_PROGRAMS {
@@ -310,7 +417,7 @@ pub fn add_endpoint(
             }
         }
     }
-    Ok(())
+    Ok(first)
 }
 
 /// What is left once the pod is up: the gateways the node owns (their address is on the
@@ -356,10 +463,17 @@ pub fn undo_add(request: &Request, added: Added) {
         return;
     };
 
-    if let Some(ifindex) = added.endpoint
-        && let Err(error) = datapath.remove_endpoint(ifindex)
-    {
-        log::error!("rollback: {error}");
+    if let Some(ifindex) = added.endpoint {
+        let removed = datapath.lock().map_err(CniError::from).and_then(|_lock| {
+            datapath.remove_endpoint(ifindex)?;
+            if datapath.has_no_endpoints()? {
+                forget_gateways(&datapath, |_| true)?;
+            }
+            Ok(())
+        });
+        if let Err(error) = removed {
+            log::error!("rollback: {error}");
+        }
     }
 }
 
@@ -374,11 +488,12 @@ pub async fn del_pod(request: &Request, node: &Netlink, host: Option<&Link>) -> 
     let Ok(datapath) = Datapath::open(&config.bpf_root(), &config.net.name) else {
         return Ok(());
     };
+    let _lock = datapath.lock()?;
     match host {
         Some(host) => {
             datapath.remove_endpoint(host.index)?;
         }
-        None => sweep(&datapath, node).await?,
+        None => sweep_locked(&datapath, node).await?,
     }
     // The network's last pod took its gateways' reason to be answered with it.
     if datapath.has_no_endpoints()? {
@@ -403,7 +518,7 @@ fn forget_gateways(datapath: &Datapath, stale: impl Fn(&Ipv4Network) -> bool) ->
 }
 
 /// Gateways no pod is behind any more, or whose address left the bridge (a teardown, a
-/// config change), are not answered for any more.
+/// config change), are not answered for any more. The caller holds the datapath's lock.
 pub async fn forget_stale_gateways(datapath: &Datapath, node: &Netlink) -> Result<(), CniError> {
     let bridge = datapath.node_config()?.bridge_ifindex;
     let on_bridge: Vec<IpAddr> = match node.link_by_index(bridge).await? {
@@ -423,6 +538,11 @@ pub async fn forget_stale_gateways(datapath: &Datapath, node: &Netlink) -> Resul
 /// exists, so a pod that ADD makes in the meantime either is not read yet or has its veth
 /// listed — it is never taken for one whose veth vanished.
 pub async fn sweep(datapath: &Datapath, node: &Netlink) -> Result<(), CniError> {
+    let _lock = datapath.lock()?;
+    sweep_locked(datapath, node).await
+}
+
+async fn sweep_locked(datapath: &Datapath, node: &Netlink) -> Result<(), CniError> {
     let ports = datapath.endpoint_ports()?;
     let pinned: Vec<(&str, Vec<String>)> = program_name::ALL
         .iter()

@@ -11,7 +11,7 @@ use crate::{
 };
 
 pub fn gc(request: &Request) -> Result<(), CniError> {
-    let valid: HashSet<Owner> = request
+    let mut valid: HashSet<Owner> = request
         .config
         .net
         .valid_attachments
@@ -28,6 +28,9 @@ pub fn gc(request: &Request) -> Result<(), CniError> {
     let network = &request.config.net.name;
     // Every step runs whatever the others did; the failures are reported together.
     let mut errors: Vec<CniError> = Vec::new();
+    // Attachments whose veth is still there (its delete failed) keep their leases: the
+    // address is in use until the veth goes, and the next GC tries again.
+    let mut still_there: Vec<Owner> = Vec::new();
     let swept = block_on(async {
         let node = Netlink::open()?;
         for link in node.links().await? {
@@ -42,6 +45,7 @@ pub fn gc(request: &Request) -> Result<(), CniError> {
                 log::info!("GC removes veth {} of {container_id}/{ifname}", link.name);
                 if let Err(error) = node.delete_link(link.index).await {
                     errors.push(error.into());
+                    still_there.push(Owner::new(container_id, ifname));
                 }
             }
         }
@@ -54,6 +58,7 @@ pub fn gc(request: &Request) -> Result<(), CniError> {
     if let Err(error) = swept {
         errors.push(error);
     }
+    valid.extend(still_there);
     match Ipam::of(request) {
         Ok(Some(ipam)) => {
             if let Err(error) = ipam.gc(request, &valid) {

@@ -156,7 +156,8 @@ impl Ipam {
                 let dir = config.network_dir(&request.config.net.name);
                 ipam::check_writable(&dir)
                     .map_err(|error| not_available(format!("the IPAM store is not writable: {error}")))?;
-                let Some(store) = DiskStore::peek(&dir).map_err(|error| not_available(error.to_string()))? else {
+                let Some(store) = DiskStore::peek(&dir).map_err(|error| not_available(error.to_string()))?
+                else {
                     return Ok(());
                 };
                 for usage in ipam::usage(&store, config, SystemTime::now())? {

@@ -32,10 +32,14 @@ pub fn setup(bridge: &str, uplink: &str, gateways: &[IpNetwork], bpf_root: &Path
     for datapath in datapaths_of(bridge, bpf_root)? {
         let network = datapath.network().to_owned();
         let uplink_index = nix::net::if_::if_nametoindex(uplink).context("uplink vanished")?;
-        let mut config = datapath.node_config()?;
-        config.uplink_ifindex = uplink_index;
-        config.no_uplink_seen_ns = 0;
-        datapath.set_node_config(&config)?;
+        {
+            // Read, change, write: under the lock an ADD takes to write the settings.
+            let _lock = datapath.lock()?;
+            let mut config = datapath.node_config()?;
+            config.uplink_ifindex = uplink_index;
+            config.no_uplink_seen_ns = 0;
+            datapath.set_node_config(&config)?;
+        }
         for program in UPLINK_PROGRAMS {
             datapath.attach(program, uplink)?;
         }
@@ -98,6 +102,7 @@ pub fn teardown(bridge: &str, bpf_root: &Path) -> anyhow::Result<String> {
         for program in UPLINK_PROGRAMS {
             datapath.detach(program, &uplink)?;
         }
+        let _lock = datapath.lock()?;
         let mut config = datapath.node_config()?;
         config.uplink_ifindex = 0;
         config.no_uplink_seen_ns = 0;

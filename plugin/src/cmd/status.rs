@@ -51,7 +51,7 @@ pub fn status(request: &Request) -> Result<(), CniError> {
         code::LIMITED_CONNECTIVITY,
         format!(
             "pods of network {} may have limited connectivity: {} (another tool removed the \
-             programs; re-add the pods, or run `flatbridge agent`, which puts them back)",
+             programs; delete and re-add those pods to get them back)",
             config.net.name,
             degraded.join("; ")
         ),

@@ -223,10 +223,13 @@ impl Datapath {
         &self.layout
     }
 
-    /// Serialises changes of the network's node-wide state (its settings and who holds
-    /// what) between concurrent plugin calls; held until the returned guard drops.
+    /// Serialises changes of the node's datapath state — every network's settings and who
+    /// holds what — between concurrent plugin calls; held until the returned guard drops.
+    /// One lock for all networks of the BPF root (its pin directory): the networks on one
+    /// bridge share an L2, so one's checks read the others' state. Held only for map
+    /// updates, never while a program loads. Not re-entrant: take it once per call.
     pub fn lock(&self) -> Result<Flock<File>, DatapathError> {
-        lock_dir(self.layout.dir())
+        lock_dir(self.layout.dir().parent().unwrap_or(self.layout.dir()))
     }
 
     pub fn network(&self) -> &str {
@@ -537,7 +540,6 @@ fn link_error(program: &str, ifname: &str, source: aya::programs::links::LinkErr
         source: Box::new(source),
     }
 }
-
 
 /// Loads `program`, again when the verifier gave up because a signal came in (EAGAIN: it
 /// stops on a pending signal; a runtime or a busy test harness sends those), as libbpf

@@ -158,6 +158,16 @@ impl Datapath {
         ipv4s: &[Ipv4Addr],
         ipv6s: &[Ipv6Addr],
     ) -> Result<(), DatapathError> {
+        // The port is the new pod's own veth: an endpoint already there is a dead pod's
+        // whose ifindex the kernel gave out again. It goes first, so that a failed claim
+        // below rolls back only what this call wrote.
+        if self
+            .hash_map::<u32, Endpoint>(map_name::PORTS)?
+            .get(&endpoint.ifindex, 0)
+            .is_ok()
+        {
+            self.remove_endpoint(endpoint.ifindex)?;
+        }
         let claimed = self.claim_all(endpoint, ipv4s, ipv6s);
         if !matches!(claimed, Ok(())) {
             let _ = self.remove_endpoint(endpoint.ifindex);

@@ -349,7 +349,10 @@ impl Store for DiskStore {
 pub fn check_writable(dir: &Path) -> Result<(), IpamError> {
     let mut at = dir;
     loop {
-        match nix::unistd::access(at, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK) {
+        match nix::unistd::access(
+            at,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        ) {
             Ok(()) => return Ok(()),
             Err(nix::errno::Errno::ENOENT) => match at.parent() {
                 Some(parent) => at = parent,
