@@ -36,9 +36,10 @@ fn pass(ctx: &TcContext) -> Result<i32, Verdict> {
 #[inline(always)]
 fn try_from_pod(ctx: &TcContext) -> Result<i32, Verdict> {
     let port_ifindex = ifindex(ctx);
-    // No settings: an ADD writes them before it attaches a program, so they are missing
-    // only if something else cleared them. Fail closed: check as anti-spoofing does (which
-    // drops the frames of a port with no endpoint), offload nothing.
+    // No settings: before the first ADD's endpoint (its port's programs go on first, with
+    // the port down), or because something cleared them. Fail closed: check as
+    // anti-spoofing does (which drops the frames of a port with no endpoint), offload
+    // nothing.
     let Some(node) = enabled_node() else {
         let (frame, pod) = isolation::checked_frame(ctx, port_ifindex)?;
         match frame.proto {

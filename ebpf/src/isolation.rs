@@ -227,7 +227,9 @@ pub fn ipv6(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Ve
             Ok(())
         }
         IPPROTO_TCP | IPPROTO_ESP | IPPROTO_NONE | IPPROTO_SCTP => Ok(()),
-        // An extension header this walk does not know hides what follows it (RFC 7113).
+        // Any other next header: an extension header this walk does not follow (mobility,
+        // HIP, shim6) would hide what comes after it (RFC 7113), and tunnels (IPIP, GRE)
+        // are no pod's business on the L2. Counted as malformed.
         _ => Err(Verdict::DropMalformed),
     }
 }

@@ -92,8 +92,9 @@ enum ConflictsAction {
 #[derive(Subcommand)]
 enum NodeAction {
     /// Put the uplink (an Ethernet NIC or a bond) under the bridge: the bridge takes the
-    /// uplink's MAC, MTU, IPv4 addresses and routes, so the switch and the rest of the
-    /// network see no change; forwarding and conntrack's liberal TCP tracking are turned
+    /// uplink's MAC, MTU, addresses (IPv4, and configured global IPv6) and routes (with
+    /// their metric, source and protocol), so the switch and the rest of the network see
+    /// no change; forwarding and conntrack's liberal TCP tracking are turned
     /// on. Idempotent. On failure everything is undone.
     Setup {
         /// The uplink device, e.g. eno1 or bond0.
@@ -107,6 +108,9 @@ enum NodeAction {
         gateway: Vec<IpNetwork>,
         #[arg(long, default_value = DEFAULT_BPF_ROOT)]
         bpf_root: PathBuf,
+        /// Where the setup's state (what it moved, for teardown) is kept.
+        #[arg(long, default_value = flatbridge::node::STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Give the uplink back its addresses and routes and take it out of the bridge; the
     /// bridge is deleted when no pod is left on it.
@@ -115,6 +119,8 @@ enum NodeAction {
         bridge: String,
         #[arg(long, default_value = DEFAULT_BPF_ROOT)]
         bpf_root: PathBuf,
+        #[arg(long, default_value = flatbridge::node::STATE_DIR)]
+        state_dir: PathBuf,
     },
 }
 
@@ -169,11 +175,20 @@ fn main() -> anyhow::Result<()> {
                     bridge,
                     gateway,
                     bpf_root,
+                    state_dir,
                 },
-        } => println!("{}", node_cmd::setup(&bridge, &uplink, &gateway, &bpf_root)?),
+        } => println!(
+            "{}",
+            node_cmd::setup(&bridge, &uplink, &gateway, &bpf_root, &state_dir)?
+        ),
         Operator::Node {
-            action: NodeAction::Teardown { bridge, bpf_root },
-        } => println!("{}", node_cmd::teardown(&bridge, &bpf_root)?),
+            action:
+                NodeAction::Teardown {
+                    bridge,
+                    bpf_root,
+                    state_dir,
+                },
+        } => println!("{}", node_cmd::teardown(&bridge, &bpf_root, &state_dir)?),
         Operator::Conflicts {
             action: None,
             network,

@@ -1,10 +1,14 @@
 //! Node-side setup shared by all pods of a network: the bridge, the gateway address on it,
 //! forwarding. Idempotent: every function checks before it changes anything.
-use std::{io, net::IpAddr, path::Path};
+use std::{
+    io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use ipnetwork::IpNetwork;
 
-use crate::netlink::{Link, LinkKind, Netlink, NetlinkError};
+use crate::netlink::{Link, LinkKind, Netlink, NetlinkError, RouteEntry, RouteSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -16,6 +20,12 @@ pub enum NodeError {
     UplinkTaken { uplink: String, master: u32 },
     #[error("{0} was not set up by `flatbridge node setup` (its alias holds no setup record)")]
     NotSetUp(String),
+    #[error("node setup state {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("failed to write {value} to {path}: {source}")]
     Sysctl {
         path: String,
@@ -126,39 +136,35 @@ pub fn write_sysctl(path: &str, value: &str) -> Result<(), NodeError> {
     std::fs::write(path, value).map_err(error)
 }
 
-/// What `flatbridge node setup` changed, stored as the bridge's alias so that teardown can
-/// undo it without any file: `flatbridge-node uplink=<if> addrs=<cidr>,.. routes=<dst>@<gw>,.. gateways=<cidr>,..`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What `flatbridge node setup` changed, for teardown and for a setup that resumes after a
+/// crash: kept in a file of ours ([`STATE_DIR`]`/<bridge>.json`, written whole or not at
+/// all), which holds any number of addresses and routes. The bridge's alias holds only a
+/// marker naming the uplink (`flatbridge-node uplink=<if>`): it says the file belongs to
+/// this very bridge (one made again at boot has no marker, and the file is then stale),
+/// and ADD finds the uplink by it without reading a file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UplinkState {
     pub uplink: String,
+    /// The uplink's IPv4 addresses and its configured global IPv6 ones.
     pub addresses: Vec<IpNetwork>,
-    /// Routes that went out of the uplink: destination and gateway (none when on-link).
-    pub routes: Vec<(IpNetwork, Option<IpAddr>)>,
+    /// Routes that went out of the uplink, both families, with their attributes.
+    pub routes: Vec<RouteSpec>,
     pub gateways: Vec<IpNetwork>,
 }
 
 const STATE_PREFIX: &str = "flatbridge-node";
+/// Where node setup keeps its state: beside the CNI state of the node (host-local's
+/// leases are in /var/lib/cni/networks).
+pub const STATE_DIR: &str = "/var/lib/cni/flatbridge/node";
 
 impl UplinkState {
-    pub fn encode(&self) -> String {
-        let join = |items: Vec<String>| items.join(",");
-        format!(
-            "{STATE_PREFIX} uplink={} addrs={} routes={} gateways={}",
-            self.uplink,
-            join(self.addresses.iter().map(ToString::to_string).collect()),
-            join(
-                self.routes
-                    .iter()
-                    .map(|(dst, gateway)| match gateway {
-                        Some(gateway) => format!("{dst}@{gateway}"),
-                        None => dst.to_string(),
-                    })
-                    .collect()
-            ),
-            join(self.gateways.iter().map(ToString::to_string).collect()),
-        )
+    /// The bridge's alias: the marker only.
+    pub fn marker(&self) -> String {
+        format!("{STATE_PREFIX} uplink={}", self.uplink)
     }
 
+    /// What an alias says: the uplink of the marker, or a whole state as releases before
+    /// the state file wrote it (`addrs=`, `routes=<dst>@<gw>`, `gateways=`).
     pub fn decode(text: &str) -> Option<Self> {
         let mut words = text.split_whitespace();
         if words.next()? != STATE_PREFIX {
@@ -178,13 +184,77 @@ impl UplinkState {
                             Some((dst, gateway)) => (dst, Some(gateway.parse().ok()?)),
                             None => (item, None),
                         };
-                        state.routes.push((dst.parse().ok()?, gateway));
+                        state.routes.push(RouteSpec {
+                            dst: dst.parse().ok()?,
+                            gateway,
+                            metric: None,
+                            source: None,
+                            protocol: 0,
+                            scope: 0,
+                        });
                     }
                 }
                 _ => return None,
             }
         }
         (!state.uplink.is_empty()).then_some(state)
+    }
+
+    fn path(dir: &Path, bridge: &str) -> PathBuf {
+        dir.join(format!("{bridge}.json"))
+    }
+
+    /// The state of `bridge` whose alias is `alias`: the file when the marker names its
+    /// uplink, else what an older release kept in the alias; `None` when the bridge was
+    /// not set up.
+    pub fn load(dir: &Path, bridge: &str, alias: Option<&str>) -> Result<Option<Self>, NodeError> {
+        let Some(marked) = alias.and_then(Self::decode) else {
+            return Ok(None);
+        };
+        let path = Self::path(dir, bridge);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let state: Self = serde_json::from_slice(&bytes).map_err(|error| NodeError::State {
+                    path: path.clone(),
+                    source: io::Error::new(io::ErrorKind::InvalidData, error),
+                })?;
+                Ok(Some(if state.uplink == marked.uplink {
+                    state
+                } else {
+                    marked
+                }))
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Some(marked)),
+            Err(source) => Err(NodeError::State { path, source }),
+        }
+    }
+
+    /// Writes the state of `bridge` whole (a temporary file renamed over the old one).
+    pub fn save(&self, dir: &Path, bridge: &str) -> Result<(), NodeError> {
+        let path = Self::path(dir, bridge);
+        let error = |source| NodeError::State {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(error)?;
+        let mut temp = tempfile::Builder::new()
+            .prefix(".state-")
+            .tempfile_in(dir)
+            .map_err(error)?;
+        serde_json::to_writer_pretty(temp.as_file_mut(), self)
+            .map_err(|json| error(io::Error::other(json)))?;
+        temp.as_file().sync_all().map_err(error)?;
+        temp.persist(&path).map_err(|persist| error(persist.error))?;
+        Ok(())
+    }
+
+    fn remove(dir: &Path, bridge: &str) -> Result<(), NodeError> {
+        let path = Self::path(dir, bridge);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(NodeError::State { path, source }),
+        }
     }
 }
 
@@ -197,12 +267,16 @@ pub enum SetupOutcome {
     AlreadySetUp,
 }
 
-/// Puts the uplink under the bridge and moves its IPv4 addresses and routes to the bridge,
-/// which takes the uplink's MAC and MTU (the switch sees no change). Turns on forwarding and
-/// conntrack's liberal TCP window tracking (needed for TCP offload). Idempotent. On a
-/// failure every step taken is undone, so the node never stays without its address.
+/// Puts the uplink under the bridge and moves its addresses (IPv4, and configured global
+/// IPv6) and its routes (both families, with metric, source, protocol and scope) to the
+/// bridge, which takes the uplink's MAC and MTU (the switch sees no change). Turns on
+/// forwarding and conntrack's liberal TCP window tracking (needed for TCP offload).
+/// Idempotent, and resumable: the state is written before anything changes, so a setup
+/// that died half-way is finished by the next. On a failure every step taken is undone,
+/// so the node never stays without its address.
 pub async fn setup_uplink(
     netlink: &Netlink,
+    state_dir: &Path,
     bridge_name: &str,
     uplink_name: &str,
     gateways: &[IpNetwork],
@@ -222,15 +296,15 @@ pub async fn setup_uplink(
             let bridge = netlink.require_link(bridge_name).await?;
             // An earlier setup may have died half-way: finish what its state says (every
             // step is idempotent), then add what this call asks for.
-            if let Some(state) = bridge.alias.as_deref().and_then(UplinkState::decode)
+            if let Some(state) = UplinkState::load(state_dir, bridge_name, bridge.alias.as_deref())?
                 && state.uplink == uplink_name
             {
                 for address in &state.addresses {
-                    netlink.add_addr(bridge.index, *address).await?;
+                    netlink.add_moved_addr(bridge.index, *address).await?;
                     netlink.del_addr(uplink.index, *address).await?;
                 }
-                for (dst, gateway) in &state.routes {
-                    netlink.replace_route(*dst, *gateway, bridge.index).await?;
+                for route in &state.routes {
+                    netlink.replace_route_spec(route, bridge.index).await?;
                 }
                 let mut more = state.clone();
                 more.gateways.extend(
@@ -242,7 +316,7 @@ pub async fn setup_uplink(
                     netlink.add_addr(bridge.index, *gateway).await?;
                 }
                 if more != state {
-                    netlink.set_alias(bridge.index, &more.encode()).await?;
+                    more.save(state_dir, bridge_name)?;
                 }
             } else {
                 for gateway in gateways {
@@ -257,23 +331,25 @@ pub async fn setup_uplink(
             master,
         });
     }
+    let mut routes = Vec::new();
+    for ipv4 in [true, false] {
+        routes.extend(
+            netlink
+                .routes(ipv4)
+                .await?
+                .iter()
+                .filter(|route| route.oif == Some(uplink.index) && moves_with_the_link(route))
+                .map(RouteSpec::from),
+        );
+    }
     let state = UplinkState {
         uplink: uplink_name.to_owned(),
-        addresses: netlink
-            .addrs(uplink.index)
-            .await?
-            .into_iter()
-            .filter(IpNetwork::is_ipv4)
-            .collect(),
-        routes: netlink
-            .routes(true)
-            .await?
-            .into_iter()
-            .filter(|route| route.oif == Some(uplink.index) && !route.from_kernel)
-            .map(|route| (route.dst, route.gateway))
-            .collect(),
+        addresses: netlink.own_addrs(uplink.index).await?,
+        routes,
         gateways: gateways.to_vec(),
     };
+    // Before any change: a setup killed half-way leaves what the next one needs to finish.
+    state.save(state_dir, bridge_name)?;
     let mut undo = Vec::new();
     let result = move_uplink(netlink, bridge_name, existing, &uplink, &state, &mut undo).await;
     if let Err(error) = result {
@@ -283,9 +359,24 @@ pub async fn setup_uplink(
                 log::error!("undoing node setup: {undo_error}");
             }
         }
+        if let Err(remove_error) = UplinkState::remove(state_dir, bridge_name) {
+            log::error!("undoing node setup: {remove_error}");
+        }
         return Err(error);
     }
     Ok(SetupOutcome::Done(state))
+}
+
+/// Routes the node's configuration made (static, DHCP, the boot scripts'): not the
+/// kernel's for an address's prefix, nor one learnt from router advertisements (it comes
+/// back on the bridge, which hears them now), nor IPv6 link-local or multicast ones, which
+/// every link has of its own.
+fn moves_with_the_link(route: &RouteEntry) -> bool {
+    let own_to_every_link = match route.dst {
+        IpNetwork::V6(dst) => dst.ip().is_unicast_link_local() || dst.ip().is_multicast(),
+        IpNetwork::V4(_) => false,
+    };
+    !route.from_kernel && !route.from_ra && !own_to_every_link
 }
 
 /// One change of `move_uplink`, and how to take it back.
@@ -294,7 +385,10 @@ enum UndoStep {
     DeleteAddr(u32, IpNetwork),
     AddAddr(u32, IpNetwork),
     NoMaster(u32),
-    Route(IpNetwork, Option<IpAddr>, u32),
+    Route(RouteSpec, u32),
+    Alias(u32, String),
+    Mac(u32, [u8; 6]),
+    Mtu(u32, u32),
 }
 
 impl UndoStep {
@@ -302,9 +396,12 @@ impl UndoStep {
         match self {
             UndoStep::DeleteLink(index) => netlink.delete_link(index).await,
             UndoStep::DeleteAddr(index, address) => netlink.del_addr(index, address).await,
-            UndoStep::AddAddr(index, address) => netlink.add_addr(index, address).await,
+            UndoStep::AddAddr(index, address) => netlink.add_moved_addr(index, address).await,
             UndoStep::NoMaster(index) => netlink.set_nomaster(index).await,
-            UndoStep::Route(dst, gateway, oif) => netlink.replace_route(dst, gateway, oif).await,
+            UndoStep::Route(route, oif) => netlink.replace_route_spec(&route, oif).await,
+            UndoStep::Alias(index, alias) => netlink.set_alias(index, &alias).await,
+            UndoStep::Mac(index, mac) => netlink.set_mac(index, mac).await,
+            UndoStep::Mtu(index, mtu) => netlink.set_mtu(index, mtu).await,
         }
     }
 }
@@ -322,9 +419,13 @@ async fn move_uplink(
         Some(bridge) => {
             if bridge.mac != Some(mac) {
                 netlink.set_mac(bridge.index, mac).await?;
+                if let Some(old) = bridge.mac {
+                    undo.push(UndoStep::Mac(bridge.index, old));
+                }
             }
             if bridge.mtu != uplink.mtu {
                 netlink.set_mtu(bridge.index, uplink.mtu).await?;
+                undo.push(UndoStep::Mtu(bridge.index, bridge.mtu));
             }
             bridge
         }
@@ -335,11 +436,15 @@ async fn move_uplink(
             bridge
         }
     };
-    netlink.set_alias(bridge.index, &state.encode()).await?;
+    netlink.set_alias(bridge.index, &state.marker()).await?;
+    undo.push(UndoStep::Alias(
+        bridge.index,
+        bridge.alias.clone().unwrap_or_default(),
+    ));
     // Addresses on the bridge first, then the uplink under it, then off the uplink: the
     // node's address is never missing, only briefly on both.
     for address in &state.addresses {
-        netlink.add_addr(bridge.index, *address).await?;
+        netlink.add_moved_addr(bridge.index, *address).await?;
         undo.push(UndoStep::DeleteAddr(bridge.index, *address));
     }
     netlink.set_up(bridge.index).await?;
@@ -349,9 +454,9 @@ async fn move_uplink(
         netlink.del_addr(uplink.index, *address).await?;
         undo.push(UndoStep::AddAddr(uplink.index, *address));
     }
-    for (dst, gateway) in &state.routes {
-        netlink.replace_route(*dst, *gateway, bridge.index).await?;
-        undo.push(UndoStep::Route(*dst, *gateway, uplink.index));
+    for route in &state.routes {
+        netlink.replace_route_spec(route, bridge.index).await?;
+        undo.push(UndoStep::Route(route.clone(), uplink.index));
     }
     for gateway in &state.gateways {
         netlink.add_addr(bridge.index, *gateway).await?;
@@ -372,24 +477,30 @@ fn node_sysctls() -> Result<(), NodeError> {
 }
 
 /// Undoes `setup_uplink`: the uplink gets its addresses and routes back and leaves the
-/// bridge; the bridge is deleted unless pods are still on it. Returns the uplink's name.
-pub async fn teardown_uplink(netlink: &Netlink, bridge_name: &str) -> Result<String, NodeError> {
+/// bridge; the bridge is deleted unless pods are still on it, and the state file goes.
+/// Returns the uplink's name.
+pub async fn teardown_uplink(
+    netlink: &Netlink,
+    state_dir: &Path,
+    bridge_name: &str,
+) -> Result<String, NodeError> {
     let Some(bridge) = netlink.link_by_name(bridge_name).await? else {
+        // A file without its bridge (made again at boot, say) describes nothing left.
+        UplinkState::remove(state_dir, bridge_name)?;
         return Err(NodeError::NotSetUp(bridge_name.to_owned()));
     };
-    let state = bridge
-        .alias
-        .as_deref()
-        .and_then(UplinkState::decode)
-        .ok_or_else(|| NodeError::NotSetUp(bridge_name.to_owned()))?;
+    let Some(state) = UplinkState::load(state_dir, bridge_name, bridge.alias.as_deref())? else {
+        UplinkState::remove(state_dir, bridge_name)?;
+        return Err(NodeError::NotSetUp(bridge_name.to_owned()));
+    };
     let uplink = netlink.require_link(&state.uplink).await?;
     for address in &state.addresses {
-        netlink.add_addr(uplink.index, *address).await?;
+        netlink.add_moved_addr(uplink.index, *address).await?;
     }
     netlink.set_nomaster(uplink.index).await?;
     netlink.set_up(uplink.index).await?;
-    for (dst, gateway) in &state.routes {
-        netlink.replace_route(*dst, *gateway, uplink.index).await?;
+    for route in &state.routes {
+        netlink.replace_route_spec(route, uplink.index).await?;
     }
     for address in state.addresses.iter().chain(&state.gateways) {
         netlink.del_addr(bridge.index, *address).await?;
@@ -406,6 +517,7 @@ pub async fn teardown_uplink(netlink: &Netlink, bridge_name: &str) -> Result<Str
         netlink.set_alias(bridge.index, "").await?;
         log::warn!("kept bridge {bridge_name}: {ports} pod ports are still on it");
     }
+    UplinkState::remove(state_dir, bridge_name)?;
     Ok(state.uplink)
 }
 
@@ -414,23 +526,65 @@ mod tests {
     use super::*;
 
     #[test]
-    fn uplink_state_round_trips_through_the_alias() {
+    fn the_alias_holds_a_marker_and_old_aliases_still_read() {
         let state = UplinkState {
             uplink: "bond0".into(),
-            addresses: vec!["10.10.0.11/16".parse().expect("cidr")],
-            routes: vec![
-                (
-                    "0.0.0.0/0".parse().expect("cidr"),
-                    Some("10.10.0.1".parse().expect("ip")),
-                ),
-                ("192.168.5.0/24".parse().expect("cidr"), None),
-            ],
-            gateways: vec!["10.10.1.0/16".parse().expect("cidr")],
+            ..UplinkState::default()
         };
-        let text = state.encode();
-        assert!(text.len() < 256, "too long for an interface alias: {text}");
-        assert_eq!(UplinkState::decode(&text), Some(state));
+        assert_eq!(state.marker(), "flatbridge-node uplink=bond0");
+        assert_eq!(UplinkState::decode(&state.marker()), Some(state));
+        let old = UplinkState::decode(
+            "flatbridge-node uplink=eth0 addrs=10.10.0.11/16 routes=0.0.0.0/0@10.10.0.1,192.168.5.0/24 \
+             gateways=10.10.1.0/16",
+        )
+        .expect("an alias of an older release");
+        assert_eq!(
+            old.addresses,
+            vec!["10.10.0.11/16".parse::<IpNetwork>().expect("cidr")]
+        );
+        assert_eq!(old.routes.len(), 2);
+        assert_eq!(old.routes[0].gateway, Some("10.10.0.1".parse().expect("ip")));
         assert_eq!(UplinkState::decode("flatbridge:data:abc:eth0"), None);
         assert_eq!(UplinkState::decode("flatbridge-node addrs=x"), None);
+    }
+
+    #[test]
+    fn the_state_file_holds_more_than_an_alias_and_belongs_to_its_marker() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let routes: Vec<RouteSpec> = (0..40)
+            .map(|i| RouteSpec {
+                dst: format!("192.168.{i}.0/24").parse().expect("cidr"),
+                gateway: Some("10.10.0.1".parse().expect("ip")),
+                metric: Some(100 + i),
+                source: Some("10.10.0.11".parse().expect("ip")),
+                protocol: 4,
+                scope: 0,
+            })
+            .collect();
+        let state = UplinkState {
+            uplink: "eth0".into(),
+            addresses: vec![
+                "10.10.0.11/16".parse().expect("cidr"),
+                "2001:db8::11/64".parse().expect("cidr"),
+            ],
+            routes,
+            gateways: vec![],
+        };
+        state.save(dir.path(), "cni0").expect("save");
+        let marker = state.marker();
+        assert_eq!(
+            UplinkState::load(dir.path(), "cni0", Some(&marker)).expect("load"),
+            Some(state.clone())
+        );
+        // A bridge without the marker (made again at boot) was not set up.
+        assert_eq!(UplinkState::load(dir.path(), "cni0", None).expect("load"), None);
+        // A marker for another uplink: the file is not this setup's.
+        let other = UplinkState::load(dir.path(), "cni0", Some("flatbridge-node uplink=bond0"))
+            .expect("load")
+            .expect("marked");
+        assert_eq!(other.uplink, "bond0");
+        assert!(other.routes.is_empty());
+        UplinkState::remove(dir.path(), "cni0").expect("remove");
+        UplinkState::remove(dir.path(), "cni0").expect("remove twice");
     }
 }

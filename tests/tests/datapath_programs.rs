@@ -877,8 +877,8 @@ fn a_pod_cannot_act_as_a_router_or_a_dhcp_server() {
             Verdict::DropRouterAdvert,
         ),
         (
-            "router advertisement behind an extension header the guard does not know",
-            frames::ipv6_with_ext(&ra, &[ExtensionHeader::Other(253)]),
+            "router advertisement behind a mobility header, which the walk does not follow",
+            frames::ipv6_with_ext(&ra, &[ExtensionHeader::Other(135)]),
             Verdict::DropMalformed,
         ),
         (

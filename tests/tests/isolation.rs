@@ -641,6 +641,61 @@ fn no_network_on_the_same_bridge_gets_around_the_checks() {
 }
 
 #[test]
+fn plain_and_checked_pods_added_at_once_never_share_a_bridge() {
+    require_root();
+    let fabric = Fabric::new(1, None);
+    let node = &fabric.nodes[0];
+    let checked = node.config("1.0.0");
+    let mut plain = checked.clone();
+    plain["name"] = json!("other");
+    plain["fastPath"] = json!(false);
+    plain["ipam"]["ranges"][0][0]["rangeStart"] = json!("10.10.9.1");
+    plain["ipam"]["ranges"][0][0]["rangeEnd"] = json!("10.10.9.9");
+    let mut both = 0;
+    for round in 0..12 {
+        let pods = [
+            (Pod::new(&format!("p{round}")), &plain),
+            (Pod::new(&format!("c{round}")), &checked),
+            (Pod::new(&format!("d{round}")), &checked),
+        ];
+        let outcomes: Vec<bool> = std::thread::scope(|scope| {
+            let runs: Vec<_> = pods
+                .iter()
+                .map(|(pod, config)| {
+                    scope.spawn(move || {
+                        let out = node.node.cni("ADD", &pod.env("eth0"), config);
+                        if !out.success {
+                            // Refused for the other pod, and for nothing else.
+                            let msg = out.error("ADD beside the other kind of pod", 7);
+                            assert!(msg.contains("fast path"), "{msg}");
+                            return false;
+                        }
+                        true
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .map(|run| run.join().expect("ADD thread"))
+                .collect()
+        });
+        assert!(
+            !(outcomes[0] && (outcomes[1] || outcomes[2])),
+            "round {round}: a plain pod and a checked pod were both added: {outcomes:?}"
+        );
+        both += usize::from(outcomes.iter().any(|added| *added));
+        for (pod, config) in &pods {
+            node.node.cni("DEL", &pod.env("eth0"), config).ok("DEL");
+        }
+        assert!(
+            node.node.host_veths().is_empty(),
+            "round {round}: {:?}",
+            node.node.host_veths()
+        );
+    }
+    assert!(both > 0, "no ADD ever got through");
+}
+
+#[test]
 fn gateways_are_answered_only_while_pods_are_behind_them() {
     let lan = Lan::new();
     let node = &lan.node().node;

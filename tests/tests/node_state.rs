@@ -106,6 +106,138 @@ fn node_setup_finishes_what_a_crash_left_and_teardown_runs_twice() {
 }
 
 #[test]
+fn node_setup_moves_ipv6_and_every_route_with_its_attributes_and_gives_them_back() {
+    require_root();
+    let fabric = Fabric::new(1, None);
+    let node = &fabric.nodes[0].node;
+    node.flatbridge(&["node", "teardown"]);
+    let ip = |args: &[&str]| node.netns.ok(args);
+    ip(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::11/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    ip(&[
+        "ip",
+        "route",
+        "replace",
+        "default",
+        "via",
+        "10.10.0.1",
+        "dev",
+        "eth0",
+        "metric",
+        "50",
+        "proto",
+        "dhcp",
+    ]);
+    ip(&[
+        "ip",
+        "route",
+        "add",
+        "192.168.77.0/24",
+        "via",
+        "10.10.0.1",
+        "dev",
+        "eth0",
+        "src",
+        "10.10.0.11",
+        "metric",
+        "300",
+    ]);
+    ip(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8::1",
+        "dev",
+        "eth0",
+        "metric",
+        "1024",
+    ]);
+    ip(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:db8:99::/48",
+        "via",
+        "2001:db8::1",
+        "dev",
+        "eth0",
+        "metric",
+        "7",
+    ]);
+    // More routes than the 255 bytes of an interface alias could ever hold.
+    for i in 0..40 {
+        ip(&[
+            "ip",
+            "route",
+            "add",
+            &format!("172.16.{i}.0/24"),
+            "via",
+            "10.10.0.1",
+            "dev",
+            "eth0",
+        ]);
+    }
+    let routes_of = |dev: &str| {
+        let mut routes = ip(&["ip", "route", "show", "dev", dev]);
+        routes.push_str(&ip(&["ip", "-6", "route", "show", "dev", dev]));
+        routes
+    };
+    let expected = [
+        "default via 10.10.0.1 proto dhcp metric 50",
+        "192.168.77.0/24 via 10.10.0.1 src 10.10.0.11 metric 300",
+        "172.16.39.0/24 via 10.10.0.1",
+        "2001:db8:99::/48 via 2001:db8::1 metric 7",
+        "default via 2001:db8::1 metric 1024",
+    ];
+    let before = routes_of("eth0");
+    for route in expected {
+        assert!(
+            before.contains(route),
+            "the test's own route {route} is missing: {before}"
+        );
+    }
+    node.flatbridge(&["node", "setup", "--uplink", "eth0", "--gateway", "10.10.1.0/16"]);
+    let on_bridge = routes_of("cni0");
+    for route in expected {
+        assert!(
+            on_bridge.contains(route),
+            "{route} did not move to cni0: {on_bridge}"
+        );
+    }
+    let left = routes_of("eth0");
+    assert!(!left.contains("via"), "routes stayed on the uplink: {left}");
+    let addresses = ip(&["ip", "-6", "addr", "show", "dev", "cni0", "scope", "global"]);
+    assert!(addresses.contains("2001:db8::11/64"), "{addresses}");
+    assert!(
+        !addresses.contains("tentative") && !addresses.contains("dadfailed"),
+        "the moved address is not usable: {addresses}"
+    );
+    let on_uplink = ip(&["ip", "-6", "addr", "show", "dev", "eth0", "scope", "global"]);
+    assert!(
+        on_uplink.trim().is_empty(),
+        "the IPv6 address stayed on the uplink: {on_uplink}"
+    );
+    node.flatbridge(&["node", "teardown"]);
+    let back = routes_of("eth0");
+    for route in expected {
+        assert!(back.contains(route), "{route} did not come back to eth0: {back}");
+    }
+    assert!(ip(&["ip", "-6", "addr", "show", "dev", "eth0"]).contains("2001:db8::11/64"));
+}
+
+#[test]
 fn node_setup_touches_only_the_networks_of_its_bridge() {
     require_root();
     let fabric = Fabric::new(1, None);

@@ -154,7 +154,7 @@ impl Steps<'_> {
             datapath.attach_pod(&host_name)?;
             fault::point("add:programs")?;
             let pod_mac = self.pod.require_link(self.ifname).await?.mac.unwrap_or_default();
-            let first = fastpath::add_endpoint(
+            let added = fastpath::add_endpoint(
                 self.request,
                 datapath,
                 &bridge,
@@ -164,9 +164,7 @@ impl Steps<'_> {
                 &result,
                 &mut undo.fast_path,
             )?;
-            if first && config.anti_spoof() {
-                fastpath::refuse_unchecked_pods(self.request, self.node, &bridge, &host).await?;
-            }
+            fastpath::refuse_unchecked_pods(self.request, datapath, self.node, &bridge, &host, added).await?;
             fault::point("add:endpoint")?;
         }
         // Who owns this veth, for GC and for people reading `ip link`.

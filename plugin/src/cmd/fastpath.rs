@@ -276,15 +276,7 @@ fn networks_on_bridge(bpf_root: &Path, bridge: u32) -> Result<Vec<(String, NodeC
 /// or this finds that pod.
 pub fn check_plain_bridge_allowed(request: &Request, bridge: &Link) -> Result<(), CniError> {
     let bpf_root = request.config.bpf_root();
-    let Some(any) = Datapath::networks(&bpf_root).into_iter().next() else {
-        return Ok(());
-    };
-    // Any network's datapath holds the lock of them all.
-    let _lock = match Datapath::open(&bpf_root, &any) {
-        Ok(datapath) => Some(datapath.lock()?),
-        Err(DatapathError::NotLoaded { .. }) => None,
-        Err(error) => return Err(error.into()),
-    };
+    let _lock = Datapath::lock_node(&bpf_root)?;
     let checked: Vec<String> = networks_on_bridge(&bpf_root, bridge.index)?
         .into_iter()
         .filter(|(_, settings)| settings.flags & NODE_ANTI_SPOOF != 0)
@@ -306,11 +298,33 @@ pub fn check_plain_bridge_allowed(request: &Request, bridge: &Link) -> Result<()
     ))
 }
 
-/// A first pod with isolation checks on a bridge must not share it with pods that have
+/// The first pod with isolation checks on a bridge must not share it with pods that have
 /// none: flatbridge's ports (by their alias) without a program of ours on their ingress,
-/// that is pods a config without the fast path added. Runs after the pod's endpoint is in,
-/// so that a plain ADD that comes later finds it (see [`check_plain_bridge_allowed`]).
+/// that is pods a config without the fast path added. Runs after the pod's endpoint is in
+/// and before the node's lock is let go (see [`EndpointAdded`]), so that a plain ADD that
+/// comes later finds the endpoint (see [`check_plain_bridge_allowed`]) and a checked ADD
+/// that comes later is not taken for the first while this one may still be refused.
 pub async fn refuse_unchecked_pods(
+    request: &Request,
+    datapath: &Datapath,
+    node: &Netlink,
+    bridge: &Link,
+    host: &Link,
+    added: EndpointAdded,
+) -> Result<(), CniError> {
+    if !added.first_checked() {
+        return Ok(());
+    }
+    let refused = unchecked_pods(request, node, bridge, host).await;
+    if refused.is_err() {
+        // Before the lock goes: an ADD that takes it next must not count this pod.
+        datapath.remove_endpoint(host.index)?;
+    }
+    drop(added);
+    refused
+}
+
+async fn unchecked_pods(
     request: &Request,
     node: &Netlink,
     bridge: &Link,
@@ -347,8 +361,7 @@ pub async fn refuse_unchecked_pods(
         code::INVALID_CONFIG,
         format!(
             "{} has flatbridge pods without the fast path's isolation checks: {}. A pod with them would share \
-             the L2 with pods that can spoof it; delete those pods first, or add this one with the same \
-             settings as theirs",
+             the L2 with pods that can spoof it; delete those pods first",
             bridge.name,
             unchecked.join(", ")
         ),
@@ -360,7 +373,8 @@ pub async fn refuse_unchecked_pods(
 /// the node's settings, the pod's MAC and addresses, and the uplink programs, attached
 /// once. A MAC or address another pod holds is refused, and so are settings that differ
 /// from those of the network's pods or of other networks' pods on the same bridge.
-/// Returns whether this is the network's first pod.
+/// Returns with the node's lock still held when this is the first checked pod on the
+/// bridge, for [`refuse_unchecked_pods`].
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; the arguments are the ADD's state"
@@ -374,7 +388,7 @@ pub fn add_endpoint(
     pod_mac: [u8; 6],
     result: &CniResult,
     added: &mut Added,
-) -> Result<bool, CniError> {
+) -> Result<EndpointAdded, CniError> {
     let config = &request.config;
     let wanted = wanted_node_config(request, bridge, uplink);
     let mut ipv4s: Vec<Ipv4Addr> = Vec::new();
@@ -392,22 +406,32 @@ pub fn add_endpoint(
         extra_ipv4s: u8::try_from(ipv4s.len().saturating_sub(1)).unwrap_or(u8::MAX),
         ipv6s: u8::try_from(ipv6s.len()).unwrap_or(u8::MAX),
     };
-    let first = {
-        let _lock = datapath.lock()?;
-        let running = datapath.node_config()?;
-        let first = datapath.has_no_endpoints()?;
-        if running.flags & NODE_ENABLED != 0 && !first {
-            settings_agree(&config.net.name, true, &running, &wanted)?;
+    let lock = datapath.lock()?;
+    let running = datapath.node_config()?;
+    if running.flags & NODE_ENABLED != 0 && !datapath.has_no_endpoints()? {
+        settings_agree(&config.net.name, true, &running, &wanted)?;
+    }
+    let bpf_root = config.bpf_root();
+    let on_bridge = networks_on_bridge(&bpf_root, bridge.index)?;
+    for (network, settings) in &on_bridge {
+        if *network != config.net.name {
+            settings_agree(network, false, settings, &wanted)?;
         }
-        for (network, settings) in networks_on_bridge(&config.bpf_root(), bridge.index)? {
-            if network != config.net.name {
-                settings_agree(&network, false, &settings, &wanted)?;
-            }
+    }
+    let first_checked = wanted.flags & NODE_ANTI_SPOOF != 0
+        && !on_bridge
+            .iter()
+            .any(|(_, settings)| settings.flags & NODE_ANTI_SPOOF != 0);
+    // The port is new: what any network still has at its ifindex is a dead pod's.
+    for network in Datapath::networks(&bpf_root) {
+        if network != config.net.name
+            && let Ok(other) = Datapath::open(&bpf_root, &network)
+        {
+            other.forget_reused_port(host.index)?;
         }
-        datapath.set_node_config(&wanted)?;
-        datapath.add_endpoint(endpoint, &ipv4s, &ipv6s)?;
-        first
-    };
+    }
+    datapath.set_node_config(&wanted)?;
+    datapath.add_endpoint(endpoint, &ipv4s, &ipv6s)?;
     added.endpoint = Some(host.index);
     if let Some(uplink) = &uplink.link {
         for program in UPLINK_PROGRAMS {
@@ -417,7 +441,22 @@ pub fn add_endpoint(
             }
         }
     }
-    Ok(first)
+    Ok(EndpointAdded {
+        lock: first_checked.then_some(lock),
+    })
+}
+
+/// What [`add_endpoint`] leaves: the node's lock, while the pod is the first checked one
+/// on its bridge and the bridge has yet to be looked at for unchecked pods. Dropping it
+/// lets the lock go.
+pub struct EndpointAdded {
+    lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+impl EndpointAdded {
+    fn first_checked(&self) -> bool {
+        self.lock.is_some()
+    }
 }
 
 /// What is left once the pod is up: the gateways the node owns (their address is on the

@@ -31,9 +31,13 @@ pub fn gc(request: &Request) -> Result<(), CniError> {
     // Attachments whose veth is still there (its delete failed) keep their leases: the
     // address is in use until the veth goes, and the next GC tries again.
     let mut still_there: Vec<Owner> = Vec::new();
+    // Without the list of links, which veths are still there is unknown: no lease is freed.
+    let mut listed = false;
     let swept = block_on(async {
         let node = Netlink::open()?;
-        for link in node.links().await? {
+        let links = node.links().await?;
+        listed = true;
+        for link in links {
             let Some((container_id, ifname)) = link
                 .alias
                 .as_deref()
@@ -59,6 +63,9 @@ pub fn gc(request: &Request) -> Result<(), CniError> {
         errors.push(error);
     }
     valid.extend(still_there);
+    if !listed {
+        return all_done(errors);
+    }
     match Ipam::of(request) {
         Ok(Some(ipam)) => {
             if let Err(error) = ipam.gc(request, &valid) {

@@ -140,7 +140,9 @@ impl From<NodeError> for CniError {
             NodeError::NotABridge { .. } | NodeError::UplinkTaken { .. } | NodeError::NotSetUp(_) => {
                 CniError::new(code::INVALID_CONFIG, error.to_string())
             }
-            NodeError::Sysctl { .. } => CniError::new(code::IO_FAILURE, error.to_string()),
+            NodeError::Sysctl { .. } | NodeError::State { .. } => {
+                CniError::new(code::IO_FAILURE, error.to_string())
+            }
         }
     }
 }

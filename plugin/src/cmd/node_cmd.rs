@@ -20,10 +20,16 @@ fn run<T>(future: impl Future<Output = Result<T, CniError>>) -> anyhow::Result<T
     block_on(future).map_err(|error| anyhow::anyhow!("{}", error.msg).context(error.details))
 }
 
-pub fn setup(bridge: &str, uplink: &str, gateways: &[IpNetwork], bpf_root: &Path) -> anyhow::Result<String> {
+pub fn setup(
+    bridge: &str,
+    uplink: &str,
+    gateways: &[IpNetwork],
+    bpf_root: &Path,
+    state_dir: &Path,
+) -> anyhow::Result<String> {
     let outcome = run(async {
         let netlink = Netlink::open()?;
-        Ok(node::setup_uplink(&netlink, bridge, uplink, gateways).await?)
+        Ok(node::setup_uplink(&netlink, state_dir, bridge, uplink, gateways).await?)
     })
     .with_context(|| format!("setting up {uplink} under {bridge} failed; nothing was left changed"))?;
     // Networks of this bridge that already have pods get their uplink programs now, not at
@@ -82,11 +88,11 @@ fn datapaths_of(bridge: &str, bpf_root: &Path) -> anyhow::Result<Vec<Datapath>> 
         .collect())
 }
 
-pub fn teardown(bridge: &str, bpf_root: &Path) -> anyhow::Result<String> {
+pub fn teardown(bridge: &str, bpf_root: &Path, state_dir: &Path) -> anyhow::Result<String> {
     let datapaths = datapaths_of(bridge, bpf_root)?;
     let torn = run(async {
         let netlink = Netlink::open()?;
-        match node::teardown_uplink(&netlink, bridge).await {
+        match node::teardown_uplink(&netlink, state_dir, bridge).await {
             Ok(uplink) => Ok(Some(uplink)),
             // Torn down already (or never set up): nothing to give back.
             Err(node::NodeError::NotSetUp(_)) => Ok(None),

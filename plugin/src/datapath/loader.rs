@@ -232,6 +232,22 @@ impl Datapath {
         lock_dir(self.layout.dir().parent().unwrap_or(self.layout.dir()))
     }
 
+    /// The same lock, taken without a datapath at hand; `None` when no network has a
+    /// datapath under `bpf_root` (there is nothing to serialise with).
+    pub fn lock_node(bpf_root: &Path) -> Result<Option<Flock<File>>, DatapathError> {
+        let dir = bpf_root.join(PIN_DIR);
+        match fs::symlink_metadata(&dir) {
+            Ok(metadata) if metadata.is_dir() => lock_dir(&dir).map(Some),
+            Ok(_) => Ok(None),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(DatapathError::Io {
+                action: "stat",
+                path: dir,
+                source,
+            }),
+        }
+    }
+
     pub fn network(&self) -> &str {
         &self.network
     }

@@ -158,16 +158,9 @@ impl Datapath {
         ipv4s: &[Ipv4Addr],
         ipv6s: &[Ipv6Addr],
     ) -> Result<(), DatapathError> {
-        // The port is the new pod's own veth: an endpoint already there is a dead pod's
-        // whose ifindex the kernel gave out again. It goes first, so that a failed claim
-        // below rolls back only what this call wrote.
-        if self
-            .hash_map::<u32, Endpoint>(map_name::PORTS)?
-            .get(&endpoint.ifindex, 0)
-            .is_ok()
-        {
-            self.remove_endpoint(endpoint.ifindex)?;
-        }
+        // An endpoint already at the port goes first (see `forget_reused_port`), so that a
+        // failed claim below rolls back only what this call wrote.
+        self.forget_reused_port(endpoint.ifindex)?;
         let claimed = self.claim_all(endpoint, ipv4s, ipv6s);
         if !matches!(claimed, Ok(())) {
             let _ = self.remove_endpoint(endpoint.ifindex);
@@ -212,6 +205,20 @@ impl Datapath {
                 .map_err(|holder| taken(format!("address {ip}"), holder))?;
         }
         Ok(())
+    }
+
+    /// A new pod's port is its own new veth: an endpoint this network still has there is a
+    /// dead pod's whose ifindex the kernel gave out again, and is forgotten. Returns
+    /// whether there was one.
+    pub fn forget_reused_port(&self, ifindex: u32) -> Result<bool, DatapathError> {
+        let known = self
+            .hash_map::<u32, Endpoint>(map_name::PORTS)?
+            .get(&ifindex, 0)
+            .is_ok();
+        if known {
+            self.remove_endpoint(ifindex)?;
+        }
+        Ok(known)
     }
 
     /// Forgets the pod behind host veth `ifindex`: every entry that points at that port,

@@ -184,7 +184,8 @@ impl DiskStore {
     /// no lock taken, no dead writer's temporary file removed, and every write fails.
     /// `None` when the directory does not exist yet.
     pub fn peek(dir: &Path) -> Result<Option<Self>, IpamError> {
-        match fs::symlink_metadata(dir) {
+        // Followed like `open` follows it: a store that is a link to a directory is one.
+        match fs::metadata(dir) {
             Ok(metadata) if metadata.is_dir() => Ok(Some(Self {
                 dir: dir.to_path_buf(),
                 lock: None,
@@ -345,7 +346,8 @@ impl Store for DiskStore {
 
 /// Whether `dir`, or the nearest of its parents that exists (which the first ADD creates
 /// it in), takes new files, asked of the kernel (access(2)) so that nothing is written:
-/// a read-only filesystem or missing permission fails.
+/// a read-only filesystem or missing permission fails. (Root passes permission checks,
+/// and a full disk is not seen: ADD reports that one itself, with the path.)
 pub fn check_writable(dir: &Path) -> Result<(), IpamError> {
     let mut at = dir;
     loop {

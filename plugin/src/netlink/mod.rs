@@ -7,7 +7,7 @@ mod route;
 mod tc;
 
 pub use link::{Link, LinkKind, VethSpec};
-pub use route::RouteEntry;
+pub use route::{RouteEntry, RouteSpec};
 
 use std::io;
 

@@ -6,7 +6,7 @@ use ipnetwork::IpNetwork;
 use rtnetlink::{
     RouteMessageBuilder,
     packet_route::route::{
-        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
     },
 };
 
@@ -20,6 +20,82 @@ pub struct RouteEntry {
     pub oif: Option<u32>,
     /// Made by the kernel for an address's prefix (it comes and goes with the address).
     pub from_kernel: bool,
+    /// Learnt from a router advertisement (it expires, and comes back on the link the
+    /// advertisements arrive on).
+    pub from_ra: bool,
+    /// What `ip route` shows as `metric`, `src`, `proto` and `scope`.
+    pub metric: Option<u32>,
+    pub source: Option<IpAddr>,
+    pub protocol: u8,
+    pub scope: u8,
+}
+
+/// A route as it was, to be made again out of another link.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RouteSpec {
+    pub dst: IpNetwork,
+    pub gateway: Option<IpAddr>,
+    #[serde(default)]
+    pub metric: Option<u32>,
+    #[serde(default)]
+    pub source: Option<IpAddr>,
+    /// 0 for "not recorded": the route is made as a static one (boot).
+    #[serde(default)]
+    pub protocol: u8,
+    #[serde(default)]
+    pub scope: u8,
+}
+
+impl From<&RouteEntry> for RouteSpec {
+    fn from(route: &RouteEntry) -> Self {
+        Self {
+            dst: route.dst,
+            gateway: route.gateway,
+            metric: route.metric,
+            source: route.source,
+            protocol: route.protocol,
+            scope: route.scope,
+        }
+    }
+}
+
+impl std::fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.dst)?;
+        if let Some(gateway) = self.gateway {
+            write!(f, " via {gateway}")?;
+        }
+        if let Some(source) = self.source {
+            write!(f, " src {source}")?;
+        }
+        if let Some(metric) = self.metric {
+            write!(f, " metric {metric}")?;
+        }
+        Ok(())
+    }
+}
+
+fn build_spec(route: &RouteSpec, oif: u32) -> RouteMessage {
+    let mut message = build(route.dst, route.gateway, oif);
+    if route.protocol != 0 {
+        message.header.protocol = RouteProtocol::from(route.protocol);
+    }
+    if route.scope != 0 || route.gateway.is_none() {
+        message.header.scope = RouteScope::from(route.scope);
+    }
+    if let Some(metric) = route.metric {
+        message.attributes.push(RouteAttribute::Priority(metric));
+    }
+    match route.source {
+        Some(IpAddr::V4(source)) => message
+            .attributes
+            .push(RouteAttribute::PrefSource(RouteAddress::Inet(source))),
+        Some(IpAddr::V6(source)) => message
+            .attributes
+            .push(RouteAttribute::PrefSource(RouteAddress::Inet6(source))),
+        None => {}
+    }
+    message
 }
 
 fn build(dst: IpNetwork, gateway: Option<IpAddr>, oif: u32) -> RouteMessage {
@@ -95,6 +171,20 @@ impl Netlink {
             )))
     }
 
+    /// Makes `route` out of link `oif` with its metric, source, protocol and scope, in place
+    /// of the one with the same destination and metric (moving it), or beside it.
+    pub async fn replace_route_spec(&self, route: &RouteSpec, oif: u32) -> Result<(), NetlinkError> {
+        self.handle()
+            .route()
+            .add(build_spec(route, oif))
+            .replace()
+            .execute()
+            .await
+            .map_err(request_error(format!(
+                "replace route {route} to go out of link #{oif}"
+            )))
+    }
+
     /// The routes of the main table of one family.
     pub async fn routes(&self, ipv4: bool) -> Result<Vec<RouteEntry>, NetlinkError> {
         let mut query = if ipv4 {
@@ -129,6 +219,11 @@ impl Netlink {
                     gateway: None,
                     oif: None,
                     from_kernel: message.header.protocol == RouteProtocol::Kernel,
+                    from_ra: message.header.protocol == RouteProtocol::Ra,
+                    metric: None,
+                    source: None,
+                    protocol: u8::from(message.header.protocol),
+                    scope: u8::from(message.header.scope),
                 };
                 for attribute in &message.attributes {
                     match attribute {
@@ -140,6 +235,8 @@ impl Netlink {
                         }
                         RouteAttribute::Gateway(gateway) => entry.gateway = address(gateway),
                         RouteAttribute::Oif(oif) => entry.oif = Some(*oif),
+                        RouteAttribute::Priority(metric) => entry.metric = Some(*metric),
+                        RouteAttribute::PrefSource(source) => entry.source = address(source),
                         _ => {}
                     }
                 }
