@@ -2,11 +2,21 @@
 
 use futures_util::TryStreamExt;
 use ipnetwork::IpNetwork;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 
 use super::{Netlink, NetlinkError, has_errno, request_error};
+
+/// The address of an address message, with its prefix.
+fn network_of(message: &AddressMessage) -> Option<IpNetwork> {
+    let ip = message.attributes.iter().find_map(|attribute| match attribute {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    })?;
+    IpNetwork::new(ip, message.header.prefix_len).ok()
+}
 
 impl Netlink {
     /// Adds `address` (with its prefix) to link `index`; an address already there is fine.
@@ -49,30 +59,23 @@ impl Netlink {
         let messages = self.messages_of(index).await?;
         Ok(messages
             .iter()
-            .filter_map(|message| {
-                let ip = message.attributes.iter().find_map(|attribute| match attribute {
-                    AddressAttribute::Address(ip) => Some(*ip),
-                    _ => None,
-                })?;
-                if ip.is_ipv6() {
-                    let flags = message
-                        .attributes
-                        .iter()
-                        .find_map(|attribute| match attribute {
-                            AddressAttribute::Flags(flags) => Some(*flags),
-                            _ => None,
-                        })
-                        .unwrap_or_else(|| {
-                            AddressFlags::from_bits_retain(u32::from(message.header.flags.bits()))
-                        });
-                    if message.header.scope != AddressScope::Universe
-                        || !flags.contains(AddressFlags::Permanent)
-                    {
-                        return None;
-                    }
+            .filter(|message| {
+                if message.header.family != AddressFamily::Inet6 {
+                    return true;
                 }
-                IpNetwork::new(ip, message.header.prefix_len).ok()
+                let flags = message
+                    .attributes
+                    .iter()
+                    .find_map(|attribute| match attribute {
+                        AddressAttribute::Flags(flags) => Some(*flags),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| {
+                        AddressFlags::from_bits_retain(u32::from(message.header.flags.bits()))
+                    });
+                message.header.scope == AddressScope::Universe && flags.contains(AddressFlags::Permanent)
             })
+            .filter_map(network_of)
             .collect())
     }
 
@@ -90,16 +93,7 @@ impl Netlink {
     /// The addresses of link `index`, with their prefixes.
     pub async fn addrs(&self, index: u32) -> Result<Vec<IpNetwork>, NetlinkError> {
         let messages = self.messages_of(index).await?;
-        Ok(messages
-            .iter()
-            .filter_map(|message| {
-                let ip = message.attributes.iter().find_map(|attribute| match attribute {
-                    AddressAttribute::Address(ip) => Some(*ip),
-                    _ => None,
-                })?;
-                IpNetwork::new(ip, message.header.prefix_len).ok()
-            })
-            .collect())
+        Ok(messages.iter().filter_map(network_of).collect())
     }
 
     /// Removes one address from link `index`; an address that is not there is fine.
