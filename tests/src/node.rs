@@ -11,7 +11,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    sync::Once,
+    sync::{Once, OnceLock},
 };
 
 use serde_json::Value;
@@ -149,6 +149,16 @@ pub struct CniEnv {
     pub fault: String,
 }
 
+static KERNEL_LACKS: OnceLock<String> = OnceLock::new();
+
+/// Makes every plugin this test binary runs behave as on a kernel without `features`
+/// (comma-separated, e.g. `tcx`; the plugin's `fault-injection` build reads them), to run
+/// the paths of older kernels on this one. Once per test binary: every test in it sees it.
+pub fn pretend_kernel_lacks(features: &str) {
+    let set = KERNEL_LACKS.get_or_init(|| features.to_owned());
+    assert_eq!(set, features, "one test binary pretends one kernel");
+}
+
 pub struct Node {
     pub netns: Netns,
     pub bpffs: BpfFs,
@@ -200,6 +210,14 @@ impl Node {
 
     /// `program` as it would run on this node.
     pub fn command(&self, program: &Path) -> Command {
+        let mut command = self.command_as_is(program);
+        if let Some(lacks) = KERNEL_LACKS.get() {
+            command.env("FLATBRIDGE_KERNEL_LACKS", lacks);
+        }
+        command
+    }
+
+    fn command_as_is(&self, program: &Path) -> Command {
         let script = format!(
             "mount --bind {cni} /var/lib/cni && mount --bind {log} /var/log && mount --bind {bpf} /sys/fs/bpf \
              && exec nsenter --net={netns} -- \"$0\" \"$@\"",
@@ -360,6 +378,10 @@ impl Node {
             ("CNI_ARGS", &env.args),
             ("CNI_PATH", &env.path),
             ("FLATBRIDGE_FAULT", &env.fault),
+            (
+                "FLATBRIDGE_KERNEL_LACKS",
+                KERNEL_LACKS.get().unwrap_or(&String::new()),
+            ),
         ] {
             if !value.is_empty() {
                 command.env(name, value);

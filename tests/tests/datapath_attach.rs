@@ -1,7 +1,8 @@
 //! The eBPF chain end to end, attached the way the plugin attaches it: the embedded object is
 //! loaded and pinned under a private BPF root; a pod's host veth gets `from_pod` and `to_pod`
 //! as clsact filters (`Datapath::attach_pod`), the uplink gets `from_uplink` and `to_uplink`
-//! as pinned TCX links (`Datapath::attach`). The kernel is asked what each hook runs: the
+//! as pinned TCX links (`Datapath::attach`), or as clsact filters on a kernel without TCX
+//! (pretended here). The kernel is asked what each hook runs: the
 //! pinned program, once, also after attaching twice and after another build was loaded over
 //! the same pins (an upgrade). Real packets raise the counters; a detached uplink keeps
 //! nothing.
@@ -128,8 +129,13 @@ fn pinned_ids(datapath: &Datapath) -> Ids {
 }
 
 /// The pod's programs as filters on the host veth (nothing over TCX), the uplink's over
-/// TCX (no filters), each exactly once.
-fn expected(ids: Ids) -> (Hooks, Hooks) {
+/// TCX (no filters) or, without TCX, as filters; each exactly once.
+fn expected(ids: Ids, tcx: bool) -> (Hooks, Hooks) {
+    let (on_tcx, as_filters) = if tcx {
+        ((vec![ids.from_uplink], vec![ids.to_uplink]), (vec![], vec![]))
+    } else {
+        ((vec![], vec![]), (vec![ids.from_uplink], vec![ids.to_uplink]))
+    };
     (
         Hooks {
             filters_ingress: vec![ids.from_pod],
@@ -138,12 +144,26 @@ fn expected(ids: Ids) -> (Hooks, Hooks) {
             tcx_egress: vec![],
         },
         Hooks {
-            filters_ingress: vec![],
-            filters_egress: vec![],
-            tcx_ingress: vec![ids.from_uplink],
-            tcx_egress: vec![ids.to_uplink],
+            filters_ingress: as_filters.0,
+            filters_egress: as_filters.1,
+            tcx_ingress: on_tcx.0,
+            tcx_egress: on_tcx.1,
         },
     )
+}
+
+/// Whether the kernel runs `program` on `ifname`, as the plugin asks it.
+fn is_attached(node: &Netns, datapath: &Datapath, program: &'static str, ifname: &str) -> bool {
+    in_node(node, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let netlink = flatbridge::netlink::Netlink::open().expect("netlink");
+                datapath.is_attached(&netlink, program, ifname).await
+            })
+    })
 }
 
 /// Asserts that `ifname` runs what `want` says. A TCX link whose last pin went away is
@@ -166,6 +186,15 @@ fn assert_hooks(node: &Netns, ifname: &str, want: &Hooks, when: &str) {
 #[test]
 fn programs_are_attached_once_where_the_plugin_puts_them_and_survive_an_upgrade() {
     require_root();
+    // One mode after the other: the pretence is the whole test process's.
+    for tcx in [true, false] {
+        flatbridge::datapath::pretend_no_tcx(!tcx);
+        attached_once_and_upgraded(tcx);
+    }
+    flatbridge::datapath::pretend_no_tcx(false);
+}
+
+fn attached_once_and_upgraded(tcx: bool) {
     let bpffs = BpfFs::new("attach");
     let node = Netns::new("node");
     let pod = Netns::new("pod");
@@ -211,11 +240,14 @@ fn programs_are_attached_once_where_the_plugin_puts_them_and_survive_an_upgrade(
     assert!(loaded, "the first load did not load");
     let datapath = Datapath::open(bpffs.path(), NETWORK).expect("open the pinned datapath");
     let first = pinned_ids(&datapath);
-    let (pod_hooks, uplink_hooks) = expected(first);
+    let (pod_hooks, uplink_hooks) = expected(first, tcx);
     assert_hooks(&node, "hostveth", &pod_hooks, "after ADD");
     assert_hooks(&node, "uplink0", &uplink_hooks, "after ADD");
     for program in [program_name::FROM_UPLINK, program_name::TO_UPLINK] {
-        assert!(in_node(&node, || datapath.is_attached(program, "uplink0")));
+        assert!(
+            is_attached(&node, &datapath, program, "uplink0"),
+            "{program} (tcx {tcx})"
+        );
     }
 
     // bpftool finds the program and the map by name, with BTF field names.
@@ -276,7 +308,7 @@ fn programs_are_attached_once_where_the_plugin_puts_them_and_survive_an_upgrade(
             "the upgrade did not load new programs: {first:?} -> {second:?}"
         );
     }
-    let (pod_hooks, uplink_hooks) = expected(second);
+    let (pod_hooks, uplink_hooks) = expected(second, tcx);
     assert_hooks(&node, "hostveth", &pod_hooks, "after the upgrade");
     assert_hooks(&node, "uplink0", &uplink_hooks, "after the upgrade");
     assert_eq!(layout.markers("build-"), [BPF_OBJECT_HASH], "build markers");
@@ -301,8 +333,12 @@ fn programs_are_attached_once_where_the_plugin_puts_them_and_survive_an_upgrade(
     // Detaching the uplink (its pins go) leaves nothing on it.
     for program in [program_name::FROM_UPLINK, program_name::TO_UPLINK] {
         assert!(
-            datapath.detach(program, "uplink0").expect("detach"),
+            in_node(&node, || datapath.detach(program, "uplink0").expect("detach")),
             "{program} had no link pinned"
+        );
+        assert!(
+            !is_attached(&node, &datapath, program, "uplink0"),
+            "{program} after detach"
         );
     }
     let bare = Hooks {

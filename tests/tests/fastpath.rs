@@ -129,7 +129,7 @@ fn the_uplink_carries_both_directions_on_the_fast_path() {
     assert_eq!(uplink_program["name"], "from_uplink");
     assert_eq!(
         uplink_program["devices"],
-        json!([{"device": "uplink0", "attached": true}])
+        json!([{"device": "uplink0", "attached": true, "attach": "tcx"}])
     );
 
     let before = (
@@ -260,7 +260,7 @@ fn status_and_bpftool_show_the_datapath_by_name() {
     for program in programs {
         assert!(program["id"].as_u64().is_some(), "program without id: {program}");
         let expected = match program["name"].as_str() {
-            Some("from_pod" | "to_pod") => json!([{"device": veth, "attached": true}]),
+            Some("from_pod" | "to_pod") => json!([{"device": veth, "attached": true, "attach": "tc-filter"}]),
             _ => json!([]),
         };
         assert_eq!(program["devices"], expected, "{program}");

@@ -4,6 +4,7 @@ mod build;
 mod demo;
 mod setup;
 mod test;
+mod test_kernel;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +52,9 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Boot Debian 11's and 12's kernels under qemu and run the seed recipe on each
+    /// (part of `test`).
+    TestKernel,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,5 +65,9 @@ fn main() -> anyhow::Result<()> {
         Task::Demo { nodes } => demo::run(nodes),
         Task::Bench { quick } => bench::run(quick),
         Task::Test { args } => test::run(&args),
+        Task::TestKernel => {
+            setup::run()?;
+            test_kernel::run()
+        }
     }
 }

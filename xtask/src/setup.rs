@@ -30,6 +30,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("golang-go", "building the libcni test driver (cnitool's role)"),
     (
+        "qemu-system-x86",
+        "booting the kernels of older distributions (xtask test-kernel)",
+    ),
+    ("busybox-static", "the shell and tools of the test-kernel guest"),
+    ("cpio", "packing the test-kernel guest's initramfs"),
+    ("kmod", "modprobe, and depmod for the test-kernel guest's modules"),
+    (
         "golang-github-appc-cni-dev",
         "libcni, the library container runtimes call plugins with",
     ),
@@ -48,6 +55,7 @@ pub fn run() -> anyhow::Result<()> {
     install_bpf_linker()?;
     install_cargo_fuzz()?;
     mount_bpffs()?;
+    kernel_modules()?;
     eprintln!(
         "setup: everything is in place ({:.1} s)",
         started.elapsed().as_secs_f64()
@@ -174,6 +182,76 @@ fn install_cargo_fuzz() -> anyhow::Result<()> {
             .env_remove("CARGO_TARGET_DIR"),
     )
     .context("building cargo-fuzz failed")
+}
+
+/// What the tests (and a node) need of the kernel that Debian's kernels build as modules:
+/// each with a probe that uses it, run in a network namespace of its own (made and gone
+/// with the probe, nothing touches the machine's), and what it is for.
+const KERNEL_MODULES: [(&str, &str, &str); 6] = [
+    (
+        "veth",
+        "ip link add fbprobe0 type veth peer name fbprobe1",
+        "the pods' veth pairs",
+    ),
+    (
+        "bridge",
+        "ip link add fbprobebr type bridge",
+        "the bridge pods hang off",
+    ),
+    (
+        "sch_ingress",
+        "ip link add fbprobe0 type veth peer name fbprobe1 && tc qdisc add dev fbprobe0 clsact",
+        "the clsact qdisc the tc programs hang off",
+    ),
+    (
+        "cls_bpf",
+        "ip link add fbprobe0 type veth peer name fbprobe1 && tc qdisc add dev fbprobe0 clsact \
+         && tc filter add dev fbprobe0 ingress bpf bytecode '1,6 0 0 0,'",
+        "tc filters that run BPF programs",
+    ),
+    (
+        "br_netfilter",
+        "test -e /proc/sys/net/bridge/bridge-nf-call-iptables",
+        "kube-proxy's rules on bridged traffic (the kube_proxy tests)",
+    ),
+    (
+        "nf_conntrack",
+        "test -e /proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal",
+        "the conntrack the offload confirmation relies on",
+    ),
+];
+
+fn kernel_has(probe: &str) -> bool {
+    succeeds(Command::new("unshare").args(["--net", "sh", "-c", probe]))
+}
+
+/// Makes sure the kernel has what [`KERNEL_MODULES`] lists, loading a module where it is
+/// missing, and says which one is missing, and what for, when it cannot be loaded.
+fn kernel_modules() -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    for (module, probe, what) in KERNEL_MODULES {
+        if kernel_has(probe) {
+            continue;
+        }
+        let loaded = succeeds(Command::new("modprobe").arg(module));
+        if loaded && kernel_has(probe) {
+            eprintln!("setup: kernel module {module}: loaded");
+            continue;
+        }
+        missing.push(format!("{module} ({what})"));
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the kernel lacks what the tests and the plugin need, and modprobe cannot load it: {}. Install \
+             the running kernel's modules (Debian: linux-image-$(uname -r)) or use a kernel that has them",
+            missing.join(", ")
+        );
+    }
+    eprintln!(
+        "setup: kernel modules: {}: present",
+        KERNEL_MODULES.map(|(module, _, _)| module).join(", ")
+    );
+    Ok(())
 }
 
 /// The plugin mounts bpffs itself when its root is not one; mounting the default root here

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: what CI runs. Setup, formatting, lints, the eBPF build, a bounded
-//! fuzz run, then every unit and integration test (the integration tests need root:
-//! namespaces and BPF).
+//! fuzz run, every unit and integration test (the integration tests need root: namespaces
+//! and BPF), then the seed recipe on Debian 11's and 12's kernels under qemu
+//! (`test_kernel`).
 use std::process::Command;
 
 use crate::{
@@ -42,7 +43,12 @@ pub fn run(test_args: &[String]) -> anyhow::Result<()> {
             .args(["test", "--workspace", "--"])
             .args(test_args)
             .current_dir(root()),
-    )
+    )?;
+    // A name filter runs just those tests; the kernels' recipe is the whole suite's.
+    if test_args.is_empty() {
+        crate::test_kernel::run()?;
+    }
+    Ok(())
 }
 
 /// How long the fuzz target runs in every test run.

@@ -165,6 +165,7 @@ impl Steps<'_> {
                 &mut undo.fast_path,
             )?;
             fastpath::refuse_unchecked_pods(self.request, datapath, self.node, &bridge, &host, added).await?;
+            fastpath::ensure_uplink_programs(datapath, self.node, &uplink).await?;
             fault::point("add:endpoint")?;
         }
         // Who owns this veth, for GC and for people reading `ip link`.

@@ -129,10 +129,13 @@ fn unix_ns() -> u64 {
 /// The programs on the uplink.
 const UPLINK_PROGRAMS: [&str; 2] = [program_name::FROM_UPLINK, program_name::TO_UPLINK];
 
-/// Before 6.15 `bpf_redirect_peer` leaves pkt_type as the receiving device computed it, and
-/// the programs must set it.
+/// Before 6.15 `bpf_redirect_peer` leaves pkt_type as the receiving device computed it
+/// (PACKET_OTHERHOST for a frame to the pod's MAC), and the programs must set PACKET_HOST.
+/// Whether the kernel scrubs it cannot be asked of the kernel without sending a frame, and a
+/// version says nothing of backports: the programs always set it (one helper call per
+/// redirected frame; on 6.15+ the kernel sets the same value again).
 fn kernel_keeps_pkt_type() -> bool {
-    aya::util::KernelVersion::current().is_ok_and(|version| version < aya::util::KernelVersion::new(6, 15, 0))
+    true
 }
 
 /// TCP may be offloaded when conntrack accepts packets beyond its window after an
@@ -433,17 +436,27 @@ pub fn add_endpoint(
     datapath.set_node_config(&wanted)?;
     datapath.add_endpoint(endpoint, &ipv4s, &ipv6s)?;
     added.endpoint = Some(host.index);
-    if let Some(uplink) = &uplink.link {
-        for program in UPLINK_PROGRAMS {
-            if !datapath.is_attached(program, &uplink.name) {
-                datapath.attach(program, &uplink.name)?;
-                log::info!("attached {program} to {}", uplink.name);
-            }
-        }
-    }
     Ok(EndpointAdded {
         lock: first_checked.then_some(lock),
     })
+}
+
+/// The uplink programs on the bridge's uplink, attached once (again, when another tool
+/// removed them).
+pub async fn ensure_uplink_programs(
+    datapath: &Datapath,
+    node: &Netlink,
+    uplink: &Uplink,
+) -> Result<(), CniError> {
+    if let Some(uplink) = &uplink.link {
+        for program in UPLINK_PROGRAMS {
+            if !datapath.is_attached(node, program, &uplink.name).await {
+                let how = datapath.attach(program, &uplink.name)?;
+                log::info!("attached {program} to {} ({})", uplink.name, how.name());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What [`add_endpoint`] leaves: the node's lock, while the pod is the first checked one

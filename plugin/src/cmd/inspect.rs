@@ -43,6 +43,31 @@ fn pod_filters(ifindexes: impl Iterator<Item = u32>) -> anyhow::Result<HashMap<u
     })
 }
 
+/// Per (program, device): whether the kernel runs it, and how it was attached.
+type UplinkAttachments = HashMap<(String, String), (bool, &'static str)>;
+
+/// Whether each uplink program of the datapath is attached to each device it was attached
+/// to, as the kernel says, and how.
+fn uplink_attachments(datapath: &Datapath) -> anyhow::Result<UplinkAttachments> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let netlink = Netlink::open()?;
+        let mut found = HashMap::new();
+        for program in [program_name::FROM_UPLINK, program_name::TO_UPLINK] {
+            for device in datapath.attached(program) {
+                let how = datapath
+                    .attachment(program, &device)
+                    .map_or("none", |how| how.name());
+                let attached = datapath.is_attached(&netlink, program, &device).await;
+                found.insert((program.to_owned(), device), (attached, how));
+            }
+        }
+        Ok(found)
+    })
+}
+
 fn network_report(datapath: &Datapath) -> anyhow::Result<Value> {
     let layout = datapath.layout();
     let build = layout.markers("build-").into_iter().next().unwrap_or_default();
@@ -50,6 +75,7 @@ fn network_report(datapath: &Datapath) -> anyhow::Result<Value> {
     // Pod programs are clsact filters on each host veth; uplink programs are pinned TCX
     // links. Ask the kernel which programs each device really runs.
     let pod_filters = pod_filters(endpoints.iter().map(|(endpoint, _)| endpoint.ifindex))?;
+    let uplinks = uplink_attachments(datapath)?;
     let programs: Vec<Value> = program_name::ALL
         .iter()
         .map(|&name| {
@@ -60,13 +86,19 @@ fn network_report(datapath: &Datapath) -> anyhow::Result<Value> {
                     .map(|(endpoint, _)| {
                         let (ingress, egress) = pod_filters.get(&endpoint.ifindex).cloned().unwrap_or_default();
                         let running = if name == program_name::FROM_POD { ingress } else { egress };
-                        json!({"device": ifname(endpoint.ifindex), "attached": id.is_some_and(|id| running.contains(&id))})
+                        json!({"device": ifname(endpoint.ifindex), "attached": id.is_some_and(|id| running.contains(&id)), "attach": "tc-filter"})
                     })
                     .collect(),
                 _ => datapath
                     .attached(name)
                     .into_iter()
-                    .map(|device| json!({"device": device, "attached": datapath.is_attached(name, &device)}))
+                    .map(|device| {
+                        let (attached, how) = uplinks
+                            .get(&(name.to_owned(), device.clone()))
+                            .copied()
+                            .unwrap_or((false, "none"));
+                        json!({"device": device, "attached": attached, "attach": how})
+                    })
                     .collect(),
             };
             json!({"name": name, "id": id, "devices": devices})
@@ -179,7 +211,11 @@ pub fn report(bpf_root: &Path, ipam_data_dir: &Path, network: Option<&str>) -> a
             network_report(&datapath)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(json!({ "networks": reports, "conflicts": conflicts(ipam_data_dir) }))
+    let kernel = json!({
+        "release": nix::sys::utsname::uname().map(|name| name.release().to_string_lossy().into_owned()).unwrap_or_default(),
+        "tcx": crate::datapath::has_tcx(),
+    });
+    Ok(json!({ "kernel": kernel, "networks": reports, "conflicts": conflicts(ipam_data_dir) }))
 }
 
 /// The report as tables for a person.
@@ -189,6 +225,15 @@ pub fn render(report: &Value) -> String {
     if networks.is_empty() {
         out.push_str("no flatbridge datapath on this node (no pod added with the fast path yet)\n");
     }
+    out.push_str(&format!(
+        "kernel {}: uplink programs attach {}\n",
+        report["kernel"]["release"].as_str().unwrap_or("?"),
+        if report["kernel"]["tcx"] == true {
+            "over TCX"
+        } else {
+            "as clsact filters (no TCX)"
+        }
+    ));
     for conflict in report["conflicts"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "CONFLICT: network {} address {} is used on the wire by {}; it is not handed out until its marker \
@@ -247,7 +292,7 @@ pub fn render(report: &Value) -> String {
                     } else {
                         " (NOT attached)"
                     };
-                    format!("{}{mark}", text(&device["device"]))
+                    format!("{} [{}]{mark}", text(&device["device"]), text(&device["attach"]))
                 })
                 .collect();
             out.push_str(&format!(

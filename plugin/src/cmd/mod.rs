@@ -6,7 +6,7 @@ mod check;
 pub mod conflicts;
 mod del;
 mod fastpath;
-mod fault;
+pub(crate) mod fault;
 mod gc;
 pub mod inspect;
 mod ipam;

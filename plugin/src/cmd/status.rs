@@ -82,7 +82,7 @@ async fn detached(datapath: &Datapath, node: &Netlink) -> Result<Vec<String>, Cn
         && let Some(uplink) = node.link_by_index(settings.uplink_ifindex).await?
     {
         for program in [program_name::FROM_UPLINK, program_name::TO_UPLINK] {
-            if !datapath.is_attached(program, &uplink.name) {
+            if !datapath.is_attached(node, program, &uplink.name).await {
                 missing.push(format!("uplink {} has lost {program}", uplink.name));
             }
         }

@@ -2,13 +2,16 @@
 //! TCX links under `<bpf_root>/flatbridge/<network>/`, and attaches programs to devices.
 //!
 //! The plugin is a short-lived process: everything it sets up must outlive it. Maps and
-//! programs are pinned; each attachment is a TCX link, and a TCX link lives as long as its
-//! pin does, so removing the pin is how a program is detached.
+//! programs are pinned. Pods' programs are clsact filters (see [`Datapath::attach_pod`]).
+//! The uplink's are TCX links where the kernel has TCX (6.6+): a TCX link lives as long as
+//! its pin does, so removing the pin is how a program is detached. Where it has not, they
+//! are clsact filters too, with a handle of the network's own, recorded by a directory in
+//! place of the link's pin; removing the filter and the directory detaches them.
 //!
 //! A node that runs programs of another build (a plugin upgrade) gets the new programs on
 //! the next call: the object is loaded again over the same pinned maps, and every pinned
-//! link is switched to the new program atomically (`BPF_LINK_UPDATE`), without a moment in
-//! which a device has no program.
+//! link is switched to the new program atomically (`BPF_LINK_UPDATE`), every filter
+//! replaced in place, without a moment in which a device has no program.
 use std::{
     fs::{self, File},
     io,
@@ -19,7 +22,7 @@ use aya::{
     EbpfLoader,
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
-        links::{FdLink, PinnedLink},
+        links::{FdLink, Link, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact},
     },
 };
@@ -162,6 +165,53 @@ fn pod_filter() -> NlOptions {
         handle: TcHandle::from(POD_FILTER_HANDLE),
         ..NlOptions::default()
     }
+}
+
+/// The clsact filter slot of a network's uplink programs where the kernel has no TCX: after
+/// the pods' (priority 1 on their own devices anyway), with a handle of the network's own
+/// (from its name), so that networks sharing an uplink never replace each other's.
+const UPLINK_FILTER_PRIORITY: u16 = 2;
+
+fn uplink_filter(network: &str) -> NlOptions {
+    // FNV-1a, as host veth names are made.
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in network.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    NlOptions {
+        priority: UPLINK_FILTER_PRIORITY,
+        handle: TcHandle::from(0xfb00_0000 | (hash & 0x00ff_ffff)),
+        ..NlOptions::default()
+    }
+}
+
+/// How a program is attached to a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// A TCX link, pinned.
+    Tcx,
+    /// A clsact filter (kernels without TCX).
+    TcFilter,
+}
+
+impl Attachment {
+    pub fn name(self) -> &'static str {
+        match self {
+            Attachment::Tcx => "tcx",
+            Attachment::TcFilter => "tc-filter",
+        }
+    }
+}
+
+/// Whether the kernel has TCX (6.6+), asked of the kernel: a TCX query of the loopback
+/// device fails with EINVAL where it has not. (Test builds can pretend it has not, see
+/// `fault::kernel_lacks`.)
+pub fn has_tcx() -> bool {
+    if crate::cmd::fault::kernel_lacks("tcx") {
+        return false;
+    }
+    SchedClassifier::query_tcx("lo", TcAttachType::Ingress).is_ok()
 }
 
 /// The loaded datapath of one network, found through its pins.
@@ -360,6 +410,26 @@ impl Datapath {
             }
             for ifname in self.attached(name) {
                 let path = self.layout.link(name, &ifname);
+                if path.is_dir() {
+                    // A filter: replaced in place by the new build.
+                    let options = uplink_filter(&self.network);
+                    let switched = SchedClassifierLink::attached(
+                        &ifname,
+                        hook(name),
+                        options.priority,
+                        options.handle,
+                        None,
+                    )
+                    .map_err(|error| aya::programs::ProgramError::from(TcError::IoError(error)))
+                    .and_then(|link| program.attach_to_link(link));
+                    match switched {
+                        Ok(link_id) => std::mem::forget(program.take_link(link_id)),
+                        // Gone with its device, or removed by another tool: the next ADD
+                        // attaches it again.
+                        Err(error) => log::warn!("{ifname}: switching {name} to the new build: {error}"),
+                    }
+                    continue;
+                }
                 let link = PinnedLink::from_pin(&path)
                     .map_err(|source| link_error(name, &ifname, source))
                     .and_then(|pinned| {
@@ -392,12 +462,24 @@ impl Datapath {
     }
 
     /// Attaches `program` to its tc hook (ingress, or egress for the `to_*` programs) of the
-    /// device `ifname` in the calling thread's network namespace and pins the link, so it
-    /// stays attached after this process exits. Attaching again replaces the previous
-    /// attachment.
-    pub fn attach(&self, program: &'static str, ifname: &str) -> Result<(), DatapathError> {
+    /// device `ifname` in the calling thread's network namespace so that it stays attached
+    /// after this process exits: over TCX with a pinned link, or as a clsact filter where
+    /// the kernel has no TCX. Attaching again replaces the previous attachment (never a
+    /// second one beside it).
+    pub fn attach(&self, program: &'static str, ifname: &str) -> Result<Attachment, DatapathError> {
         let mut classifier = SchedClassifier::from_pin(self.layout.program(program))
             .map_err(|error| program_error("open pinned", program, error))?;
+        create_dir(&self.layout.links_dir(program))?;
+        let path = self.layout.link(program, ifname);
+        if !has_tcx() {
+            self.attach_filter(&mut classifier, program, ifname)?;
+            if path.is_file() {
+                // A TCX link of before (a kernel downgrade keeps no pins; a hand-made one).
+                remove_pin(&path)?;
+            }
+            create_dir(&path)?;
+            return Ok(Attachment::TcFilter);
+        }
         let link_id = classifier
             .attach_with_options(
                 ifname,
@@ -410,12 +492,95 @@ impl Datapath {
             .map_err(|error| program_error("take the link of", program, error))?
             .try_into()
             .map_err(|source| link_error(program, ifname, source))?;
-        create_dir(&self.layout.links_dir(program))?;
-        let path = self.layout.link(program, ifname);
+        if path.is_dir() {
+            self.detach_filter(program, ifname)?;
+            let _ = fs::remove_dir(&path);
+        }
         remove_pin(&path)?;
         link.pin(&path)
             .map_err(|source| DatapathError::Pin { path, source })?;
+        Ok(Attachment::Tcx)
+    }
+
+    /// `program` as the network's clsact filter on `ifname`: the filter there replaced in
+    /// place, or made (with the qdisc) when there is none.
+    fn attach_filter(
+        &self,
+        classifier: &mut SchedClassifier,
+        program: &'static str,
+        ifname: &str,
+    ) -> Result<(), DatapathError> {
+        let options = uplink_filter(&self.network);
+        let replaced =
+            SchedClassifierLink::attached(ifname, hook(program), options.priority, options.handle, None)
+                .map_err(|error| aya::programs::ProgramError::from(TcError::IoError(error)))
+                .and_then(|link| classifier.attach_to_link(link));
+        let link_id = match replaced {
+            Ok(link_id) => link_id,
+            Err(_) => {
+                match qdisc_add_clsact(ifname) {
+                    Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {}
+                    other => {
+                        other.map_err(|error| program_error("add the clsact qdisc for", program, error))?
+                    }
+                }
+                classifier
+                    .attach_with_options(ifname, hook(program), TcAttachOptions::Netlink(options))
+                    .map_err(|error| program_error("attach as a tc filter", program, error))?
+            }
+        };
+        // Dropping the handle would delete the filter; it must outlive this process.
+        std::mem::forget(
+            classifier
+                .take_link(link_id)
+                .map_err(|error| program_error("take the link of", program, error))?,
+        );
         Ok(())
+    }
+
+    fn detach_filter(&self, program: &str, ifname: &str) -> Result<(), DatapathError> {
+        let options = uplink_filter(&self.network);
+        let link = match SchedClassifierLink::attached(
+            ifname,
+            hook(program),
+            options.priority,
+            options.handle,
+            None,
+        ) {
+            Ok(link) => link,
+            // The device is gone, and its filters with it.
+            Err(error) if error.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
+            Err(error) => {
+                return Err(program_error(
+                    "find the filter of",
+                    "uplink",
+                    aya::programs::ProgramError::from(TcError::IoError(error)),
+                ));
+            }
+        };
+        match link.detach() {
+            Ok(()) => Ok(()),
+            // Removed already (by hand, or with the qdisc).
+            Err(aya::programs::ProgramError::NetlinkError(error))
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::ENOENT | libc::EINVAL | libc::ENODEV)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(program_error("detach the filter of", "uplink", error)),
+        }
+    }
+
+    /// How `program` is attached to `ifname`, as this datapath recorded it.
+    pub fn attachment(&self, program: &str, ifname: &str) -> Option<Attachment> {
+        let path = self.layout.link(program, ifname);
+        match fs::symlink_metadata(&path) {
+            Ok(metadata) if metadata.is_dir() => Some(Attachment::TcFilter),
+            Ok(_) => Some(Attachment::Tcx),
+            Err(_) => None,
+        }
     }
 
     /// Attaches the pod programs to a pod's host veth, as clsact filters, while the veth is
@@ -463,7 +628,17 @@ impl Datapath {
 
     /// Detaches `program` from `ifname`. Returns false when it was not attached.
     pub fn detach(&self, program: &str, ifname: &str) -> Result<bool, DatapathError> {
-        remove_pin(&self.layout.link(program, ifname))
+        let path = self.layout.link(program, ifname);
+        if path.is_dir() {
+            self.detach_filter(program, ifname)?;
+            fs::remove_dir(&path).map_err(|source| DatapathError::Io {
+                action: "remove",
+                path,
+                source,
+            })?;
+            return Ok(true);
+        }
+        remove_pin(&path)
     }
 
     /// The devices `program` has a pinned link on.
@@ -480,12 +655,22 @@ impl Datapath {
 
     /// True when `program` is attached to its hook of `ifname` in the calling thread's
     /// namespace, as the kernel says (not only as the pins say).
-    pub fn is_attached(&self, program: &str, ifname: &str) -> bool {
+    pub async fn is_attached(&self, node: &crate::netlink::Netlink, program: &str, ifname: &str) -> bool {
         let Some(id) = self.program_id(program) else {
             return false;
         };
-        SchedClassifier::query_tcx(ifname, hook(program))
-            .is_ok_and(|(_, programs)| programs.iter().any(|attached| attached.id() == id))
+        match self.attachment(program, ifname) {
+            Some(Attachment::TcFilter) => {
+                let Ok(Some(link)) = node.link_by_name(ifname).await else {
+                    return false;
+                };
+                node.bpf_filter_programs(link.index, !program_name::is_egress(program))
+                    .await
+                    .is_ok_and(|ids| ids.contains(&id))
+            }
+            _ => SchedClassifier::query_tcx(ifname, hook(program))
+                .is_ok_and(|(_, programs)| programs.iter().any(|attached| attached.id() == id)),
+        }
     }
 
     /// Detaches every program and removes every pin of this network.

@@ -3,7 +3,9 @@
 mod loader;
 mod maps;
 
-pub use loader::{Datapath, PinLayout, ensure_bpffs};
+#[cfg(feature = "fault-injection")]
+pub use crate::cmd::fault::pretend_no_tcx;
+pub use loader::{Attachment, Datapath, PinLayout, ensure_bpffs, has_tcx};
 pub use maps::VerdictCount;
 
 use std::path::PathBuf;
