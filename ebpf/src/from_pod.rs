@@ -142,7 +142,11 @@ fn ipv4_from_pod(
             None => pass(ctx),
         };
     }
-    // "always" mode: every frame for a local pod's MAC goes straight to it.
+    // "always" mode: every frame for a local pod's MAC with a whole IPv4 header goes
+    // straight to it (a truncated one goes to the bridge, whose netfilter drops it).
+    if crate::parse::header::<crate::parse::Ipv4Hdr>(ctx, crate::parse::ETH_HLEN).is_none() {
+        return pass(ctx);
+    }
     // SAFETY: the value is copied out of the map.
     if let Some(target) = unsafe { PODS_BY_MAC.get(Mac::new(*dst)) }.copied() {
         if target.ifindex == port_ifindex {
