@@ -19,44 +19,13 @@ use flatbridge_common::{
     OUT_POD, OUT_UPLINK, Verdict,
 };
 
+pub use crate::decide::Flow;
 use crate::{
     counters::count,
+    decide::{confirmation_holds, differs, may_confirm, mirrors, same_mac},
     maps::{CONFIRMED, FLOWS, NODE, PORTS},
-    parse::{
-        ETH_HLEN, ETH_P_IP, Frame, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-        TcpHdr, UdpHdr, frame, header, same_mac,
-    },
+    parse::{ETH_HLEN, ETH_P_IP, Frame, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TcpHdr, UdpHdr, frame, header},
 };
-
-/// How long the reverse direction's confirmation counts for pairing: as long as conntrack
-/// keeps an idle UDP flow (30 s).
-const PAIR_WINDOW_NS: u64 = 30_000_000_000;
-
-/// A frame's flow direction and TCP flags (0 for UDP).
-pub struct Flow {
-    pub key: FlowKey,
-    pub tcp_flags: u8,
-}
-
-impl Flow {
-    fn is_tcp(&self) -> bool {
-        self.key.protocol == IPPROTO_TCP
-    }
-
-    fn opens(&self) -> bool {
-        self.is_tcp() && self.tcp_flags & TCP_SYN != 0
-    }
-
-    fn ends(&self) -> bool {
-        self.is_tcp() && self.tcp_flags & (TCP_FIN | TCP_RST) != 0
-    }
-
-    /// Only established traffic may be confirmed or offloaded: for TCP, ACK without SYN,
-    /// FIN or RST (confirming the handshake would leave conntrack in SYN_RECV).
-    fn is_steady(&self) -> bool {
-        !self.is_tcp() || self.tcp_flags & (TCP_ACK | TCP_SYN | TCP_FIN | TCP_RST) == TCP_ACK
-    }
-}
 
 /// The flow of an IPv4 frame, when it is one the fast path may handle.
 #[inline(always)]
@@ -136,13 +105,7 @@ pub fn seen(
     // SAFETY (all map reads): the pointers come from lookups and are read at once; the
     // programs write entries whole.
     let previous_closed = previous.map_or(0, |seen| unsafe { (*seen).closed });
-    let closed = if flow.opens() {
-        0
-    } else if flow.ends() {
-        1
-    } else {
-        previous_closed
-    };
+    let closed = flow.closed_after(previous_closed);
     let record = FlowSeen {
         seen_ns: time,
         in_ifindex,
@@ -191,12 +154,7 @@ fn confirmed_way(
     // The reverse direction must mirror this one (worked out by `confirm`), and the frame
     // must come in where the confirmed sender is: another port (or the wire) sending the
     // same addresses goes through the bridge.
-    if out.paired == 0
-        || time.wrapping_sub(out.confirmed_ns) > node.revalidate_ns
-        || out.in_ifindex != in_ifindex
-        || !same_mac(&out.src_mac, src_mac)
-        || !same_mac(&out.dst_mac, dst_mac)
-    {
+    if !confirmation_holds(&out, node.revalidate_ns, in_ifindex, src_mac, dst_mac, time) {
         return None;
     }
     match out.out_kind {
@@ -214,19 +172,6 @@ fn confirmed_way(
 fn still_the_pod(port_ifindex: u32, mac: &[u8; 6]) -> bool {
     // SAFETY: the value is read and not kept.
     unsafe { PORTS.get(port_ifindex) }.is_some_and(|pod| same_mac(&pod.mac, mac))
-}
-
-/// True when `old` must be replaced by `new`: something changed, or it is old enough that
-/// the egress check of recent sightings needs it refreshed. A function of its own, called
-/// only with an entry that exists: merged into the caller, the compiler may read the
-/// entry's fields on the path where there is none, which the verifier refuses.
-#[inline(never)]
-fn differs(old: &FlowSeen, new: &FlowSeen, refresh_ns: u64) -> bool {
-    old.closed != new.closed
-        || old.in_ifindex != new.in_ifindex
-        || !same_mac(&old.src_mac, &new.src_mac)
-        || !same_mac(&old.dst_mac, &new.dst_mac)
-        || new.seen_ns.wrapping_sub(old.seen_ns) > refresh_ns
 }
 
 /// Where both egress programs start: the node's settings and the frame's source and
@@ -261,12 +206,7 @@ pub fn confirm(
         return;
     };
     let time = now();
-    if seen.closed != 0
-        || seen.in_ifindex == out_ifindex
-        || !same_mac(&seen.src_mac, src_mac)
-        || !same_mac(&seen.dst_mac, dst_mac)
-        || time.wrapping_sub(seen.seen_ns) > node.revalidate_ns
-    {
+    if !may_confirm(&seen, out_ifindex, src_mac, dst_mac, time, node.revalidate_ns) {
         return;
     }
     let reverse = flow.key.reversed();
@@ -305,15 +245,4 @@ pub fn confirm(
             let _ = CONFIRMED.insert(reverse, other, 0);
         }
     }
-}
-
-/// True when the reverse direction mirrors this one: delivered to the port this one comes
-/// from, sent from the port this one was delivered to, open, and confirmed recently. A
-/// function of its own, called only when both entries exist (see `differs`).
-#[inline(never)]
-fn mirrors(back: &FlowConfirmed, back_seen: &FlowSeen, seen: &FlowSeen, out_ifindex: u32, time: u64) -> bool {
-    back.out_ifindex == seen.in_ifindex
-        && back_seen.in_ifindex == out_ifindex
-        && back_seen.closed == 0
-        && time.wrapping_sub(back.confirmed_ns) <= PAIR_WINDOW_NS
 }

@@ -17,6 +17,7 @@ use aya_ebpf::programs::TcContext;
 use flatbridge_common::{Endpoint, Ipv4, Ipv6, Verdict, link_local};
 
 use crate::{
+    decide::{IPV6_AUTH, IPV6_FRAGMENT, is_dhcp_server_message, is_extension},
     maps::{PODS_BY_IP, PODS_BY_IPV6, PORTS},
     parse::{
         ArpIpv4, ETH_HLEN, ETH_P_IP, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr,
@@ -26,10 +27,6 @@ use crate::{
 
 /// The longest IPv4 header (IHL 15) and a UDP header, or an ICMP type.
 const IPV4_CHECKED: usize = ETH_HLEN + 60 + 8;
-const DHCP_SERVER_PORT: u16 = 67;
-const DHCP_CLIENT_PORT: u16 = 68;
-const DHCPV6_CLIENT_PORT: u16 = 546;
-const DHCPV6_SERVER_PORT: u16 = 547;
 const ICMP_REDIRECT: u8 = 5;
 const ICMPV6_ROUTER_SOLICIT: u8 = 133;
 const ICMPV6_ROUTER_ADVERT: u8 = 134;
@@ -46,12 +43,6 @@ const ND_OPT_TARGET_LLADDR: u8 = 2;
 const MAX_EXTENSION_HEADERS: usize = 4;
 /// Neighbour discovery options looked at; a message with more is dropped.
 const MAX_ND_OPTIONS: usize = 4;
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DEST_OPTIONS: u8 = 60;
-/// The authentication header, whose length counts 4-byte units less two (RFC 4302).
-const IPV6_AUTH: u8 = 51;
 const IPPROTO_ESP: u8 = 50;
 const IPPROTO_NONE: u8 = 59;
 const IPPROTO_SCTP: u8 = 132;
@@ -141,9 +132,7 @@ pub fn ipv4(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Ve
             let ports: *mut [u8; 4] = checked_header(ctx, l4)?;
             // SAFETY: bounds-checked by `checked_header`.
             let ports = unsafe { *ports };
-            if u16::from_be_bytes([ports[0], ports[1]]) == DHCP_SERVER_PORT
-                || u16::from_be_bytes([ports[2], ports[3]]) == DHCP_CLIENT_PORT
-            {
+            if is_dhcp_server_message(ports, false) {
                 return Err(Verdict::DropDhcpServer);
             }
         }
@@ -219,9 +208,7 @@ pub fn ipv6(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Ve
             let ports: *mut [u8; 4] = checked_header(ctx, offset)?;
             // SAFETY: bounds-checked by `checked_header`.
             let ports = unsafe { *ports };
-            if u16::from_be_bytes([ports[0], ports[1]]) == DHCPV6_SERVER_PORT
-                || u16::from_be_bytes([ports[2], ports[3]]) == DHCPV6_CLIENT_PORT
-            {
+            if is_dhcp_server_message(ports, true) {
                 return Err(Verdict::DropDhcpServer);
             }
             Ok(())
@@ -232,15 +219,6 @@ pub fn ipv6(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Ve
         // are no pod's business on the L2. Counted as malformed.
         _ => Err(Verdict::DropMalformed),
     }
-}
-
-#[inline(always)]
-fn is_extension(next: u8) -> bool {
-    next == IPV6_HOP_BY_HOP
-        || next == IPV6_ROUTING
-        || next == IPV6_FRAGMENT
-        || next == IPV6_DEST_OPTIONS
-        || next == IPV6_AUTH
 }
 
 /// Router messages are never a pod's; neighbour discovery must be about the pod itself.

@@ -5,6 +5,7 @@
 
 mod arp;
 mod counters;
+mod decide;
 mod flow;
 mod from_pod;
 mod from_uplink;

@@ -6,6 +6,8 @@ use core::mem::size_of;
 use aya_ebpf::programs::TcContext;
 use flatbridge_common::Verdict;
 
+pub use crate::decide::{IPPROTO_TCP, same_mac};
+
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -19,13 +21,8 @@ pub const ARPOP_REPLY: u16 = 2;
 /// skb->pkt_type for frames addressed to this host.
 pub const PACKET_HOST: u32 = 0;
 pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -172,12 +169,6 @@ pub fn ethernet(ctx: &TcContext) -> Option<Frame> {
 #[inline(always)]
 pub fn is_group(mac: &[u8; 6]) -> bool {
     mac[0] & 1 == 1
-}
-
-/// Compares MACs byte by byte: the verifier refuses wide loads at odd stack offsets.
-#[inline(always)]
-pub fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
-    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
 }
 
 /// The ifindex of the device the frame arrived on (the device the program is attached to).

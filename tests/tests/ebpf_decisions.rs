@@ -1,0 +1,239 @@
+//! The eBPF programs' decisions, compiled for the host: `ebpf/src/decide.rs` is included
+//! as it is (it needs only `core` and the map ABI), so these tests check the very code the
+//! programs run, one decision at a time, without a kernel.
+#[path = "../../ebpf/src/decide.rs"]
+#[allow(dead_code)]
+mod decide;
+
+use decide::*;
+use flatbridge_common::{FlowConfirmed, FlowKey, FlowSeen};
+
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+const SECOND: u64 = 1_000_000_000;
+
+fn flow(protocol: u8, tcp_flags: u8) -> Flow {
+    Flow {
+        key: FlowKey {
+            src: [10, 10, 1, 1],
+            dst: [10, 10, 1, 2],
+            src_port: 1000u16.to_be(),
+            dst_port: 80u16.to_be(),
+            protocol,
+            _pad: [0; 3],
+        },
+        tcp_flags,
+    }
+}
+
+fn seen(in_ifindex: u32, seen_ns: u64, closed: u32) -> FlowSeen {
+    FlowSeen {
+        seen_ns,
+        in_ifindex,
+        closed,
+        src_mac: MAC_A,
+        dst_mac: MAC_B,
+        _pad: [0; 4],
+    }
+}
+
+fn confirmed(in_ifindex: u32, out_ifindex: u32, confirmed_ns: u64, paired: u32) -> FlowConfirmed {
+    FlowConfirmed {
+        confirmed_ns,
+        out_ifindex,
+        out_kind: 0,
+        in_ifindex,
+        paired,
+        src_mac: MAC_A,
+        dst_mac: MAC_B,
+        _pad: [0; 4],
+    }
+}
+
+#[test]
+fn only_established_tcp_and_any_udp_are_steady() {
+    const UDP: u8 = 17;
+    assert!(flow(UDP, 0).is_steady());
+    assert!(flow(IPPROTO_TCP, TCP_ACK).is_steady());
+    assert!(
+        flow(IPPROTO_TCP, TCP_ACK | 0x08).is_steady(),
+        "PSH is established traffic"
+    );
+    for flags in [
+        0,
+        TCP_SYN,
+        TCP_SYN | TCP_ACK,
+        TCP_FIN | TCP_ACK,
+        TCP_RST,
+        TCP_RST | TCP_ACK,
+    ] {
+        assert!(!flow(IPPROTO_TCP, flags).is_steady(), "flags {flags:#x}");
+    }
+}
+
+#[test]
+fn syn_reopens_fin_or_rst_closes_and_the_rest_keeps_the_state() {
+    assert_eq!(flow(IPPROTO_TCP, TCP_SYN).closed_after(1), 0);
+    assert_eq!(flow(IPPROTO_TCP, TCP_FIN | TCP_ACK).closed_after(0), 1);
+    assert_eq!(flow(IPPROTO_TCP, TCP_RST).closed_after(0), 1);
+    assert_eq!(flow(IPPROTO_TCP, TCP_ACK).closed_after(1), 1);
+    assert_eq!(flow(IPPROTO_TCP, TCP_ACK).closed_after(0), 0);
+    // UDP has no flags: a UDP flow is never opened or closed by a frame.
+    assert_eq!(flow(17, TCP_FIN).closed_after(0), 0);
+}
+
+#[test]
+fn a_confirmation_holds_only_paired_fresh_and_for_the_confirmed_sender() {
+    let revalidate = 2 * SECOND;
+    let out = confirmed(7, 9, 10 * SECOND, 1);
+    assert!(confirmation_holds(
+        &out,
+        revalidate,
+        7,
+        &MAC_A,
+        &MAC_B,
+        11 * SECOND
+    ));
+    assert!(
+        confirmation_holds(&out, revalidate, 7, &MAC_A, &MAC_B, 12 * SECOND),
+        "at the edge"
+    );
+    assert!(
+        !confirmation_holds(&out, revalidate, 7, &MAC_A, &MAC_B, 12 * SECOND + 1),
+        "stale"
+    );
+    assert!(
+        !confirmation_holds(&out, revalidate, 8, &MAC_A, &MAC_B, 11 * SECOND),
+        "another port"
+    );
+    assert!(
+        !confirmation_holds(&out, revalidate, 7, &MAC_B, &MAC_B, 11 * SECOND),
+        "another source MAC"
+    );
+    assert!(
+        !confirmation_holds(&out, revalidate, 7, &MAC_A, &MAC_A, 11 * SECOND),
+        "another destination MAC"
+    );
+    let unpaired = confirmed(7, 9, 10 * SECOND, 0);
+    assert!(!confirmation_holds(
+        &unpaired,
+        revalidate,
+        7,
+        &MAC_A,
+        &MAC_B,
+        11 * SECOND
+    ));
+    // A clock read before the confirmation (another CPU) is a huge age, not a negative one.
+    assert!(!confirmation_holds(
+        &out,
+        revalidate,
+        7,
+        &MAC_A,
+        &MAC_B,
+        9 * SECOND
+    ));
+}
+
+#[test]
+fn egress_confirms_only_open_unchanged_recent_directions_delivered_elsewhere() {
+    let revalidate = 2 * SECOND;
+    let open = seen(7, 10 * SECOND, 0);
+    assert!(may_confirm(&open, 9, &MAC_A, &MAC_B, 11 * SECOND, revalidate));
+    assert!(
+        !may_confirm(
+            &seen(7, 10 * SECOND, 1),
+            9,
+            &MAC_A,
+            &MAC_B,
+            11 * SECOND,
+            revalidate
+        ),
+        "closed"
+    );
+    assert!(
+        !may_confirm(&open, 7, &MAC_A, &MAC_B, 11 * SECOND, revalidate),
+        "back out of its own port"
+    );
+    assert!(
+        !may_confirm(&open, 9, &MAC_B, &MAC_B, 11 * SECOND, revalidate),
+        "source MAC rewritten"
+    );
+    assert!(
+        !may_confirm(&open, 9, &MAC_A, &MAC_A, 11 * SECOND, revalidate),
+        "destination MAC rewritten"
+    );
+    assert!(
+        !may_confirm(&open, 9, &MAC_A, &MAC_B, 13 * SECOND, revalidate),
+        "seen too long ago"
+    );
+}
+
+#[test]
+fn a_sighting_is_rewritten_only_when_it_changed_or_needs_refreshing() {
+    let refresh = SECOND / 2;
+    let old = seen(7, 10 * SECOND, 0);
+    assert!(!differs(&old, &seen(7, 10 * SECOND + refresh, 0), refresh));
+    assert!(
+        differs(&old, &seen(7, 10 * SECOND + refresh + 1, 0), refresh),
+        "old enough"
+    );
+    assert!(differs(&old, &seen(8, 10 * SECOND, 0), refresh), "another port");
+    assert!(differs(&old, &seen(7, 10 * SECOND, 1), refresh), "closed");
+    let mut other_mac = seen(7, 10 * SECOND, 0);
+    other_mac.src_mac = MAC_B;
+    assert!(differs(&old, &other_mac, refresh));
+}
+
+#[test]
+fn the_reverse_mirrors_only_through_the_same_two_ports_while_open_and_recent() {
+    // This direction came in on 7 and goes out of 9; its reverse must come in on 9 and have
+    // been delivered to 7.
+    let this = seen(7, 10 * SECOND, 0);
+    let back = confirmed(9, 7, 10 * SECOND, 0);
+    let back_seen = seen(9, 10 * SECOND, 0);
+    let now = 11 * SECOND;
+    assert!(mirrors(&back, &back_seen, &this, 9, now));
+    assert!(
+        !mirrors(&back, &back_seen, &this, 8, now),
+        "delivered to another port"
+    );
+    assert!(
+        !mirrors(&confirmed(9, 6, 10 * SECOND, 0), &back_seen, &this, 9, now),
+        "reverse went elsewhere"
+    );
+    assert!(
+        !mirrors(&back, &seen(9, 10 * SECOND, 1), &this, 9, now),
+        "reverse closed"
+    );
+    assert!(
+        !mirrors(&back, &back_seen, &this, 9, 10 * SECOND + PAIR_WINDOW_NS + 1),
+        "too old"
+    );
+}
+
+#[test]
+fn dhcp_server_messages_are_told_by_their_ports_in_each_family() {
+    let ports = |src: u16, dst: u16| {
+        let [a, b] = src.to_be_bytes();
+        let [c, d] = dst.to_be_bytes();
+        [a, b, c, d]
+    };
+    // An offer from a server (67 -> 68), and anything to a client's port.
+    assert!(is_dhcp_server_message(ports(67, 68), false));
+    assert!(is_dhcp_server_message(ports(67, 9999), false));
+    assert!(is_dhcp_server_message(ports(5000, 68), false));
+    // A client's discover (68 -> 67) is a pod's right.
+    assert!(!is_dhcp_server_message(ports(68, 67), false));
+    assert!(is_dhcp_server_message(ports(547, 546), true));
+    assert!(is_dhcp_server_message(ports(5000, 546), true));
+    assert!(!is_dhcp_server_message(ports(546, 547), true));
+    // The ports of one family mean nothing in the other.
+    assert!(!is_dhcp_server_message(ports(547, 546), false));
+    assert!(!is_dhcp_server_message(ports(67, 68), true));
+}
+
+#[test]
+fn the_extension_headers_walked_are_exactly_five() {
+    let walked: Vec<u8> = (0..=255).filter(|&next| is_extension(next)).collect();
+    assert_eq!(walked, [0, 43, 44, 51, 60]);
+}
