@@ -67,6 +67,10 @@ pub mod program_name {
     pub const TO_UPLINK: &str = "to_uplink";
 
     pub const ALL: [&str; 4] = [FROM_POD, FROM_UPLINK, TO_POD, TO_UPLINK];
+    /// The programs on each pod's host veth.
+    pub const POD: [&str; 2] = [FROM_POD, TO_POD];
+    /// The programs on the uplink.
+    pub const UPLINK: [&str; 2] = [FROM_UPLINK, TO_UPLINK];
 
     /// True for the programs attached to tc egress (the others go on tc ingress).
     pub fn is_egress(program: &str) -> bool {

@@ -4,9 +4,10 @@ use std::{net::IpAddr, path::PathBuf, time::SystemTime};
 
 use clap::{Parser, Subcommand};
 use flatbridge::{
-    cmd::{Flatbridge, conflicts, inspect, node_cmd},
+    cmd::Flatbridge,
     cni::{self, CniError, CniVersion, code, config::DEFAULT_BPF_ROOT},
     ipam::config::DEFAULT_DATA_DIR,
+    operator::{conflicts, node as node_cmd, status as inspect},
 };
 use ipnetwork::IpNetwork;
 

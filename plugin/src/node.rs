@@ -2,8 +2,8 @@
 //! forwarding. Idempotent: every function checks before it changes anything.
 use std::{
     io,
-    net::IpAddr,
     path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use ipnetwork::IpNetwork;
@@ -26,13 +26,8 @@ pub enum NodeError {
         #[source]
         source: io::Error,
     },
-    #[error("failed to write {value} to {path}: {source}")]
-    Sysctl {
-        path: String,
-        value: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Sysctl(#[from] crate::kernel::SysctlError),
 }
 
 pub struct BridgeSpec<'a> {
@@ -42,23 +37,16 @@ pub struct BridgeSpec<'a> {
     pub promisc: bool,
 }
 
-/// A random locally administered unicast MAC.
-pub fn random_mac() -> [u8; 6] {
-    let mut mac = [0u8; 6];
-    // Reading the kernel's CSPRNG cannot fail on Linux; a zero MAC would still be fixed up.
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| io::Read::read_exact(&mut random, &mut mac));
-    mac[0] = (mac[0] & 0xfe) | 0x02;
-    mac
-}
-
 /// Makes sure the bridge exists, is up, and is promiscuous when asked. A new bridge gets
 /// an explicit MAC so that it does not change as ports come and go.
 pub async fn ensure_bridge(netlink: &Netlink, spec: &BridgeSpec<'_>) -> Result<Link, NodeError> {
     let bridge = match netlink.link_by_name(spec.name).await? {
         Some(link) => link,
         None => {
-            match netlink.create_bridge(spec.name, spec.mtu, random_mac()).await {
+            match netlink
+                .create_bridge(spec.name, spec.mtu, crate::mac::Mac::random().0)
+                .await
+            {
                 // Another ADD created it in the meantime.
                 Err(error) if error.errno() == Some(libc::EEXIST) => {}
                 other => other?,
@@ -110,30 +98,118 @@ pub async fn ensure_gateway(
         }
     }
     netlink.add_addr(bridge.index, gateway).await?;
-    enable_forwarding(gateway.ip())
+    Ok(crate::kernel::enable_forwarding(gateway.ip())?)
 }
 
-/// Turns on IP forwarding for the family of `ip` in the calling thread's namespace.
-pub fn enable_forwarding(ip: IpAddr) -> Result<(), NodeError> {
-    let path = if ip.is_ipv4() {
-        "/proc/sys/net/ipv4/ip_forward"
-    } else {
-        "/proc/sys/net/ipv6/conf/all/forwarding"
-    };
-    write_sysctl(path, "1")
+/// How long "this bridge has no uplink" is believed before the ports are listed again: a
+/// burst of ADDs on an uplink-less node lists them once, and a NIC enslaved by hand later is
+/// still noticed within this time.
+const NO_UPLINK_RECHECK: Duration = Duration::from_secs(5);
+
+/// The bridge's uplink as found by [`find_uplink`], and what to remember of the search.
+pub struct Uplink {
+    pub link: Option<Link>,
+    /// For the datapath's `no_uplink_seen_ns`: when the ports were last listed without finding
+    /// one, 0 when there is one (or the search was not by listing).
+    pub no_uplink_seen_ns: u64,
 }
 
-/// Writes a sysctl of the calling thread's network namespace unless it has the value.
-pub fn write_sysctl(path: &str, value: &str) -> Result<(), NodeError> {
-    let error = |source| NodeError::Sysctl {
-        path: path.to_owned(),
-        value: value.to_owned(),
-        source,
+/// What an earlier search found, as the datapath remembers it.
+#[derive(Clone, Copy, Debug)]
+pub struct KnownUplink {
+    pub bridge_ifindex: u32,
+    /// 0: none was found.
+    pub uplink_ifindex: u32,
+    /// When the ports were listed without finding one (Unix ns), 0 for never.
+    pub no_uplink_seen_ns: u64,
+}
+
+/// The bridge's port to the wire: the configured `uplink`, the one `flatbridge node setup`
+/// recorded on the bridge, the one an earlier ADD found (in `known`), or else the one port
+/// of the bridge that is not a pod's veth (`is_pod_port`). Only the last lists the ports, which grow with
+/// the pods; "none" found that way is believed for [`NO_UPLINK_RECHECK`].
+pub async fn find_uplink(
+    node: &Netlink,
+    bridge: &Link,
+    configured: Option<&str>,
+    known: Option<KnownUplink>,
+    is_pod_port: impl Fn(&Link) -> bool,
+) -> Result<Uplink, NodeError> {
+    let found = |link| Uplink {
+        link,
+        no_uplink_seen_ns: 0,
     };
-    if std::fs::read_to_string(Path::new(path)).is_ok_and(|current| current.trim() == value) {
-        return Ok(());
+    let recorded = bridge
+        .alias
+        .as_deref()
+        .and_then(UplinkState::decode)
+        .map(|state| state.uplink);
+    if let Some(name) = configured.map(str::to_owned).or(recorded) {
+        return match node.link_by_name(&name).await? {
+            Some(link) if link.master == Some(bridge.index) => Ok(found(Some(link))),
+            Some(_) => {
+                log::warn!(
+                    "uplink {name} is not a port of {}; the fast path ignores it",
+                    bridge.name
+                );
+                Ok(found(None))
+            }
+            None => {
+                log::warn!("uplink {name} does not exist; the fast path ignores it");
+                Ok(found(None))
+            }
+        };
     }
-    std::fs::write(path, value).map_err(error)
+    let now = unix_ns();
+    if let Some(known) = known.filter(|known| known.bridge_ifindex == bridge.index) {
+        if known.uplink_ifindex != 0
+            && let Some(link) = node.link_by_index(known.uplink_ifindex).await?
+            && link.master == Some(bridge.index)
+        {
+            return Ok(found(Some(link)));
+        }
+        if known.uplink_ifindex == 0 && still_believed(known.no_uplink_seen_ns, now) {
+            return Ok(Uplink {
+                link: None,
+                no_uplink_seen_ns: known.no_uplink_seen_ns,
+            });
+        }
+    }
+    let ports: Vec<Link> = node
+        .ports_of(bridge.index)
+        .await?
+        .into_iter()
+        .filter(|link| !is_pod_port(link))
+        .collect();
+    match ports.as_slice() {
+        [uplink] => Ok(found(Some(uplink.clone()))),
+        [] => Ok(Uplink {
+            link: None,
+            no_uplink_seen_ns: now,
+        }),
+        many => {
+            let names: Vec<&str> = many.iter().map(|link| link.name.as_str()).collect();
+            log::warn!(
+                "bridge {} has several non-pod ports ({}); set \"uplink\" to choose",
+                bridge.name,
+                names.join(", ")
+            );
+            Ok(found(None))
+        }
+    }
+}
+
+/// Whether "no uplink", seen at `seen` (Unix ns, 0 = never), still holds at `now`. A clock
+/// that went back makes it stale, not eternal.
+fn still_believed(seen: u64, now: u64) -> bool {
+    let window = u64::try_from(NO_UPLINK_RECHECK.as_nanos()).unwrap_or(u64::MAX);
+    seen != 0 && (seen..seen.saturating_add(window)).contains(&now)
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// What `flatbridge node setup` changed, for teardown and for a setup that resumes after a
@@ -323,7 +399,7 @@ pub async fn setup_uplink(
                     netlink.add_addr(bridge.index, *gateway).await?;
                 }
             }
-            node_sysctls()?;
+            crate::kernel::set_node_sysctls()?;
             return Ok(SetupOutcome::AlreadySetUp);
         }
         return Err(NodeError::UplinkTaken {
@@ -414,7 +490,7 @@ async fn move_uplink(
     state: &UplinkState,
     undo: &mut Vec<UndoStep>,
 ) -> Result<(), NodeError> {
-    let mac = uplink.mac.unwrap_or_else(random_mac);
+    let mac = uplink.mac.unwrap_or_else(|| crate::mac::Mac::random().0);
     let bridge = match existing {
         Some(bridge) => {
             if bridge.mac != Some(mac) {
@@ -462,18 +538,7 @@ async fn move_uplink(
         netlink.add_addr(bridge.index, *gateway).await?;
         undo.push(UndoStep::DeleteAddr(bridge.index, *gateway));
     }
-    node_sysctls()
-}
-
-/// Forwarding for the pods' gateway, and conntrack that accepts TCP packets returning to
-/// netfilter after an offloaded stretch (kube-proxy's --conntrack-tcp-be-liberal).
-fn node_sysctls() -> Result<(), NodeError> {
-    write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-    let liberal = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
-    if Path::new(liberal).exists() {
-        write_sysctl(liberal, "1")?;
-    }
-    Ok(())
+    Ok(crate::kernel::set_node_sysctls()?)
 }
 
 /// Undoes `setup_uplink`: the uplink gets its addresses and routes back and leaves the
@@ -524,6 +589,17 @@ pub async fn teardown_uplink(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_uplink_is_believed_only_within_the_recheck_window() {
+        let seen = 1_000_000_000_000;
+        let window = u64::try_from(NO_UPLINK_RECHECK.as_nanos()).expect("five seconds fit in u64 ns");
+        assert!(!still_believed(0, seen), "never looked");
+        assert!(still_believed(seen, seen));
+        assert!(still_believed(seen, seen + window - 1));
+        assert!(!still_believed(seen, seen + window), "window over");
+        assert!(!still_believed(seen, seen - 1), "clock went back");
+    }
 
     #[test]
     fn the_alias_holds_a_marker_and_old_aliases_still_read() {

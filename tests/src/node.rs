@@ -203,6 +203,11 @@ impl Node {
         }
     }
 
+    /// The node's private state (its /var/lib/cni and /var/log).
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
     /// The plugin binary this node runs.
     pub fn plugin_path(&self) -> PathBuf {
         self.plugin.clone().unwrap_or_else(plugin_binary)

@@ -161,7 +161,7 @@ fn is_attached(node: &Netns, datapath: &Datapath, program: &'static str, ifname:
             .expect("runtime")
             .block_on(async {
                 let netlink = flatbridge::netlink::Netlink::open().expect("netlink");
-                datapath.is_attached(&netlink, program, ifname).await
+                datapath.runs_on(&netlink, program, ifname).await
             })
     })
 }
@@ -232,7 +232,7 @@ fn attached_once_and_upgraded(tcx: bool) {
                 &[],
             )
             .expect("add endpoint");
-        for program in [program_name::FROM_UPLINK, program_name::TO_UPLINK] {
+        for program in program_name::UPLINK {
             datapath.attach(program, "uplink0").expect("attach uplink");
         }
         loaded
@@ -243,7 +243,7 @@ fn attached_once_and_upgraded(tcx: bool) {
     let (pod_hooks, uplink_hooks) = expected(first, tcx);
     assert_hooks(&node, "hostveth", &pod_hooks, "after ADD");
     assert_hooks(&node, "uplink0", &uplink_hooks, "after ADD");
-    for program in [program_name::FROM_UPLINK, program_name::TO_UPLINK] {
+    for program in program_name::UPLINK {
         assert!(
             is_attached(&node, &datapath, program, "uplink0"),
             "{program} (tcx {tcx})"
@@ -268,7 +268,7 @@ fn attached_once_and_upgraded(tcx: bool) {
         if let Err(error) = datapath.attach_pod("hostveth") {
             eprintln!("attach_pod again: {error}");
         }
-        for program in [program_name::FROM_UPLINK, program_name::TO_UPLINK] {
+        for program in program_name::UPLINK {
             if let Err(error) = datapath.attach(program, "uplink0") {
                 eprintln!("attach {program} again: {error}");
             }
@@ -331,7 +331,7 @@ fn attached_once_and_upgraded(tcx: bool) {
     );
 
     // Detaching the uplink (its pins go) leaves nothing on it.
-    for program in [program_name::FROM_UPLINK, program_name::TO_UPLINK] {
+    for program in program_name::UPLINK {
         assert!(
             in_node(&node, || datapath.detach(program, "uplink0").expect("detach")),
             "{program} had no link pinned"

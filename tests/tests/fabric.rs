@@ -271,7 +271,8 @@ fn an_address_in_use_on_the_wire_is_never_handed_out() {
     let conflicts = report["conflicts"].as_array().cloned().unwrap_or_default();
     assert_eq!(conflicts.len(), 1, "{report}");
     assert_eq!(conflicts[0]["address"], "10.10.1.1");
-    assert_eq!(conflicts[0]["answered_by"], external_mac);
+    assert_eq!(conflicts[0]["mac"], external_mac);
+    assert_eq!(conflicts[0]["expired"], false);
     assert!(one.node.status_text().contains("CONFLICT"));
     assert!(
         one.node

@@ -658,3 +658,132 @@ fn flushing_forgets_every_offloaded_flow() {
     udp_exchange(&kube.client.netns, target, 20, Duration::from_millis(20));
     assert!(!offloaded(&kube.status()).is_empty());
 }
+
+/// `status --json` is the documented report (`docs/status.schema.json`, the schema of
+/// `flatbridge::report::NodeReport`): it parses into the typed report, which refuses fields
+/// it does not know, and each part says what the node is doing — here with three pods, the
+/// uplink, the gateway and an offloaded UDP flow between two pods.
+#[test]
+fn status_json_is_the_documented_report() {
+    use flatbridge::{
+        cmd::host_veth_name,
+        report::{AttachMode, FlowProtocol, NodeReport, OffloadMode, SCHEMA_VERSION, VerdictKind},
+    };
+    use flatbridge_common::{Verdict, program_name};
+
+    let kube = kube_node("schema", seed_config("1.0.0"));
+    let _server = udp_echo_server(&kube.backend.netns, "0.0.0.0:7000".parse().expect("address"), "b");
+    let target: SocketAddr = format!("{}:7000", kube.backend_ip).parse().expect("address");
+    udp_exchange(&kube.client.netns, target, 20, Duration::from_millis(20));
+
+    let status = kube.node.status();
+    let report: NodeReport = serde_json::from_value(status.clone())
+        .unwrap_or_else(|error| panic!("status --json is not the typed report: {error}\n{status:#}"));
+    assert_eq!(report.schema, SCHEMA_VERSION);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    assert_eq!(report.kernel.release, release.trim());
+    assert!(report.kernel.tcx && report.kernel.btf, "{:?}", report.kernel);
+    assert!(report.conflicts.is_empty());
+    let [network] = report.networks.as_slice() else {
+        panic!("one network expected: {status:#}");
+    };
+    assert_eq!(network.network, NET);
+    assert!(network.build_current);
+    assert_eq!(network.node.bridge, "cni0");
+    assert_eq!(network.node.uplink, "uplink0");
+    assert_eq!(network.node.mode, OffloadMode::Confirmed);
+    assert!(network.node.enabled && network.node.anti_spoof && network.node.tcp_offload);
+    assert_eq!(network.node.bridge_mac.to_string(), kube.node.netns.mac("cni0"));
+
+    let veth = |pod: &Pod| host_veth_name(NET, &pod.container_id, "eth0");
+    for (pod, ip) in [
+        (&kube.client, &kube.client_ip),
+        (&kube.backend, &kube.backend_ip),
+        (&kube.other, &kube.other_ip),
+    ] {
+        let endpoint = network
+            .endpoints
+            .iter()
+            .find(|endpoint| endpoint.host_veth == veth(pod))
+            .unwrap_or_else(|| panic!("no endpoint on {}: {status:#}", veth(pod)));
+        assert_eq!(
+            endpoint.addresses,
+            vec![ip.parse::<std::net::Ipv4Addr>().expect("ip")]
+        );
+        assert_eq!(endpoint.mac.to_string(), pod.netns.mac("eth0"));
+        assert_eq!(endpoint.ifindex, kube.node.netns.ifindex(&veth(pod)));
+        assert!(endpoint.attached);
+    }
+    let names: Vec<&str> = network
+        .programs
+        .iter()
+        .map(|program| program.name.as_str())
+        .collect();
+    assert_eq!(names, program_name::ALL);
+    for program in &network.programs {
+        assert!(program.id.is_some(), "{program:?}");
+        let expected = if program_name::UPLINK.contains(&program.name.as_str()) {
+            1
+        } else {
+            3
+        };
+        assert_eq!(program.devices.len(), expected, "{program:?}");
+        for device in &program.devices {
+            assert!(device.attached, "{program:?}");
+            let attach = if expected == 1 {
+                AttachMode::Tcx
+            } else {
+                AttachMode::TcFilter
+            };
+            assert_eq!(device.attach, attach, "{program:?}");
+        }
+    }
+    let [gateway] = network.gateways.as_slice() else {
+        panic!("one gateway expected: {status:#}");
+    };
+    assert_eq!(gateway.subnet.to_string(), "10.10.1.0/16");
+    assert_eq!(gateway.address.to_string(), "10.10.1.0");
+    assert_eq!(gateway.mac, network.node.bridge_mac);
+
+    let flow = network
+        .flows
+        .iter()
+        .find(|flow| flow.dst == target.to_string().parse().expect("v4"))
+        .unwrap_or_else(|| panic!("no flow to {target}: {status:#}"));
+    assert_eq!(flow.protocol, FlowProtocol::Udp);
+    assert_eq!(flow.src.ip().to_string(), kube.client_ip);
+    assert_eq!(flow.from, veth(&kube.client));
+    assert_eq!(flow.to.as_deref(), Some(veth(&kube.backend).as_str()));
+    assert!(flow.offloaded && !flow.closed, "{flow:?}");
+    assert!(flow.confirmed_ms_ago.is_some_and(|ago| ago < 60_000), "{flow:?}");
+    let reverse = network
+        .flows
+        .iter()
+        .find(|back| back.src == flow.dst && back.dst == flow.src)
+        .unwrap_or_else(|| panic!("no reverse of {flow:?}: {status:#}"));
+    assert!(reverse.offloaded, "{reverse:?}");
+
+    let verdicts: Vec<&str> = network
+        .counters
+        .iter()
+        .map(|counter| counter.verdict.as_str())
+        .collect();
+    assert_eq!(verdicts, Verdict::ALL.map(Verdict::name));
+    let pod_to_pod = network
+        .counters
+        .iter()
+        .find(|counter| counter.verdict == "pod_to_pod")
+        .expect("pod_to_pod");
+    assert_eq!(pod_to_pod.kind, VerdictKind::Forward);
+    assert!(
+        pod_to_pod.packets > 0 && pod_to_pod.bytes > pod_to_pod.packets * 42,
+        "{pod_to_pod:?}"
+    );
+    assert!(
+        network
+            .counters
+            .iter()
+            .filter(|counter| counter.verdict.starts_with("drop_"))
+            .all(|counter| counter.kind == VerdictKind::Drop)
+    );
+}

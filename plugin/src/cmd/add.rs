@@ -1,21 +1,23 @@
 //! ADD: bridge, address lease, veth pair with its peer created inside the pod, addresses
 //! and routes in the pod. Every step that creates something registers its undo; a failure
 //! at any step undoes them all, so a failed ADD leaves no lease and no veth behind.
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    time::Duration,
-};
+use std::{net::IpAddr, time::Duration};
 
 use ipnetwork::IpNetwork;
 
-use super::{block_on, fastpath, fault, host_veth_name, ipam::Ipam, veth_alias};
+use super::{
+    block_on, datapath_steps, fault, host_veth_name, ipam_plugin::IpamPlugin, is_pod_veth, veth_alias,
+};
 use crate::{
     arp::ArpSocket,
     cni::{
         CniError, Request, code,
         result::{CniResult, Interface, Route},
     },
+    datapath::Datapath,
     ipam::Owner,
+    kernel,
+    mac::Mac,
     netlink::{Link, Netlink, VethSpec},
     netns::Netns,
     node::{self, BridgeSpec},
@@ -24,15 +26,15 @@ use crate::{
 /// What a failed ADD must take back, in reverse order of creation.
 #[derive(Default)]
 struct Undo {
-    fast_path: fastpath::Added,
+    fast_path: datapath_steps::Added,
     host_veth: Option<String>,
     leased: bool,
 }
 
 impl Undo {
-    async fn run(self, node: &Netlink, ipam: Option<&Ipam>, request: &Request, owner: &Owner) {
+    async fn run(self, node: &Netlink, ipam: Option<&IpamPlugin>, request: &Request, owner: &Owner) {
         // The endpoint goes before the veth, so no program ever redirects to a dead port.
-        fastpath::undo_add(request, self.fast_path);
+        datapath_steps::undo_add(request, self.fast_path);
         if let Some(name) = self.host_veth {
             let deleted = match node.link_by_name(&name).await {
                 Ok(Some(link)) => node.delete_link(link.index).await,
@@ -58,9 +60,9 @@ pub fn add(request: &Request) -> Result<CniResult, CniError> {
     let netns_path = request.env.require_netns()?;
     let pod_netns = Netns::open(netns_path)?;
     let mac = request.config.requested_mac(request.env.arg("MAC"))?;
-    let ipam = Ipam::of(request)?;
+    let ipam = IpamPlugin::of(request)?;
     // Bad requests fail before the node is touched (no bridge, no datapath made for them).
-    if let Some(Ipam::HostLocal(config)) = &ipam {
+    if let Some(IpamPlugin::HostLocal(config)) = &ipam {
         config.check_requested()?;
     }
     let owner = Owner::new(container_id, ifname);
@@ -92,14 +94,38 @@ struct Steps<'a> {
     ifname: &'a str,
     pod_netns: &'a Netns,
     mac: Option<[u8; 6]>,
-    ipam: Option<&'a Ipam>,
+    ipam: Option<&'a IpamPlugin>,
     owner: &'a Owner,
     node: &'a Netlink,
     pod: &'a Netlink,
 }
 
 impl Steps<'_> {
+    /// ADD, step by step; each step's undo is recorded in `undo` as soon as it is made.
     async fn run(&self, undo: &mut Undo) -> Result<CniResult, CniError> {
+        let net = &self.request.config.net;
+        let (bridge, datapath) = self.bridge_and_datapath().await?;
+        let host_name = host_veth_name(&net.name, &self.owner.container_id, self.ifname);
+        self.clear_leftovers(&host_name).await?;
+        let (uplink, wire) = self.uplink_and_wire(&bridge, datapath.as_ref()).await?;
+        let mut result = match self.ipam {
+            Some(ipam) => self.lease(ipam, wire.as_ref(), undo).await?,
+            None => CniResult::default(),
+        };
+        fault::point("add:lease")?;
+        self.plug_host_port(&host_name, &bridge, datapath.as_ref(), &uplink, &result, undo)
+            .await?;
+        let pod_link = self.configure_pod(&mut result).await?;
+        fault::point("add:pod")?;
+        self.finish_node_side(&bridge, datapath.as_ref(), wire.as_ref(), &result, &pod_link)
+            .await?;
+        fault::point("add:finish")?;
+        self.assemble_result(result, &host_name, &pod_link).await
+    }
+
+    /// The pods' bridge (made when missing) and, with the fast path, the network's datapath
+    /// (loaded when missing); without it, a check that plain pods may join this bridge.
+    async fn bridge_and_datapath(&self) -> Result<(Link, Option<Datapath>), CniError> {
         let config = &self.request.config;
         let net = &config.net;
         let bridge = node::ensure_bridge(
@@ -113,59 +139,82 @@ impl Steps<'_> {
         .await?;
         fault::point("add:bridge")?;
         let datapath = if config.fast_path() {
-            Some(fastpath::prepare(self.request, self.node, &bridge).await?)
+            Some(datapath_steps::prepare(self.request, self.node, &bridge).await?)
         } else {
-            fastpath::check_plain_bridge_allowed(self.request, &bridge)?;
+            datapath_steps::check_plain_bridge_allowed(self.request, &bridge)?;
             None
         };
         fault::point("add:datapath")?;
+        Ok((bridge, datapath))
+    }
+
+    /// The bridge's uplink and the socket that probes and announces addresses on the wire;
+    /// refuses a requested MAC that is the bridge's or the uplink's.
+    async fn uplink_and_wire(
+        &self,
+        bridge: &Link,
+        datapath: Option<&Datapath>,
+    ) -> Result<(node::Uplink, Option<ArpSocket>), CniError> {
+        // What the datapath already knows of the uplink saves listing the bridge's ports.
+        let known = datapath
+            .and_then(|datapath| datapath.node_config().ok())
+            .map(|known| node::KnownUplink {
+                bridge_ifindex: known.bridge_ifindex,
+                uplink_ifindex: known.uplink_ifindex,
+                no_uplink_seen_ns: known.no_uplink_seen_ns,
+            });
+        let configured = self.request.config.net.uplink.as_deref();
+        let uplink = node::find_uplink(self.node, bridge, configured, known, is_pod_veth).await?;
+        self.refuse_node_mac(bridge, uplink.link.as_ref())?;
+        let wire = Self::wire(bridge, uplink.link.as_ref())?;
+        Ok((uplink, wire))
+    }
+
+    /// The pod's veth pair, and its host side made a checked port of the bridge: programs
+    /// and endpoint while it is still down (so that no frame of the pod ever passes
+    /// unchecked), alias, bridge, up.
+    async fn plug_host_port(
+        &self,
+        host_name: &str,
+        bridge: &Link,
+        datapath: Option<&Datapath>,
+        uplink: &node::Uplink,
+        result: &CniResult,
+        undo: &mut Undo,
+    ) -> Result<(), CniError> {
+        let net = &self.request.config.net;
         // Without an explicit mtu, pods follow the bridge (which follows its uplink).
         let mtu = if net.mtu != 0 { net.mtu } else { bridge.mtu };
-        let host_name = host_veth_name(&net.name, &self.owner.container_id, self.ifname);
-        self.clear_leftovers(&host_name).await?;
-
-        // What the datapath already knows of the uplink saves listing the bridge's ports.
-        let known = datapath.as_ref().and_then(|datapath| datapath.node_config().ok());
-        let uplink = fastpath::find_uplink(self.node, &bridge, net.uplink.as_deref(), known.as_ref()).await?;
-        self.refuse_node_mac(&bridge, uplink.link.as_ref())?;
-        let wire = Self::wire(&bridge, uplink.link.as_ref())?;
-        let mut result = match self.ipam {
-            Some(ipam) => self.lease(ipam, wire.as_ref(), undo).await?,
-            None => CniResult::default(),
-        };
-        fault::point("add:lease")?;
-
         self.node
             .create_veth(&VethSpec {
-                host_name: &host_name,
+                host_name,
                 peer_name: self.ifname,
                 peer_netns: self.pod_netns.file(),
                 mtu,
                 peer_mac: self.mac,
             })
             .await?;
-        undo.host_veth = Some(host_name.clone());
+        undo.host_veth = Some(host_name.to_owned());
         fault::point("add:veth")?;
-        let host = self.node.require_link(&host_name).await?;
-        // The veth is still down: the programs go on now, cheaply (see attach_pod), and the
-        // pod's endpoint before the veth comes up, so that no frame of the pod ever passes
-        // unchecked.
-        if let Some(datapath) = &datapath {
-            datapath.attach_pod(&host_name)?;
+        let host = self.node.require_link(host_name).await?;
+        // The veth is still down: the programs go on now, cheaply (see attach_pod).
+        if let Some(datapath) = datapath {
+            datapath.attach_pod(host_name)?;
             fault::point("add:programs")?;
             let pod_mac = self.pod.require_link(self.ifname).await?.mac.unwrap_or_default();
-            let added = fastpath::add_endpoint(
+            let added = datapath_steps::add_endpoint(
                 self.request,
                 datapath,
-                &bridge,
+                bridge,
                 &host,
-                &uplink,
+                uplink,
                 pod_mac,
-                &result,
+                result,
                 &mut undo.fast_path,
             )?;
-            fastpath::refuse_unchecked_pods(self.request, datapath, self.node, &bridge, &host, added).await?;
-            fastpath::ensure_uplink_programs(datapath, self.node, &uplink).await?;
+            datapath_steps::refuse_unchecked_pods(self.request, datapath, self.node, bridge, &host, added)
+                .await?;
+            datapath_steps::ensure_uplink_programs(datapath, self.node, uplink).await?;
             fault::point("add:endpoint")?;
         }
         // Who owns this veth, for GC and for people reading `ip link`.
@@ -187,46 +236,67 @@ impl Steps<'_> {
         if datapath.is_none() {
             // Again, now that the port is on the bridge (still down): a first checked pod
             // may have come in the meantime.
-            fastpath::check_plain_bridge_allowed(self.request, &bridge)?;
+            datapath_steps::check_plain_bridge_allowed(self.request, bridge)?;
         }
         self.node.set_up(host.index).await?;
         fault::point("add:port")?;
+        Ok(())
+    }
 
-        let pod_link = self.configure_pod(&mut result).await?;
-        fault::point("add:pod")?;
-
+    /// Once the pod is configured: the gateway address on the bridge (`isGateway`), the
+    /// pod's addresses announced on the wire, and the datapath's gateway entries.
+    async fn finish_node_side(
+        &self,
+        bridge: &Link,
+        datapath: Option<&Datapath>,
+        wire: Option<&ArpSocket>,
+        result: &CniResult,
+        pod_link: &Link,
+    ) -> Result<(), CniError> {
+        let config = &self.request.config;
         if config.is_gateway() {
             for ip in &result.ips {
                 if let Some(gateway) = ip.gateway {
                     let address = IpNetwork::new(gateway, ip.address.prefix()).map_err(|error| {
                         CniError::new(code::INVALID_CONFIG, format!("gateway {gateway}: {error}"))
                     })?;
-                    node::ensure_gateway(self.node, &bridge, address, net.force_address).await?;
+                    node::ensure_gateway(self.node, bridge, address, config.net.force_address).await?;
                 }
             }
         }
         fault::point("add:gateway")?;
-        // The devices as they are now: a bridge's MAC changes when its first port arrives
-        // unless it was set explicitly (as flatbridge does for bridges it creates).
-        let host = self.node.require_link(&host_name).await?;
-        let bridge = self.node.require_link(&net.bridge).await?;
         let pod_mac = pod_link.mac.unwrap_or_default();
-        if let Some(wire) = &wire {
-            for ip in ipv4s(&result) {
+        if let Some(wire) = wire {
+            for ip in result.ipv4s() {
                 if let Err(error) = wire.announce(pod_mac, ip) {
                     log::warn!("gratuitous ARP for {ip} failed: {error}");
                 }
             }
         }
-        if let Some(datapath) = &datapath {
-            fastpath::finish_pod(datapath, self.node, &bridge, &result).await?;
+        if let Some(datapath) = datapath {
+            // The bridge as it is now: its MAC changes when its first port arrives unless
+            // it was set explicitly (as flatbridge does for bridges it creates).
+            let bridge = self.node.require_link(&config.net.bridge).await?;
+            datapath_steps::finish_pod(datapath, self.node, &bridge, result).await?;
         }
-        fault::point("add:finish")?;
+        Ok(())
+    }
 
+    /// The result the runtime gets: the bridge, the host veth and the pod's interface as
+    /// they are now, the addresses on the pod's interface, DNS.
+    async fn assemble_result(
+        &self,
+        mut result: CniResult,
+        host_name: &str,
+        pod_link: &Link,
+    ) -> Result<CniResult, CniError> {
+        let net = &self.request.config.net;
+        let host = self.node.require_link(host_name).await?;
+        let bridge = self.node.require_link(&net.bridge).await?;
         result.interfaces = vec![
             interface(&bridge, None),
             interface(&host, None),
-            interface(&pod_link, Some(self.pod_netns.path().display().to_string())),
+            interface(pod_link, Some(self.pod_netns.path().display().to_string())),
         ];
         for ip in &mut result.ips {
             ip.interface = Some(2);
@@ -262,7 +332,7 @@ impl Steps<'_> {
                     code::INVALID_CONFIG,
                     format!(
                         "the requested MAC {} is the MAC of the node's {}: choose another",
-                        format_mac(requested),
+                        Mac(requested),
                         device.name
                     ),
                 ));
@@ -291,7 +361,7 @@ impl Steps<'_> {
     /// by another.
     async fn lease(
         &self,
-        ipam: &Ipam,
+        ipam: &IpamPlugin,
         wire: Option<&ArpSocket>,
         undo: &mut Undo,
     ) -> Result<CniResult, CniError> {
@@ -308,7 +378,7 @@ impl Steps<'_> {
             let Some((ip, mac)) = probe_all(wire, &result, wait)? else {
                 return Ok(result);
             };
-            let holder = format_mac(mac);
+            let holder = Mac(mac).to_string();
             if !ipam.can_reallocate() {
                 return Err(CniError::new(
                     code::ADDRESS_CONFLICT,
@@ -334,7 +404,7 @@ impl Steps<'_> {
     async fn clear_leftovers(&self, host_name: &str) -> Result<(), CniError> {
         if let Some(stale) = self.node.link_by_name(host_name).await? {
             log::warn!("removing leftover veth {host_name} of an earlier ADD");
-            fastpath::del_pod(self.request, self.node, Some(&stale)).await?;
+            datapath_steps::del_pod(self.request, self.node, Some(&stale)).await?;
             self.node.delete_link(stale.index).await?;
         }
         if self.pod.link_by_name(self.ifname).await?.is_some() {
@@ -357,26 +427,10 @@ impl Steps<'_> {
         if let Some(lo) = self.pod.link_by_name("lo").await? {
             self.pod.set_up(lo.index).await?;
         }
-        let arp_notify = format!("/proc/sys/net/ipv4/conf/{}/arp_notify", self.ifname);
-        let ipv6_conf = format!("/proc/sys/net/ipv6/conf/{}", self.ifname);
-        let dad = if config.net.enable_dad { "1" } else { "0" };
+        let dad = config.net.enable_dad;
         self.pod_netns.run(|| {
-            // With arp_notify the kernel announces the addresses (gratuitous ARP) when the
-            // link comes up, so neighbours and switches that knew a previous owner of an
-            // address learn the new MAC at once. IPv6 sysctls exist only with IPv6 on.
-            if let Err(error) = node::write_sysctl(&arp_notify, "1") {
+            for error in kernel::set_pod_interface_sysctls(self.ifname, dad) {
                 log::warn!("{error}");
-            }
-            // The pod's IPv6 sources are checked against its leases and its link-local,
-            // which must be the one its MAC gives (EUI-64); addresses made from router
-            // advertisements on the wire would be dropped, so none are made.
-            for (name, value) in [
-                ("accept_dad", dad),
-                ("addr_gen_mode", "0"),
-                ("accept_ra", "0"),
-                ("autoconf", "0"),
-            ] {
-                let _ = node::write_sysctl(&format!("{ipv6_conf}/{name}"), value);
             }
         })?;
         // Addresses before the link comes up, so that the announcement carries them; routes
@@ -400,26 +454,11 @@ impl Steps<'_> {
             }
         }
         for route in &result.routes {
-            // A route without a gateway goes via the gateway of its family.
-            let gateway = route.gw.or_else(|| {
-                result
-                    .ips
-                    .iter()
-                    .find(|ip| ip.address.is_ipv4() == route.dst.is_ipv4())
-                    .and_then(|ip| ip.gateway)
-            });
+            let gateway = result.route_gateway(route);
             self.pod.add_route(route.dst, gateway, pod_link.index).await?;
         }
         Ok(self.pod.require_link(self.ifname).await?)
     }
-}
-
-/// The IPv4 addresses of a result.
-fn ipv4s(result: &CniResult) -> impl Iterator<Item = Ipv4Addr> + '_ {
-    result.ips.iter().filter_map(|ip| match ip.address.ip() {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(_) => None,
-    })
 }
 
 /// Probes every IPv4 address of `result` on the wire; the first one somebody answers for,
@@ -429,7 +468,7 @@ fn probe_all(
     result: &CniResult,
     wait: Duration,
 ) -> Result<Option<(IpAddr, [u8; 6])>, CniError> {
-    for ip in ipv4s(result) {
+    for ip in result.ipv4s() {
         let answer = wire.probe(ip, wait).map_err(|error| {
             CniError::new(
                 code::IO_FAILURE,
@@ -446,10 +485,8 @@ fn probe_all(
 fn interface(link: &Link, sandbox: Option<String>) -> Interface {
     Interface {
         name: link.name.clone(),
-        mac: link.mac.map(format_mac).unwrap_or_default(),
+        mac: link.mac.map(|mac| Mac(mac).to_string()).unwrap_or_default(),
         mtu: Some(link.mtu),
         sandbox,
     }
 }
-
-pub use crate::mac::format as format_mac;

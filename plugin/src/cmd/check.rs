@@ -2,10 +2,11 @@
 //! precisely: which interface, which address or route, what was expected and what is there.
 use std::net::IpAddr;
 
-use super::{add::format_mac, block_on, host_veth_name, ipam::Ipam};
+use super::{block_on, host_veth_name, ipam_plugin::IpamPlugin};
 use crate::{
     cni::{CniError, Request, code, result::CniResult},
     ipam::Owner,
+    mac::Mac,
     netlink::{LinkKind, Netlink},
     netns::Netns,
 };
@@ -69,7 +70,7 @@ pub fn check(request: &Request) -> Result<(), CniError> {
             .iter()
             .find(|interface| interface.name == ifname && interface.sandbox.is_some());
         if let Some(expected) = expected {
-            let actual = link.mac.map(format_mac).unwrap_or_default();
+            let actual = link.mac.map(|mac| Mac(mac).to_string()).unwrap_or_default();
             if !expected.mac.is_empty() && !expected.mac.eq_ignore_ascii_case(&actual) {
                 return Err(mismatch(format!(
                     "interface {ifname} has MAC {actual}, prevResult says {}",
@@ -95,12 +96,7 @@ pub fn check(request: &Request) -> Result<(), CniError> {
         }
 
         for route in &prev.routes {
-            let gateway = route.gw.or_else(|| {
-                prev.ips
-                    .iter()
-                    .find(|ip| ip.address.is_ipv4() == route.dst.is_ipv4())
-                    .and_then(|ip| ip.gateway)
-            });
+            let gateway = prev.route_gateway(route);
             let routes = pod.routes(route.dst.is_ipv4()).await?;
             let found = routes.iter().any(|entry| {
                 entry.dst == route.dst
@@ -118,7 +114,7 @@ pub fn check(request: &Request) -> Result<(), CniError> {
         Ok(())
     })?;
 
-    if let Some(ipam) = Ipam::of(request)? {
+    if let Some(ipam) = IpamPlugin::of(request)? {
         let ips: Vec<IpAddr> = prev.ips.iter().map(|ip| ip.address.ip()).collect();
         ipam.check(request, &owner, &ips)?;
     }

@@ -1,6 +1,6 @@
 //! DEL: idempotent and best effort. A missing namespace, veth or lease is success; every
 //! step runs even when an earlier one failed, and the failures are reported together.
-use super::{all_done, block_on, fastpath, fault, host_veth_name, ipam::Ipam};
+use super::{all_done, block_on, datapath_steps, fault, host_veth_name, ipam_plugin::IpamPlugin};
 use crate::{
     cni::{CniError, Request},
     ipam::Owner,
@@ -36,7 +36,7 @@ pub fn del(request: &Request) -> Result<(), CniError> {
 }
 
 fn release(request: &Request, owner: &Owner, errors: &mut Vec<CniError>) {
-    match Ipam::of(request) {
+    match IpamPlugin::of(request) {
         Ok(Some(ipam)) => {
             if let Err(error) = ipam.del(request, owner) {
                 errors.push(error);
@@ -56,7 +56,7 @@ async fn delete_links(request: &Request, owner: &Owner, errors: &mut Vec<CniErro
     let host = node.link_by_name(&host_name).await?;
     // The endpoint goes before the veth: from then on the port sends nothing (its frames
     // are dropped as from an unknown port) and no ARP answer or offload points at it.
-    if let Err(error) = fastpath::del_pod(request, &node, host.as_ref()).await {
+    if let Err(error) = datapath_steps::del_pod(request, &node, host.as_ref()).await {
         errors.push(error);
     }
     fault::point("del:endpoint")?;

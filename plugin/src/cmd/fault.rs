@@ -28,29 +28,3 @@ pub fn point(name: &str) -> Result<(), CniError> {
 pub fn point(_name: &str) -> Result<(), CniError> {
     Ok(())
 }
-
-/// Test builds only: whether the tests pretend the kernel lacks `feature` (one of the
-/// comma-separated names in `FLATBRIDGE_KERNEL_LACKS`, e.g. `tcx`), to run the paths of
-/// older kernels on this one.
-#[cfg(feature = "fault-injection")]
-pub fn kernel_lacks(feature: &str) -> bool {
-    (feature == "tcx" && PRETEND_NO_TCX.load(std::sync::atomic::Ordering::Relaxed))
-        || std::env::var("FLATBRIDGE_KERNEL_LACKS")
-            .is_ok_and(|lacks| lacks.split(',').any(|lacked| lacked == feature))
-}
-
-#[cfg(feature = "fault-injection")]
-static PRETEND_NO_TCX: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Test builds only: the same as `FLATBRIDGE_KERNEL_LACKS=tcx`, for tests that call the
-/// library in their own process.
-#[cfg(feature = "fault-injection")]
-pub fn pretend_no_tcx(pretend: bool) {
-    PRETEND_NO_TCX.store(pretend, std::sync::atomic::Ordering::Relaxed);
-}
-
-#[cfg(not(feature = "fault-injection"))]
-#[inline(always)]
-pub fn kernel_lacks(_feature: &str) -> bool {
-    false
-}

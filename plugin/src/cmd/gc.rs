@@ -2,7 +2,7 @@
 //! attachment is not in `cni.dev/valid-attachments`.
 use std::collections::HashSet;
 
-use super::{all_done, block_on, fastpath, ipam::Ipam, parse_veth_alias};
+use super::{all_done, block_on, datapath_steps, ipam_plugin::IpamPlugin, parse_veth_alias};
 use crate::{
     cni::{CniError, Request, code},
     datapath::Datapath,
@@ -55,7 +55,7 @@ pub fn gc(request: &Request) -> Result<(), CniError> {
         }
         let config = &request.config;
         if let Ok(datapath) = Datapath::open(&config.bpf_root(), network) {
-            fastpath::sweep(&datapath, &node).await?;
+            datapath_steps::sweep(&datapath, &node).await?;
         }
         Ok::<(), CniError>(())
     });
@@ -66,7 +66,7 @@ pub fn gc(request: &Request) -> Result<(), CniError> {
     if !listed {
         return all_done(errors);
     }
-    match Ipam::of(request) {
+    match IpamPlugin::of(request) {
         Ok(Some(ipam)) => {
             if let Err(error) = ipam.gc(request, &valid) {
                 errors.push(error);

@@ -3,14 +3,11 @@
 //! touches the kernel.
 mod add;
 mod check;
-pub mod conflicts;
+mod datapath_steps;
 mod del;
-mod fastpath;
 pub(crate) mod fault;
 mod gc;
-pub mod inspect;
-mod ipam;
-pub mod node_cmd;
+mod ipam_plugin;
 mod status;
 
 use std::{future::Future, path::PathBuf};
@@ -73,18 +70,14 @@ impl cni::Plugin for Flatbridge {
     }
 }
 
-/// Every verb runs its netlink conversations on one current-thread runtime, so no task
-/// ever runs on a thread that is in another network namespace.
+/// Every verb runs its netlink conversations on [`crate::netlink::runtime`].
 fn block_on<T>(future: impl Future<Output = Result<T, CniError>>) -> Result<T, CniError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| {
-            CniError::new(
-                code::INTERNAL,
-                format!("failed to start the async runtime: {error}"),
-            )
-        })?;
+    let runtime = crate::netlink::runtime().map_err(|error| {
+        CniError::new(
+            code::INTERNAL,
+            format!("failed to start the async runtime: {error}"),
+        )
+    })?;
     runtime.block_on(future)
 }
 
@@ -107,6 +100,13 @@ pub fn veth_alias(network: &str, container_id: &str, ifname: &str) -> String {
 }
 
 pub(crate) const ALIAS_PREFIX: &str = "flatbridge:";
+
+/// A host veth flatbridge made for a pod (of any network), told by its alias.
+fn is_pod_veth(link: &crate::netlink::Link) -> bool {
+    link.alias
+        .as_deref()
+        .is_some_and(|alias| alias.starts_with(ALIAS_PREFIX))
+}
 
 /// The (container ID, ifname) of a veth alias written for `network`.
 pub fn parse_veth_alias<'a>(alias: &'a str, network: &str) -> Option<(&'a str, &'a str)> {
@@ -140,7 +140,7 @@ impl From<NodeError> for CniError {
             NodeError::NotABridge { .. } | NodeError::UplinkTaken { .. } | NodeError::NotSetUp(_) => {
                 CniError::new(code::INVALID_CONFIG, error.to_string())
             }
-            NodeError::Sysctl { .. } | NodeError::State { .. } => {
+            NodeError::Sysctl(_) | NodeError::State { .. } => {
                 CniError::new(code::IO_FAILURE, error.to_string())
             }
         }
@@ -177,6 +177,9 @@ impl From<DatapathError> for CniError {
     fn from(error: DatapathError) -> Self {
         let code = match &error {
             DatapathError::Taken { .. } => code::ADDRESS_UNAVAILABLE,
+            DatapathError::Netlink(error) => {
+                return CniError::new(code::NETLINK, error.to_string()).with_details(chain(error));
+            }
             _ => code::DATAPATH,
         };
         CniError::new(code, error.to_string()).with_details(chain(&error))

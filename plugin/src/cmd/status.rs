@@ -6,7 +6,7 @@
 //! node: no lock, no file written, nothing pinned.
 use flatbridge_common::{NODE_ENABLED, program_name};
 
-use super::{block_on, ipam::Ipam};
+use super::{block_on, ipam_plugin::IpamPlugin};
 use crate::{
     cni::{CniError, Request, code},
     datapath::Datapath,
@@ -41,7 +41,7 @@ pub fn status(request: &Request) -> Result<(), CniError> {
             },
         }
     })?;
-    if let Some(ipam) = Ipam::of(request)? {
+    if let Some(ipam) = IpamPlugin::of(request)? {
         ipam.status(request)?;
     }
     if degraded.is_empty() {
@@ -81,8 +81,8 @@ async fn detached(datapath: &Datapath, node: &Netlink) -> Result<Vec<String>, Cn
         && settings.uplink_ifindex != 0
         && let Some(uplink) = node.link_by_index(settings.uplink_ifindex).await?
     {
-        for program in [program_name::FROM_UPLINK, program_name::TO_UPLINK] {
-            if !datapath.is_attached(node, program, &uplink.name).await {
+        for program in program_name::UPLINK {
+            if !datapath.runs_on(node, program, &uplink.name).await {
                 missing.push(format!("uplink {} has lost {program}", uplink.name));
             }
         }

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::mac::{Mac, NotAMac};
+
 use super::{
     error::{CniError, code},
     result::Dns,
@@ -406,34 +408,22 @@ fn validate_path(field: &str, path: &Path, within: Option<&[&str]>) -> Result<()
 
 /// `aa:bb:cc:dd:ee:ff`; a unicast address.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], CniError> {
-    let invalid = || {
-        CniError::new(
-            code::INVALID_CONFIG,
-            format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
-        )
-    };
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next().filter(|part| part.len() == 2).ok_or_else(invalid)?;
-        *byte = u8::from_str_radix(part, 16).map_err(|_| invalid())?;
-    }
-    if parts.next().is_some() {
-        return Err(invalid());
-    }
-    if mac[0] & 1 == 1 {
+    let mac: Mac = text
+        .parse()
+        .map_err(|error: NotAMac| CniError::new(code::INVALID_CONFIG, error.to_string()))?;
+    if mac.is_multicast() {
         return Err(CniError::new(
             code::INVALID_CONFIG,
             format!("{text} is a multicast MAC address"),
         ));
     }
-    if mac == [0; 6] {
+    if mac.is_zero() {
         return Err(CniError::new(
             code::INVALID_CONFIG,
             format!("{text} is the all-zero MAC address"),
         ));
     }
-    Ok(mac)
+    Ok(mac.0)
 }
 
 #[cfg(test)]

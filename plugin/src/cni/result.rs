@@ -1,7 +1,7 @@
 //! The ADD result, independent of version, and its JSON in the shape of each cniVersion.
 //! Parsing accepts every shape, so a prevResult or a delegated IPAM plugin's result of any
 //! supported version can be read.
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,33 @@ pub struct CniResult {
 }
 
 impl CniResult {
+    /// The IPv4 addresses of the result, in order.
+    pub fn ipv4s(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.ips.iter().filter_map(|ip| match ip.address.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+    }
+
+    /// The IPv6 addresses of the result, in order.
+    pub fn ipv6s(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        self.ips.iter().filter_map(|ip| match ip.address.ip() {
+            IpAddr::V6(v6) => Some(v6),
+            IpAddr::V4(_) => None,
+        })
+    }
+
+    /// The gateway `route` goes via: its own, or else that of the first address of its
+    /// family (a route without `gw` uses the default gateway, as the spec says).
+    pub fn route_gateway(&self, route: &Route) -> Option<IpAddr> {
+        route.gw.or_else(|| {
+            self.ips
+                .iter()
+                .find(|ip| ip.address.is_ipv4() == route.dst.is_ipv4())
+                .and_then(|ip| ip.gateway)
+        })
+    }
+
     /// The result JSON in the shape of `version`.
     pub fn to_json(&self, version: CniVersion) -> Value {
         let interfaces: Vec<Value> = self

@@ -14,6 +14,7 @@ use flatbridge_common::{
 use ipnetwork::Ipv4Network;
 
 use super::{Datapath, DatapathError};
+use crate::netlink::Netlink;
 
 /// A verdict and its packets and bytes summed over all CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,7 +192,7 @@ impl Datapath {
         let mut by_mac = self.hash_map::<Mac, Endpoint>(map_name::PODS_BY_MAC)?;
         claim(&mut by_mac, Mac::new(endpoint.mac), endpoint)
             .map_err(|error| self.map_error(map_name::PODS_BY_MAC, error))?
-            .map_err(|holder| taken(format!("MAC {}", crate::mac::format(endpoint.mac)), holder))?;
+            .map_err(|holder| taken(format!("MAC {}", crate::mac::Mac(endpoint.mac)), holder))?;
         let mut by_ip = self.hash_map::<Ipv4, Endpoint>(map_name::PODS_BY_IP)?;
         for &ip in ipv4s {
             claim(&mut by_ip, ipv4_key(ip), endpoint)
@@ -337,6 +338,41 @@ impl Datapath {
                 Some((network, gateway.mac))
             })
             .collect())
+    }
+
+    /// Stops answering for the gateways `stale` picks, and says so.
+    pub fn forget_gateways(&self, stale: impl Fn(&Ipv4Network) -> bool) -> Result<(), DatapathError> {
+        for (gateway, _) in self.gateways()? {
+            if stale(&gateway) {
+                self.remove_gateway(gateway.ip())?;
+                log::info!(
+                    "network {}: stopped answering ARP for gateway {}",
+                    self.network(),
+                    gateway.ip()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Gateways no pod is behind any more, or whose address left the bridge (a teardown, a
+    /// config change), are not answered for any more. The caller holds the datapath's lock.
+    pub async fn forget_stale_gateways(&self, node: &Netlink) -> Result<(), DatapathError> {
+        let bridge = self.node_config()?.bridge_ifindex;
+        let on_bridge: Vec<std::net::IpAddr> = match node.link_by_index(bridge).await? {
+            Some(link) => node
+                .addrs(link.index)
+                .await?
+                .iter()
+                .map(ipnetwork::IpNetwork::ip)
+                .collect(),
+            None => Vec::new(),
+        };
+        let pods = self.pod_ipv4s()?;
+        self.forget_gateways(|gateway| {
+            !on_bridge.contains(&std::net::IpAddr::V4(gateway.ip()))
+                || !pods.iter().any(|&pod| gateway.contains(pod))
+        })
     }
 
     /// Stops answering ARP for `gateway`.

@@ -1,12 +1,17 @@
-//! The eBPF datapath seen from userspace: loading the embedded object once per network,
-//! pinning it, attaching it to devices and reading its maps. Knows nothing of CNI.
+//! The eBPF datapath seen from userspace: where it is pinned (`pins`), loading and
+//! upgrading the embedded object once per network (`loader`), attaching its programs to
+//! devices (`attach`) and reading and writing its maps (`maps`). Knows nothing of CNI.
+mod attach;
 mod loader;
 mod maps;
+mod pins;
 
 #[cfg(feature = "fault-injection")]
-pub use crate::cmd::fault::pretend_no_tcx;
-pub use loader::{Attachment, Datapath, PinLayout, ensure_bpffs, has_tcx};
+pub use crate::kernel::pretend_no_tcx;
+pub use attach::Attachment;
+pub use loader::Datapath;
 pub use maps::VerdictCount;
+pub use pins::{PinLayout, ensure_bpffs};
 
 use std::path::PathBuf;
 
@@ -70,6 +75,8 @@ pub enum DatapathError {
         what: String,
         holder: String,
     },
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
     #[error("the datapath of network {network} is not loaded (no {path})")]
     NotLoaded { network: String, path: PathBuf },
     #[error(

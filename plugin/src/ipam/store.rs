@@ -38,6 +38,7 @@ use std::{
 use nix::fcntl::{Flock, FlockArg};
 
 use super::IpamError;
+use crate::mac::Mac;
 
 const LOCK_FILE: &str = "lock";
 const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
@@ -75,18 +76,14 @@ impl Owner {
 
     /// The marker for an address that the host with `mac` answered for.
     pub fn conflict(mac: [u8; 6]) -> Self {
-        let mac: String = mac.iter().map(|byte| format!("{byte:02x}")).collect();
-        Self::new(&format!("{CONFLICT_PREFIX}{mac}"), "")
+        Self::new(&format!("{CONFLICT_PREFIX}{}", Mac(mac).to_hex()), "")
     }
 
     /// The MAC of the host that answered, when this is a conflict marker.
     pub fn conflicting_mac(&self) -> Option<String> {
         let hex = self.container_id.strip_prefix(CONFLICT_PREFIX)?;
-        let bytes: Vec<&str> = (0..hex.len())
-            .step_by(2)
-            .filter_map(|at| hex.get(at..at + 2))
-            .collect();
-        Some(bytes.join(":"))
+        // A marker another version wrote in another shape is still a marker.
+        Some(Mac::from_hex(hex).map_or_else(|| hex.to_owned(), |mac| mac.to_string()))
     }
 
     /// True for a lease that names nobody: empty, or not a readable file.

@@ -14,6 +14,12 @@ use std::io;
 use rtnetlink::Handle;
 use rtnetlink::sys::AsyncSocket;
 
+/// The runtime every netlink conversation runs on: current-thread, so no task ever runs on a
+/// thread that is in another network namespace.
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     #[error("failed to open a netlink socket: {0}")]

@@ -3,7 +3,6 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use ipnetwork::{IpNetwork, Ipv4Network};
@@ -13,141 +12,14 @@ use flatbridge_common::{
     NodeConfig, program_name,
 };
 
-use super::{ALIAS_PREFIX, all_done};
+use super::{all_done, is_pod_veth};
 use crate::{
     cni::{CniError, Request, code, result::CniResult},
     datapath::{Datapath, DatapathError},
+    kernel,
     netlink::{Link, Netlink},
-    node::UplinkState,
+    node,
 };
-
-/// How long "this bridge has no uplink" is believed before the ports are listed again: a
-/// burst of ADDs on an uplink-less node lists them once, and a NIC enslaved by hand later is
-/// still noticed within this time.
-const NO_UPLINK_RECHECK: Duration = Duration::from_secs(5);
-
-/// The bridge's uplink as found by [`find_uplink`], and what to remember of the search.
-pub struct Uplink {
-    pub link: Option<Link>,
-    /// For `NodeConfig::no_uplink_seen_ns`: when the ports were last listed without finding
-    /// one, 0 when there is one (or the search was not by listing).
-    pub no_uplink_seen_ns: u64,
-}
-
-/// The bridge's port to the wire: the configured `uplink`, the one `flatbridge node setup`
-/// recorded on the bridge, the one an earlier ADD found (in `known`), or else the one port
-/// of the bridge that is not a pod's veth. Only the last lists the ports, which grow with
-/// the pods; "none" found that way is believed for [`NO_UPLINK_RECHECK`].
-pub async fn find_uplink(
-    node: &Netlink,
-    bridge: &Link,
-    configured: Option<&str>,
-    known: Option<&NodeConfig>,
-) -> Result<Uplink, CniError> {
-    let found = |link| Uplink {
-        link,
-        no_uplink_seen_ns: 0,
-    };
-    let recorded = bridge
-        .alias
-        .as_deref()
-        .and_then(UplinkState::decode)
-        .map(|state| state.uplink);
-    if let Some(name) = configured.map(str::to_owned).or(recorded) {
-        return match node.link_by_name(&name).await? {
-            Some(link) if link.master == Some(bridge.index) => Ok(found(Some(link))),
-            Some(_) => {
-                log::warn!(
-                    "uplink {name} is not a port of {}; the fast path ignores it",
-                    bridge.name
-                );
-                Ok(found(None))
-            }
-            None => {
-                log::warn!("uplink {name} does not exist; the fast path ignores it");
-                Ok(found(None))
-            }
-        };
-    }
-    let now = unix_ns();
-    if let Some(known) = known.filter(|known| known.bridge_ifindex == bridge.index) {
-        if known.uplink_ifindex != 0
-            && let Some(link) = node.link_by_index(known.uplink_ifindex).await?
-            && link.master == Some(bridge.index)
-        {
-            return Ok(found(Some(link)));
-        }
-        if known.uplink_ifindex == 0 && still_believed(known.no_uplink_seen_ns, now) {
-            return Ok(Uplink {
-                link: None,
-                no_uplink_seen_ns: known.no_uplink_seen_ns,
-            });
-        }
-    }
-    let ports: Vec<Link> = node
-        .ports_of(bridge.index)
-        .await?
-        .into_iter()
-        .filter(|link| {
-            !link
-                .alias
-                .as_deref()
-                .is_some_and(|alias| alias.starts_with(ALIAS_PREFIX))
-        })
-        .collect();
-    match ports.as_slice() {
-        [uplink] => Ok(found(Some(uplink.clone()))),
-        [] => Ok(Uplink {
-            link: None,
-            no_uplink_seen_ns: now,
-        }),
-        many => {
-            let names: Vec<&str> = many.iter().map(|link| link.name.as_str()).collect();
-            log::warn!(
-                "bridge {} has several non-pod ports ({}); set \"uplink\" to choose",
-                bridge.name,
-                names.join(", ")
-            );
-            Ok(found(None))
-        }
-    }
-}
-
-/// Whether "no uplink", seen at `seen` (Unix ns, 0 = never), still holds at `now`. A clock
-/// that went back makes it stale, not eternal.
-fn still_believed(seen: u64, now: u64) -> bool {
-    let window = u64::try_from(NO_UPLINK_RECHECK.as_nanos()).unwrap_or(u64::MAX);
-    seen != 0 && (seen..seen.saturating_add(window)).contains(&now)
-}
-
-fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
-}
-
-/// The programs on the uplink.
-const UPLINK_PROGRAMS: [&str; 2] = [program_name::FROM_UPLINK, program_name::TO_UPLINK];
-
-/// Before 6.15 `bpf_redirect_peer` leaves pkt_type as the receiving device computed it
-/// (PACKET_OTHERHOST for a frame to the pod's MAC), and the programs must set PACKET_HOST.
-/// Whether the kernel scrubs it cannot be asked of the kernel without sending a frame, and a
-/// version says nothing of backports: the programs always set it (one helper call per
-/// redirected frame; on 6.15+ the kernel sets the same value again).
-fn kernel_keeps_pkt_type() -> bool {
-    true
-}
-
-/// TCP may be offloaded when conntrack accepts packets beyond its window after an
-/// offloaded stretch (`nf_conntrack_tcp_be_liberal` = 1), or when there is no conntrack in
-/// this namespace at all. Otherwise returning packets would be INVALID and kube-proxy's
-/// `ctstate INVALID -j DROP` would kill the connection.
-fn tcp_offload_allowed() -> bool {
-    match std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal") {
-        Ok(value) => value.trim() == "1",
-        Err(error) => error.kind() == std::io::ErrorKind::NotFound,
-    }
-}
 
 /// What ADD did to the datapath, for its undo. (The programs on the pod's veth go away
 /// with the veth.)
@@ -171,7 +43,7 @@ pub async fn prepare(request: &Request, node: &Netlink, bridge: &Link) -> Result
 }
 
 /// The node-wide settings `request` asks for. `bridge` and `uplink` as found by ADD.
-fn wanted_node_config(request: &Request, bridge: &Link, uplink: &Uplink) -> NodeConfig {
+fn wanted_node_config(request: &Request, bridge: &Link, uplink: &node::Uplink) -> NodeConfig {
     let config = &request.config;
     let mut flags = NODE_ENABLED;
     if config.anti_spoof() {
@@ -180,10 +52,10 @@ fn wanted_node_config(request: &Request, bridge: &Link, uplink: &Uplink) -> Node
     if config.confirm_flows() {
         flags |= NODE_CONFIRM_FLOWS;
     }
-    if kernel_keeps_pkt_type() {
+    if kernel::keeps_pkt_type_on_redirect_peer() {
         flags |= NODE_SET_PKT_TYPE;
     }
-    if tcp_offload_allowed() {
+    if kernel::tcp_offload_allowed() {
         flags |= NODE_TCP_OFFLOAD;
     } else if config.confirm_flows() {
         log::info!(
@@ -344,12 +216,7 @@ async fn unchecked_pods(
     }
     let mut unchecked = Vec::new();
     for port in node.ports_of(bridge.index).await? {
-        if port.index == host.index
-            || !port
-                .alias
-                .as_deref()
-                .is_some_and(|alias| alias.starts_with(ALIAS_PREFIX))
-        {
+        if port.index == host.index || !is_pod_veth(&port) {
             continue;
         }
         let programs = node.bpf_filter_programs(port.index, true).await?;
@@ -387,21 +254,15 @@ pub fn add_endpoint(
     datapath: &Datapath,
     bridge: &Link,
     host: &Link,
-    uplink: &Uplink,
+    uplink: &node::Uplink,
     pod_mac: [u8; 6],
     result: &CniResult,
     added: &mut Added,
 ) -> Result<EndpointAdded, CniError> {
     let config = &request.config;
     let wanted = wanted_node_config(request, bridge, uplink);
-    let mut ipv4s: Vec<Ipv4Addr> = Vec::new();
-    let mut ipv6s: Vec<Ipv6Addr> = Vec::new();
-    for ip in &result.ips {
-        match ip.address.ip() {
-            IpAddr::V4(v4) => ipv4s.push(v4),
-            IpAddr::V6(v6) => ipv6s.push(v6),
-        }
-    }
+    let ipv4s: Vec<Ipv4Addr> = result.ipv4s().collect();
+    let ipv6s: Vec<Ipv6Addr> = result.ipv6s().collect();
     let endpoint = Endpoint {
         ifindex: host.index,
         ipv4: ipv4s.first().map_or([0; 4], Ipv4Addr::octets),
@@ -446,11 +307,11 @@ pub fn add_endpoint(
 pub async fn ensure_uplink_programs(
     datapath: &Datapath,
     node: &Netlink,
-    uplink: &Uplink,
+    uplink: &node::Uplink,
 ) -> Result<(), CniError> {
     if let Some(uplink) = &uplink.link {
-        for program in UPLINK_PROGRAMS {
-            if !datapath.is_attached(node, program, &uplink.name).await {
+        for program in program_name::UPLINK {
+            if !datapath.runs_on(node, program, &uplink.name).await {
                 let how = datapath.attach(program, &uplink.name)?;
                 log::info!("attached {program} to {} ({})", uplink.name, how.name());
             }
@@ -519,7 +380,7 @@ pub fn undo_add(request: &Request, added: Added) {
         let removed = datapath.lock().map_err(CniError::from).and_then(|_lock| {
             datapath.remove_endpoint(ifindex)?;
             if datapath.has_no_endpoints()? {
-                forget_gateways(&datapath, |_| true)?;
+                datapath.forget_gateways(|_| true)?;
             }
             Ok(())
         });
@@ -549,38 +410,9 @@ pub async fn del_pod(request: &Request, node: &Netlink, host: Option<&Link>) -> 
     }
     // The network's last pod took its gateways' reason to be answered with it.
     if datapath.has_no_endpoints()? {
-        forget_gateways(&datapath, |_| true)?;
+        datapath.forget_gateways(|_| true)?;
     }
     Ok(())
-}
-
-/// Stops answering for the gateways `stale` picks, and says so.
-fn forget_gateways(datapath: &Datapath, stale: impl Fn(&Ipv4Network) -> bool) -> Result<(), CniError> {
-    for (gateway, _) in datapath.gateways()? {
-        if stale(&gateway) {
-            datapath.remove_gateway(gateway.ip())?;
-            log::info!(
-                "network {}: stopped answering ARP for gateway {}",
-                datapath.network(),
-                gateway.ip()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Gateways no pod is behind any more, or whose address left the bridge (a teardown, a
-/// config change), are not answered for any more. The caller holds the datapath's lock.
-pub async fn forget_stale_gateways(datapath: &Datapath, node: &Netlink) -> Result<(), CniError> {
-    let bridge = datapath.node_config()?.bridge_ifindex;
-    let on_bridge: Vec<IpAddr> = match node.link_by_index(bridge).await? {
-        Some(link) => node.addrs(link.index).await?.iter().map(IpNetwork::ip).collect(),
-        None => Vec::new(),
-    };
-    let pods = datapath.pod_ipv4s()?;
-    forget_gateways(datapath, |gateway| {
-        !on_bridge.contains(&IpAddr::V4(gateway.ip())) || !pods.iter().any(|&pod| gateway.contains(pod))
-    })
 }
 
 /// Removes endpoints whose host veth no longer exists, link pins of devices that are gone,
@@ -598,7 +430,7 @@ async fn sweep_locked(datapath: &Datapath, node: &Netlink) -> Result<(), CniErro
     let ports = datapath.endpoint_ports()?;
     let pinned: Vec<(&str, Vec<String>)> = program_name::ALL
         .iter()
-        .map(|&program| (program, datapath.attached(program)))
+        .map(|&program| (program, datapath.pinned_devices(program)))
         .collect();
     let links = node.links().await?;
     let mut errors: Vec<CniError> = Vec::new();
@@ -619,24 +451,8 @@ async fn sweep_locked(datapath: &Datapath, node: &Netlink) -> Result<(), CniErro
             }
         }
     }
-    if let Err(error) = forget_stale_gateways(datapath, node).await {
-        errors.push(error);
+    if let Err(error) = datapath.forget_stale_gateways(node).await {
+        errors.push(error.into());
     }
     all_done(errors)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn no_uplink_is_believed_only_within_the_recheck_window() {
-        let seen = 1_000_000_000_000;
-        let window = u64::try_from(NO_UPLINK_RECHECK.as_nanos()).expect("five seconds fit in u64 ns");
-        assert!(!still_believed(0, seen), "never looked");
-        assert!(still_believed(seen, seen));
-        assert!(still_believed(seen, seen + window - 1));
-        assert!(!still_believed(seen, seen + window), "window over");
-        assert!(!still_believed(seen, seen - 1), "clock went back");
-    }
 }

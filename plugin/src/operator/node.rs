@@ -8,17 +8,10 @@ use ipnetwork::IpNetwork;
 
 use super::block_on;
 use crate::{
-    cni::CniError,
     datapath::Datapath,
     netlink::Netlink,
     node::{self, SetupOutcome},
 };
-
-const UPLINK_PROGRAMS: [&str; 2] = [program_name::FROM_UPLINK, program_name::TO_UPLINK];
-
-fn run<T>(future: impl Future<Output = Result<T, CniError>>) -> anyhow::Result<T> {
-    block_on(future).map_err(|error| anyhow::anyhow!("{}", error.msg).context(error.details))
-}
 
 pub fn setup(
     bridge: &str,
@@ -27,7 +20,7 @@ pub fn setup(
     bpf_root: &Path,
     state_dir: &Path,
 ) -> anyhow::Result<String> {
-    let outcome = run(async {
+    let outcome = block_on(async {
         let netlink = Netlink::open()?;
         Ok(node::setup_uplink(&netlink, state_dir, bridge, uplink, gateways).await?)
     })
@@ -46,7 +39,7 @@ pub fn setup(
             config.no_uplink_seen_ns = 0;
             datapath.set_node_config(&config)?;
         }
-        for program in UPLINK_PROGRAMS {
+        for program in program_name::UPLINK {
             datapath.attach(program, uplink)?;
         }
         attached.push(network);
@@ -90,7 +83,7 @@ fn datapaths_of(bridge: &str, bpf_root: &Path) -> anyhow::Result<Vec<Datapath>> 
 
 pub fn teardown(bridge: &str, bpf_root: &Path, state_dir: &Path) -> anyhow::Result<String> {
     let datapaths = datapaths_of(bridge, bpf_root)?;
-    let torn = run(async {
+    let torn = block_on(async {
         let netlink = Netlink::open()?;
         match node::teardown_uplink(&netlink, state_dir, bridge).await {
             Ok(uplink) => Ok(Some(uplink)),
@@ -105,7 +98,7 @@ pub fn teardown(bridge: &str, bpf_root: &Path, state_dir: &Path) -> anyhow::Resu
         ));
     };
     for datapath in datapaths {
-        for program in UPLINK_PROGRAMS {
+        for program in program_name::UPLINK {
             datapath.detach(program, &uplink)?;
         }
         let _lock = datapath.lock()?;
@@ -115,9 +108,9 @@ pub fn teardown(bridge: &str, bpf_root: &Path, state_dir: &Path) -> anyhow::Resu
         datapath.set_node_config(&config)?;
         // Gateway addresses that left the bridge with the uplink are not the node's to
         // answer for any more.
-        run(async {
+        block_on(async {
             let netlink = Netlink::open()?;
-            super::fastpath::forget_stale_gateways(&datapath, &netlink).await
+            Ok(datapath.forget_stale_gateways(&netlink).await?)
         })?;
     }
     Ok(format!(

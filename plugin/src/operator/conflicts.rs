@@ -8,9 +8,11 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
 
-use crate::ipam::{self, CONFLICT_RETRY, DiskStore};
+use crate::{
+    ipam::{self, CONFLICT_RETRY, DiskStore},
+    report::ConflictReport,
+};
 
 /// The networks with a lease directory under `data_dir`: `network` alone, or every one.
 fn networks(data_dir: &Path, network: Option<&str>) -> anyhow::Result<Vec<String>> {
@@ -39,33 +41,21 @@ fn open(data_dir: &Path, network: &str) -> anyhow::Result<DiskStore> {
         .with_context(|| format!("failed to open the leases of {network}"))
 }
 
-/// Every conflict marker as of `now`, as JSON rows: network, address, the MAC that answered,
-/// age in seconds and whether it has expired (the address is handed out and probed again).
-pub fn list(data_dir: &Path, network: Option<&str>, now: SystemTime) -> anyhow::Result<Value> {
+/// Every conflict marker as of `now` (the rows of `flatbridge status`'s `conflicts`), read
+/// under each network's IPAM lock.
+pub fn list(data_dir: &Path, network: Option<&str>, now: SystemTime) -> anyhow::Result<Vec<ConflictReport>> {
     let mut rows = Vec::new();
     for network in networks(data_dir, network)? {
         let store = open(data_dir, &network)?;
         for conflict in ipam::conflicts(&store, now)? {
-            rows.push(json!({
-                "network": network,
-                "address": conflict.ip.to_string(),
-                "mac": conflict.mac,
-                "age_s": age(conflict.written, now).as_secs(),
-                "expired": conflict.expired,
-            }));
+            rows.push(ConflictReport::new(&network, &conflict, now));
         }
     }
-    Ok(Value::Array(rows))
-}
-
-/// How long ago `written` was; zero for a time ahead of `now`.
-fn age(written: SystemTime, now: SystemTime) -> Duration {
-    now.duration_since(written).unwrap_or_default()
+    Ok(rows)
 }
 
 /// The rows of [`list`] as a table for a person.
-pub fn render(rows: &Value) -> String {
-    let rows = rows.as_array().cloned().unwrap_or_default();
+pub fn render(rows: &[ConflictReport]) -> String {
     if rows.is_empty() {
         return "no conflicting addresses\n".into();
     }
@@ -73,9 +63,9 @@ pub fn render(rows: &Value) -> String {
         "{:<16} {:<40} {:<18} {:>9}  STATE\n",
         "NETWORK", "ADDRESS", "ANSWERED BY", "AGE"
     );
-    for row in &rows {
-        let age = Duration::from_secs(row["age_s"].as_u64().unwrap_or_default());
-        let state = if row["expired"].as_bool().unwrap_or_default() {
+    for row in rows {
+        let age = Duration::from_secs(row.age_s);
+        let state = if row.expired {
             "expired: handed out and probed again at its next allocation".to_owned()
         } else {
             format!(
@@ -85,9 +75,9 @@ pub fn render(rows: &Value) -> String {
         };
         out.push_str(&format!(
             "{:<16} {:<40} {:<18} {:>9}  {state}\n",
-            row["network"].as_str().unwrap_or_default(),
-            row["address"].as_str().unwrap_or_default(),
-            row["mac"].as_str().unwrap_or_default(),
+            row.network,
+            row.address.to_string(),
+            row.mac,
             human(age),
         ));
     }
@@ -185,8 +175,8 @@ mod tests {
 
         let rows = list(data_dir, None, now).expect("list");
         assert_eq!(
-            rows,
-            json!([
+            serde_json::to_value(&rows).expect("json"),
+            serde_json::json!([
                 {"network": "blue", "address": "10.10.1.2", "mac": "02:00:00:00:00:ab", "age_s": 180, "expired": false},
                 {"network": "red", "address": "10.20.1.9", "mac": "02:00:00:00:00:cd", "age_s": 900, "expired": true},
             ])
@@ -194,23 +184,14 @@ mod tests {
         let table = render(&rows);
         assert!(table.contains("3m0s") && table.contains("7m0s more"), "{table}");
         assert!(table.contains("expired"), "{table}");
-        assert_eq!(
-            list(data_dir, Some("red"), now)
-                .expect("list")
-                .as_array()
-                .map(Vec::len),
-            Some(1)
-        );
+        assert_eq!(list(data_dir, Some("red"), now).expect("list").len(), 1);
         assert!(list(data_dir, Some("green"), now).is_err());
 
         // An address that holds a container's lease, not a marker, is not cleared.
         assert!(clear(data_dir, Some("blue"), Some(ip("10.10.1.1"))).is_err());
         let report = clear(data_dir, Some("blue"), Some(ip("10.10.1.2"))).expect("clear");
         assert!(report.contains("(1)") && report.contains("10.10.1.2"), "{report}");
-        assert_eq!(
-            list(data_dir, None, now).expect("list").as_array().map(Vec::len),
-            Some(1)
-        );
+        assert_eq!(list(data_dir, None, now).expect("list").len(), 1);
         clear(data_dir, None, None).expect("clear");
         assert_eq!(
             render(&list(data_dir, None, now).expect("list")),

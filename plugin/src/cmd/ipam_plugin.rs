@@ -13,21 +13,25 @@ use crate::{
     ipam::{self, DiskStore, IpamConfig, Owner, Released, Store},
 };
 
-pub enum Ipam {
+/// The IPAM a request names: the built-in host-local, or another plugin to delegate to.
+pub enum IpamPlugin {
     HostLocal(IpamConfig),
     Delegate(PathBuf),
 }
 
-impl Ipam {
+impl IpamPlugin {
     /// The IPAM of this request; `None` when the config has no `ipam` section (L2 only).
     pub fn of(request: &Request) -> Result<Option<Self>, CniError> {
         match request.config.ipam_type()? {
             None => Ok(None),
-            Some("host-local") => Ok(Some(Ipam::HostLocal(IpamConfig::from_net_config(
+            Some("host-local") => Ok(Some(IpamPlugin::HostLocal(IpamConfig::from_net_config(
                 &request.config.raw,
                 request.env.arg("IP"),
             )?))),
-            Some(other) => Ok(Some(Ipam::Delegate(delegate::find(other, &request.env.path)?))),
+            Some(other) => Ok(Some(IpamPlugin::Delegate(delegate::find(
+                other,
+                &request.env.path,
+            )?))),
         }
     }
 
@@ -38,7 +42,7 @@ impl Ipam {
     /// Allocates the pod's addresses; the result has IPs, routes and DNS.
     pub fn add(&self, request: &Request, owner: &Owner) -> Result<CniResult, CniError> {
         match self {
-            Ipam::HostLocal(config) => {
+            IpamPlugin::HostLocal(config) => {
                 // Read before anything is leased, so that failing to read it strands nothing.
                 let dns = match &config.resolv_conf {
                     Some(path) => parse_resolv_conf(path)?,
@@ -77,14 +81,14 @@ impl Ipam {
                     dns,
                 })
             }
-            Ipam::Delegate(binary) => delegate::ipam_add(binary, &request.config.raw),
+            IpamPlugin::Delegate(binary) => delegate::ipam_add(binary, &request.config.raw),
         }
     }
 
     /// Releases the pod's addresses; releasing nothing is success.
     pub fn del(&self, request: &Request, owner: &Owner) -> Result<(), CniError> {
         match self {
-            Ipam::HostLocal(config) => {
+            IpamPlugin::HostLocal(config) => {
                 let mut store = Self::store(config, request)?;
                 let outcome = ipam::release(&mut store, owner)?;
                 if !outcome.released.is_empty() {
@@ -100,19 +104,21 @@ impl Ipam {
                 }
                 failures(&format!("failed to release the leases of {owner}"), &outcome)
             }
-            Ipam::Delegate(binary) => delegate::exec(binary, Command::Del, &request.config.raw).map(drop),
+            IpamPlugin::Delegate(binary) => {
+                delegate::exec(binary, Command::Del, &request.config.raw).map(drop)
+            }
         }
     }
 
     /// True when addresses come from host-local ranges, so a conflicting one can be marked
     /// and replaced by another; false for requested addresses and delegated IPAM.
     pub fn can_reallocate(&self) -> bool {
-        matches!(self, Ipam::HostLocal(config) if config.requested.is_empty())
+        matches!(self, IpamPlugin::HostLocal(config) if config.requested.is_empty())
     }
 
     /// Marks `ip` as used by the host with `mac` on the wire (host-local only).
     pub fn mark_conflict(&self, request: &Request, ip: IpAddr, mac: [u8; 6]) -> Result<(), CniError> {
-        if let Ipam::HostLocal(config) = self {
+        if let IpamPlugin::HostLocal(config) = self {
             let mut store = Self::store(config, request)?;
             ipam::mark_conflict(&mut store, ip, mac, SystemTime::now())?;
         }
@@ -122,7 +128,7 @@ impl Ipam {
     /// Checks that `owner` still holds every address in `ips`.
     pub fn check(&self, request: &Request, owner: &Owner, ips: &[IpAddr]) -> Result<(), CniError> {
         match self {
-            Ipam::HostLocal(config) => {
+            IpamPlugin::HostLocal(config) => {
                 let leases = Self::store(config, request)?.leases()?;
                 for ip in ips {
                     match leases.get(ip) {
@@ -143,14 +149,16 @@ impl Ipam {
                 }
                 Ok(())
             }
-            Ipam::Delegate(binary) => delegate::exec(binary, Command::Check, &request.config.raw).map(drop),
+            IpamPlugin::Delegate(binary) => {
+                delegate::exec(binary, Command::Check, &request.config.raw).map(drop)
+            }
         }
     }
 
     /// Readiness: the lease directory takes writes and no range set is full.
     pub fn status(&self, request: &Request) -> Result<(), CniError> {
         match self {
-            Ipam::HostLocal(config) => {
+            IpamPlugin::HostLocal(config) => {
                 let not_available = |why: String| CniError::new(code::NOT_AVAILABLE, why);
                 // Read only: a poll takes no lock and creates nothing, not even the directory.
                 let dir = config.network_dir(&request.config.net.name);
@@ -170,7 +178,9 @@ impl Ipam {
                 }
                 Ok(())
             }
-            Ipam::Delegate(binary) => delegate::exec(binary, Command::Status, &request.config.raw).map(drop),
+            IpamPlugin::Delegate(binary) => {
+                delegate::exec(binary, Command::Status, &request.config.raw).map(drop)
+            }
         }
     }
 
@@ -178,11 +188,13 @@ impl Ipam {
     /// every expired conflict marker; goes on past a lease it cannot remove.
     pub fn gc(&self, request: &Request, valid: &HashSet<Owner>) -> Result<(), CniError> {
         match self {
-            Ipam::HostLocal(config) => {
+            IpamPlugin::HostLocal(config) => {
                 let mut store = Self::store(config, request)?;
                 gc_leases(&mut store, valid, SystemTime::now())
             }
-            Ipam::Delegate(binary) => delegate::exec(binary, Command::Gc, &request.config.raw).map(drop),
+            IpamPlugin::Delegate(binary) => {
+                delegate::exec(binary, Command::Gc, &request.config.raw).map(drop)
+            }
         }
     }
 }
