@@ -46,9 +46,23 @@ pub fn release_plugin() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/release/flatbridge"))
 }
 
+/// The nightly the eBPF crate (and the fuzz target) builds with: pinned, because
+/// bpf-linker 0.13 built against LLVM 22 must accept the bitcode its LLVM writes. The same
+/// as `channel` in ebpf/rust-toolchain.toml (a test checks); `cargo xtask setup` installs it.
+pub const NIGHTLY: &str = "nightly-2026-05-20";
+
+/// The oldest stable toolchain the workspace builds with: its `rust-version` (a test
+/// checks), which `cargo xtask test` proves by checking the workspace with exactly it.
+pub const MSRV: &str = "1.88.0";
+
 pub fn nightly_cargo() -> Command {
+    toolchain_cargo(NIGHTLY)
+}
+
+/// cargo of `toolchain`, run by rustup, with none of the calling cargo's environment.
+pub fn toolchain_cargo(toolchain: &str) -> Command {
     let mut cargo = Command::new("rustup");
-    cargo.args(["run", "nightly", "cargo"]);
+    cargo.args(["run", toolchain, "cargo"]);
     for var in [
         "RUSTUP_TOOLCHAIN",
         "RUSTC",
@@ -94,4 +108,31 @@ pub fn all(release: bool) -> anyhow::Result<()> {
         cargo.arg("--release");
     }
     exec(&mut cargo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workspace_declares_the_checked_rust_version() {
+        let manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
+        let declared = MSRV.trim_end_matches(".0");
+        assert!(
+            manifest
+                .lines()
+                .any(|line| line.trim() == format!("rust-version = \"{declared}\"")),
+            "Cargo.toml does not declare rust-version {declared}"
+        );
+    }
+
+    #[test]
+    fn the_ebpf_toolchain_file_names_the_pinned_nightly() {
+        let file = std::fs::read_to_string(root().join("ebpf/rust-toolchain.toml")).expect("toolchain file");
+        assert!(
+            file.lines()
+                .any(|line| line.trim() == format!("channel = \"{NIGHTLY}\"")),
+            "ebpf/rust-toolchain.toml does not pin {NIGHTLY}:\n{file}"
+        );
+    }
 }

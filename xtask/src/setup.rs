@@ -5,7 +5,10 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::util::{exec, output, succeeds};
+use crate::{
+    build::{MSRV, NIGHTLY},
+    util::{exec, output, succeeds},
+};
 
 /// Debian packages and why each is needed.
 const PACKAGES: &[(&str, &str)] = &[
@@ -51,9 +54,11 @@ pub fn run() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     ensure_root()?;
     install_packages()?;
-    install_rust_src()?;
+    install_nightly()?;
+    install_msrv()?;
     install_bpf_linker()?;
     install_cargo_fuzz()?;
+    install_cargo_deny()?;
     mount_bpffs()?;
     kernel_modules()?;
     eprintln!(
@@ -107,27 +112,48 @@ fn install_packages() -> anyhow::Result<()> {
     })
 }
 
-fn install_rust_src() -> anyhow::Result<()> {
+/// The pinned nightly (see [`NIGHTLY`]) with rust-src (`-Z build-std=core` builds core for
+/// bpfel-unknown-none from it), rustfmt and clippy.
+fn install_nightly() -> anyhow::Result<()> {
     let installed =
-        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
-            .context("rustup is required (the eBPF crate builds with nightly)")?;
-    if !installed.status.success() {
-        bail!(
-            "the nightly toolchain is missing: the eBPF crate needs `-Z build-std=core`; install it with \
-             `rustup toolchain install nightly`"
-        );
-    }
-    if String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|line| line.starts_with("rust-src"))
-    {
-        eprintln!("setup: rust-src for nightly: present");
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", NIGHTLY]))
+            .context("rustup is required (the eBPF crate builds with a pinned nightly)")?;
+    let components = String::from_utf8_lossy(&installed.stdout).into_owned();
+    let missing: Vec<&str> = ["rust-src", "rustfmt", "clippy"]
+        .into_iter()
+        .filter(|component| !components.lines().any(|line| line.starts_with(component)))
+        .collect();
+    if installed.status.success() && missing.is_empty() {
+        eprintln!("setup: {NIGHTLY} with rust-src, rustfmt and clippy: present");
         return Ok(());
     }
     eprintln!(
-        "setup: installing rust-src for nightly: -Z build-std=core builds core for bpfel-unknown-none from it"
+        "setup: installing {NIGHTLY} (the eBPF crate's toolchain, pinned for bpf-linker's LLVM 22) with rust-src, \
+         rustfmt and clippy"
     );
-    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    exec(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        NIGHTLY,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src,rustfmt,clippy",
+    ]))
+}
+
+/// The workspace's `rust-version` toolchain (see [`MSRV`]), minimal: only to check that the
+/// code builds with it.
+fn install_msrv() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args(["run", MSRV, "rustc", "--version"]));
+    if installed.is_ok_and(|out| out.status.success()) {
+        eprintln!("setup: Rust {MSRV} (the declared rust-version): present");
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing Rust {MSRV}: the tests check the workspace builds with its declared rust-version"
+    );
+    exec(Command::new("rustup").args(["toolchain", "install", MSRV, "--profile", "minimal"]))
 }
 
 fn install_bpf_linker() -> anyhow::Result<()> {
@@ -159,29 +185,50 @@ fn install_bpf_linker() -> anyhow::Result<()> {
 
 /// cargo-fuzz runs the fuzz target that `cargo xtask test` runs for a bounded time.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// cargo-deny checks the licences, sources and duplicates of the dependencies.
+const CARGO_DENY_VERSION: &str = "0.20.2";
 
 fn install_cargo_fuzz() -> anyhow::Result<()> {
-    let version = output(Command::new("cargo").args(["fuzz", "--version"]));
-    let wanted = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
-    if version.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == wanted) {
+    install_cargo_tool(
+        "fuzz",
+        CARGO_FUZZ_VERSION,
+        "the tests fuzz the parsing of what runtimes hand the plugin",
+    )
+}
+
+fn install_cargo_deny() -> anyhow::Result<()> {
+    install_cargo_tool(
+        "deny",
+        CARGO_DENY_VERSION,
+        "the tests check the dependencies' licences and sources",
+    )
+}
+
+/// `cargo install cargo-<tool>` at exactly `version`, unless `cargo <tool> --version` says
+/// it is there.
+fn install_cargo_tool(tool: &str, version: &str, why: &str) -> anyhow::Result<()> {
+    let crate_name = format!("cargo-{tool}");
+    let found = output(Command::new("cargo").args([tool, "--version"]));
+    let wanted = format!("{crate_name} {version}");
+    if found.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == wanted) {
         eprintln!("setup: {wanted}: present");
         return Ok(());
     }
-    eprintln!("setup: installing {wanted}: the tests fuzz the parsing of what runtimes hand the plugin");
+    eprintln!("setup: installing {wanted}: {why}");
     exec(
         Command::new("cargo")
             .args([
                 "install",
-                "cargo-fuzz",
+                &crate_name,
                 "--locked",
                 "--force",
                 "--version",
-                CARGO_FUZZ_VERSION,
+                version,
             ])
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO_TARGET_DIR"),
     )
-    .context("building cargo-fuzz failed")
+    .with_context(|| format!("building {crate_name} failed"))
 }
 
 /// What the tests (and a node) need of the kernel that Debian's kernels build as modules:

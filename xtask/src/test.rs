@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use crate::{
-    build::{self, nightly_cargo},
+    build::{self, MSRV, nightly_cargo},
     setup,
     util::{exec, root},
 };
@@ -23,8 +23,23 @@ pub fn run(test_args: &[String]) -> anyhow::Result<()> {
             .args(["fmt", "--check"])
             .current_dir(root().join("ebpf")),
     )?;
+    // The dependencies' licences and sources, of the workspace and of the eBPF crate.
+    for dir in [root(), root().join("ebpf")] {
+        exec(
+            Command::new(cargo)
+                .args(["deny", "check", "licenses", "bans", "sources"])
+                .current_dir(dir),
+        )?;
+    }
     build::ebpf(true)?;
     build::cnitool()?;
+    // The declared rust-version, with exactly that toolchain (its own target directory).
+    exec(
+        build::toolchain_cargo(MSRV)
+            .args(["check", "--workspace", "--all-targets", "--quiet", "--target-dir"])
+            .arg(root().join("target/msrv"))
+            .current_dir(root()),
+    )?;
     exec(
         Command::new(cargo)
             .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])

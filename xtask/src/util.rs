@@ -48,3 +48,33 @@ pub fn output(command: &mut Command) -> anyhow::Result<Output> {
 pub fn succeeds(command: &mut Command) -> bool {
     output(command).is_ok_and(|output| output.status.success())
 }
+
+/// Ctrl-C during the demo or the bench: the first one lets the task stop at its next step
+/// and remove every namespace, mount and server it made (their `Drop`s do) — the commands
+/// it runs get the signal too and end; a second one exits at once.
+pub mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use anyhow::{Context, bail};
+
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+    pub fn catch() -> anyhow::Result<()> {
+        ctrlc::set_handler(|| {
+            if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                eprintln!("\ninterrupted again: exiting without cleaning up");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: cleaning up (Ctrl-C again to exit at once)");
+        })
+        .context("failed to catch Ctrl-C")
+    }
+
+    /// Fails once Ctrl-C was pressed, so that the task unwinds and cleans up.
+    pub fn check() -> anyhow::Result<()> {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+}

@@ -209,6 +209,7 @@ fn measure_here(
     flatbridge.add(&warm)?;
     flatbridge.del(&warm)?;
     for round in 0..calls {
+        crate::util::interrupt::check()?;
         let pod = Pod::new("cost");
         // The three take turns at going first: a DEL's cost depends on what the kernel is
         // still busy with (RCU grace periods, the previous pod's IPv6 work).
@@ -236,6 +237,7 @@ fn measure_here(
     let mut pods = Vec::new();
     let mut reference_pods = Vec::new();
     for index in 0..scale_to {
+        crate::util::interrupt::check()?;
         let pod = Pod::new("scale");
         cost.scaling_add_ms.push(filling.add(&pod)?.millis);
         pods.push(pod);

@@ -58,6 +58,7 @@ pub struct Samples {
 
 pub fn run(quick: bool) -> anyhow::Result<()> {
     let plan = Plan::new(quick);
+    crate::util::interrupt::catch()?;
     setup::run()?;
     let plugin = build::release_plugin()?;
     let with_reference =
@@ -83,6 +84,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         // Rotate the order so no path always runs first (or right after a given other).
         let order: Vec<usize> = (0..worlds.len()).map(|i| (i + round) % worlds.len()).collect();
         for &i in &order {
+            crate::util::interrupt::check()?;
             let world = &worlds[i];
             let (client, server, ip) = (world.client(), world.server(), world.server_ip.as_str());
             let rtt = measure::rtt_p50(client, server, ip, plan.seconds)
@@ -112,6 +114,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         world.set_offloads(true);
     }
     for (i, world) in worlds.iter().enumerate() {
+        crate::util::interrupt::check()?;
         let classic = measure::tcp_gbits(
             world.client(),
             world.server(),

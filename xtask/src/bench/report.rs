@@ -424,3 +424,39 @@ impl Report {
         Ok((json_path, svg_path))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_even_and_no_samples() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let values: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        assert_eq!(percentile(&values, 0.5), 10.0);
+        assert_eq!(percentile(&values, 0.95), 19.0);
+        assert_eq!(percentile(&values, 1.0), 20.0);
+        assert_eq!(
+            percentile(&values, 0.0),
+            1.0,
+            "the lowest rank is the first value"
+        );
+        assert_eq!(percentile(&[7.0], 0.95), 7.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn ratios_are_per_round_with_their_range() {
+        // Rounds pair up: the ratio of the medians (3 / 2) would be 1.5, not this.
+        let (median, low, high) = ratio(&[1.0, 4.0, 3.0], &[1.0, 2.0, 3.0]);
+        assert_eq!((median, low, high), (1.0, 1.0, 2.0));
+        assert_eq!(format_ratio((1.0, 1.0, 1.0)), "1.00");
+        assert_eq!(first_and_last_ten(&[1.0, 2.0, 3.0]), (2.0, 2.0));
+    }
+}
