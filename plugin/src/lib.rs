@@ -4,6 +4,7 @@
 //! `ipam/`, `datapath/`, `node` and `kernel` are mechanisms that know nothing of CNI; `cmd/`
 //! joins the two for the runtime's verbs. `report` reads the node's state into one typed
 //! value; `operator/` holds the commands a person runs (status, node setup, conflicts).
+pub mod agent;
 pub mod arp;
 pub mod cmd;
 pub mod cni;

@@ -70,3 +70,16 @@ pub fn init(path: &Path, level: LevelFilter, context: String) {
         log::set_max_level(level);
     }
 }
+
+/// The same records on stderr, for a long-running process whose output a supervisor keeps
+/// (the agent under Kubernetes).
+pub fn init_stderr(level: LevelFilter, context: String) {
+    let logger = FileLogger {
+        file: None,
+        level,
+        context,
+    };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(level);
+    }
+}

@@ -1,6 +1,10 @@
 //! The `flatbridge` binary. With CNI_COMMAND set it is a CNI plugin (a runtime called
 //! it); otherwise it offers the operator subcommands.
-use std::{net::IpAddr, path::PathBuf, time::SystemTime};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
 use clap::{Parser, Subcommand};
 use flatbridge::{
@@ -53,6 +57,26 @@ enum Operator {
     Node {
         #[command(subcommand)]
         action: NodeAction,
+    },
+    /// The node agent (long-running, one per node): attaches again the programs another
+    /// tool removed, sweeps endpoints of vanished pods, frees leases whose pod's veth has been
+    /// gone for `--lease-grace-s`, follows nf_conntrack_tcp_be_liberal, and serves Prometheus
+    /// metrics, /healthz and /readyz. Exits on SIGTERM.
+    Agent {
+        /// Where /metrics, /healthz and /readyz are served.
+        #[arg(long, default_value = "127.0.0.1:9750")]
+        metrics_addr: SocketAddr,
+        /// How often the node is reconciled.
+        #[arg(long, default_value_t = 5000)]
+        reconcile_ms: u64,
+        /// How long a lease's host veth must be gone before the lease is freed.
+        #[arg(long, default_value_t = 300)]
+        lease_grace_s: u64,
+        #[arg(long, default_value = DEFAULT_BPF_ROOT)]
+        bpf_root: PathBuf,
+        /// Where host-local keeps its leases (the `ipam.dataDir` of the network config).
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        ipam_data_dir: PathBuf,
     },
     /// Addresses IPAM keeps out of allocations because another host on the wire answered
     /// an ARP probe for them (address, MAC that answered, age). A marker expires 10 minutes
@@ -150,6 +174,21 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(cni::run(&Flatbridge));
     }
     match Cli::parse().command {
+        Operator::Agent {
+            metrics_addr,
+            reconcile_ms,
+            lease_grace_s,
+            bpf_root,
+            ipam_data_dir,
+        } => {
+            flatbridge::agent::run(flatbridge::agent::Options {
+                bpf_root,
+                ipam_data_dir,
+                metrics_addr,
+                period: Duration::from_millis(reconcile_ms.max(100)),
+                lease_grace: Duration::from_secs(lease_grace_s),
+            })?;
+        }
         Operator::Status {
             network,
             bpf_root,

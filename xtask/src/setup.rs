@@ -40,6 +40,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cpio", "packing the test-kernel guest's initramfs"),
     ("kmod", "modprobe, and depmod for the test-kernel guest's modules"),
     (
+        "prometheus",
+        "promtool, which checks the agent's metrics in the tests",
+    ),
+    (
         "golang-github-appc-cni-dev",
         "libcni, the library container runtimes call plugins with",
     ),

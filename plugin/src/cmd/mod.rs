@@ -10,6 +10,8 @@ mod gc;
 mod ipam_plugin;
 mod status;
 
+pub(crate) use datapath_steps::sweep;
+
 use std::{future::Future, path::PathBuf};
 
 use crate::{

@@ -4,8 +4,6 @@
 //! is full); 51 when ADDs would work but pods already there are degraded (a program of
 //! theirs, or of the uplink, was detached by another tool). A poll changes nothing on the
 //! node: no lock, no file written, nothing pinned.
-use flatbridge_common::{NODE_ENABLED, program_name};
-
 use super::{block_on, ipam_plugin::IpamPlugin};
 use crate::{
     cni::{CniError, Request, code},
@@ -31,7 +29,12 @@ pub fn status(request: &Request) -> Result<(), CniError> {
             return Ok(Vec::new());
         }
         match Datapath::open(&config.bpf_root(), &config.net.name) {
-            Ok(datapath) if datapath.is_loaded() => detached(&datapath, &node).await,
+            Ok(datapath) if datapath.is_loaded() => Ok(datapath
+                .detached(&node)
+                .await?
+                .iter()
+                .map(ToString::to_string)
+                .collect()),
             // Not loaded yet, or another build: the next ADD loads this one. Would it load?
             _ => match Datapath::probe(&config.bpf_root()) {
                 Ok(()) => Ok(Vec::new()),
@@ -51,41 +54,10 @@ pub fn status(request: &Request) -> Result<(), CniError> {
         code::LIMITED_CONNECTIVITY,
         format!(
             "pods of network {} may have limited connectivity: {} (another tool removed the \
-             programs; delete and re-add those pods to get them back)",
+             programs; `flatbridge agent` attaches them again within its reconcile period, or \
+             delete and re-add those pods)",
             config.net.name,
             degraded.join("; ")
         ),
     ))
-}
-
-/// The devices whose programs are not (all) attached, as the kernel says.
-async fn detached(datapath: &Datapath, node: &Netlink) -> Result<Vec<String>, CniError> {
-    let mut missing = Vec::new();
-    let from_pod = datapath.program_id(program_name::FROM_POD);
-    let to_pod = datapath.program_id(program_name::TO_POD);
-    for (endpoint, _) in datapath.endpoints()? {
-        let Some(link) = node.link_by_index(endpoint.ifindex).await? else {
-            // Gone with its pod; the next DEL or GC forgets it.
-            continue;
-        };
-        let ingress = node.bpf_filter_programs(link.index, true).await?;
-        let egress = node.bpf_filter_programs(link.index, false).await?;
-        let attached =
-            from_pod.is_some_and(|id| ingress.contains(&id)) && to_pod.is_some_and(|id| egress.contains(&id));
-        if !attached {
-            missing.push(format!("host veth {} has lost its programs", link.name));
-        }
-    }
-    let settings = datapath.node_config()?;
-    if settings.flags & NODE_ENABLED != 0
-        && settings.uplink_ifindex != 0
-        && let Some(uplink) = node.link_by_index(settings.uplink_ifindex).await?
-    {
-        for program in program_name::UPLINK {
-            if !datapath.runs_on(node, program, &uplink.name).await {
-                missing.push(format!("uplink {} has lost {program}", uplink.name));
-            }
-        }
-    }
-    Ok(missing)
 }

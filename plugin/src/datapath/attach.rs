@@ -364,3 +364,67 @@ fn link_error(program: &str, ifname: &str, source: aya::programs::links::LinkErr
         source: Box::new(source),
     }
 }
+
+/// A device that lost a program it should run (another tool removed it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detached {
+    /// A pod's host veth without its `from_pod` or `to_pod`.
+    Pod { ifname: String },
+    /// The uplink without `program`.
+    Uplink { ifname: String, program: &'static str },
+}
+
+impl std::fmt::Display for Detached {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Detached::Pod { ifname } => write!(out, "host veth {ifname} has lost its programs"),
+            Detached::Uplink { ifname, program } => write!(out, "uplink {ifname} has lost {program}"),
+        }
+    }
+}
+
+impl Datapath {
+    /// The devices whose programs are not (all) attached, as the kernel says: pods' host
+    /// veths that still exist, and the uplink the node's settings name.
+    pub async fn detached(&self, node: &crate::netlink::Netlink) -> Result<Vec<Detached>, DatapathError> {
+        let mut missing = Vec::new();
+        let from_pod = self.program_id(program_name::FROM_POD);
+        let to_pod = self.program_id(program_name::TO_POD);
+        for (endpoint, _) in self.endpoints()? {
+            let Some(link) = node.link_by_index(endpoint.ifindex).await? else {
+                // Gone with its pod; the next DEL, GC or sweep forgets it.
+                continue;
+            };
+            let ingress = node.bpf_filter_programs(link.index, true).await?;
+            let egress = node.bpf_filter_programs(link.index, false).await?;
+            let attached = from_pod.is_some_and(|id| ingress.contains(&id))
+                && to_pod.is_some_and(|id| egress.contains(&id));
+            if !attached {
+                missing.push(Detached::Pod { ifname: link.name });
+            }
+        }
+        let settings = self.node_config()?;
+        if settings.flags & flatbridge_common::NODE_ENABLED != 0
+            && settings.uplink_ifindex != 0
+            && let Some(uplink) = node.link_by_index(settings.uplink_ifindex).await?
+        {
+            for program in program_name::UPLINK {
+                if !self.runs_on(node, program, &uplink.name).await {
+                    missing.push(Detached::Uplink {
+                        ifname: uplink.name.clone(),
+                        program,
+                    });
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Attaches again what [`Datapath::detached`] found missing.
+    pub fn reattach(&self, detached: &Detached) -> Result<(), DatapathError> {
+        match detached {
+            Detached::Pod { ifname } => self.attach_pod(ifname),
+            Detached::Uplink { ifname, program } => self.attach(program, ifname).map(drop),
+        }
+    }
+}

@@ -8,7 +8,7 @@ mod pins;
 
 #[cfg(feature = "fault-injection")]
 pub use crate::kernel::pretend_no_tcx;
-pub use attach::Attachment;
+pub use attach::{Attachment, Detached};
 pub use loader::Datapath;
 pub use maps::VerdictCount;
 pub use pins::{PinLayout, ensure_bpffs};

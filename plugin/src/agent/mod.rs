@@ -1,0 +1,137 @@
+//! `flatbridge agent`: the long-running node agent (one per node, run by the DaemonSet; the
+//! CNI binary itself stays daemonless). It runs in the node's network namespace, finds every
+//! flatbridge network there from its pins, and every reconcile period
+//! - attaches again the programs another tool removed from a pod's host veth or the uplink,
+//! - sweeps the endpoints whose host veth vanished (under the lock ADD takes),
+//! - frees the leases whose host veth has been gone longer than a grace period (a GC that
+//!   needs no runtime: a flatbridge veth lives exactly as long as its pod's network
+//!   namespace; containerd never calls GC),
+//! - follows `nf_conntrack_tcp_be_liberal` into the node's settings (ADD reads it only when a
+//!   pod is added).
+//!
+//! Each step is logged and counted. It serves Prometheus metrics, `/healthz` and `/readyz`
+//! on `--metrics-addr` (see [`metrics`], [`http`]) and exits cleanly on SIGTERM or SIGINT.
+mod http;
+pub mod metrics;
+mod reconcile;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+
+/// What the agent is told.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub bpf_root: PathBuf,
+    pub ipam_data_dir: PathBuf,
+    pub metrics_addr: SocketAddr,
+    pub period: Duration,
+    /// How long a lease's host veth must be gone before the lease is freed: longer than any
+    /// ADD takes between leasing the address and making the veth.
+    pub lease_grace: Duration,
+}
+
+/// The agent's own counts, read by the metrics.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Reconcile actions by name (`reattach_pod`, `reattach_uplink`, `free_lease`, ...).
+    pub actions: Mutex<BTreeMap<&'static str, u64>>,
+    pub errors: AtomicU64,
+    pub passes: AtomicU64,
+    /// The last pass's duration, in microseconds.
+    pub last_pass_us: AtomicU64,
+}
+
+impl AgentStats {
+    pub fn count(&self, action: &'static str) {
+        if let Ok(mut actions) = self.actions.lock() {
+            *actions.entry(action).or_default() += 1;
+        }
+    }
+}
+
+/// What the HTTP endpoints read.
+#[derive(Debug)]
+pub struct Shared {
+    pub options: Options,
+    pub stats: AgentStats,
+    /// True once the first reconcile pass finished.
+    pub ready: AtomicBool,
+    /// When the last pass finished.
+    pub last_pass: Mutex<Option<Instant>>,
+    pub started: Instant,
+}
+
+impl Shared {
+    /// Healthy while passes keep finishing: the last one ended within three periods (and
+    /// half a minute, for a slow pass on a busy node).
+    pub fn healthy(&self) -> bool {
+        let allowed = self.options.period * 3 + Duration::from_secs(30);
+        match *self
+            .last_pass
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        {
+            Some(last) => last.elapsed() <= allowed,
+            None => self.started.elapsed() <= allowed,
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(options: Options) -> anyhow::Result<()> {
+    crate::logging::init_stderr(log::LevelFilter::Info, "agent -".into());
+    let shared = Arc::new(Shared {
+        options: options.clone(),
+        stats: AgentStats::default(),
+        ready: AtomicBool::new(false),
+        last_pass: Mutex::new(None),
+        started: Instant::now(),
+    });
+    let server = http::Server::start(options.metrics_addr, shared.clone())
+        .with_context(|| format!("failed to serve metrics on {}", options.metrics_addr))?;
+    log::info!(
+        "agent: reconciling every {} ms, metrics on http://{}/metrics",
+        options.period.as_millis(),
+        server.address()
+    );
+    let runtime = crate::netlink::runtime().context("failed to start the async runtime")?;
+    let outcome = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).context("failed to catch SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("failed to catch SIGINT")?;
+        let mut reconciler = reconcile::Reconciler::new(shared.clone());
+        loop {
+            let started = Instant::now();
+            reconciler.pass().await;
+            shared.stats.last_pass_us.store(
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            shared.stats.passes.fetch_add(1, Ordering::Relaxed);
+            *shared
+                .last_pass
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+            shared.ready.store(true, Ordering::Relaxed);
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                () = tokio::time::sleep(options.period) => {}
+            }
+        }
+        anyhow::Ok(())
+    });
+    log::info!("agent: stopping");
+    server.stop();
+    outcome
+}

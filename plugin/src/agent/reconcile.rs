@@ -1,0 +1,219 @@
+//! One reconcile pass of the agent over every flatbridge network of the node; see the
+//! module above. Every step goes on past the failures of the others; each failure is
+//! logged and counted, each action logged and counted.
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
+
+use flatbridge_common::{NODE_ENABLED, NODE_TCP_OFFLOAD};
+
+use super::Shared;
+use crate::{
+    cmd::{host_veth_name, sweep},
+    datapath::{Datapath, DatapathError, Detached},
+    ipam::{DiskStore, Store},
+    kernel,
+    netlink::Netlink,
+};
+
+/// A lease seen without its host veth: since when, continuously.
+type Missing = HashMap<(String, IpAddr), Instant>;
+
+pub struct Reconciler {
+    shared: Arc<Shared>,
+    netlink: Option<Netlink>,
+    missing: Missing,
+}
+
+impl Reconciler {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            netlink: None,
+            missing: HashMap::new(),
+        }
+    }
+
+    fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        log::warn!("reconcile: {what}: {error}");
+        self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub async fn pass(&mut self) {
+        if self.netlink.is_none() {
+            match Netlink::open() {
+                Ok(netlink) => self.netlink = Some(netlink),
+                Err(error) => return self.failed("netlink", &error),
+            }
+        }
+        let Some(node) = self.netlink.take() else {
+            return;
+        };
+        let bpf_root = self.shared.options.bpf_root.clone();
+        let mut seen = HashSet::new();
+        for network in Datapath::networks(&bpf_root) {
+            let datapath = match Datapath::open(&bpf_root, &network) {
+                Ok(datapath) => datapath,
+                Err(DatapathError::NotLoaded { .. }) => continue,
+                Err(error) => {
+                    self.failed(&format!("network {network}"), &error);
+                    continue;
+                }
+            };
+            self.reattach(&datapath, &node).await;
+            if let Err(error) = sweep(&datapath, &node).await {
+                self.failed(&format!("sweeping network {network}"), &error);
+            }
+            self.follow_tcp_liberal(&datapath);
+            self.free_leaked_leases(&network, &node, &mut seen).await;
+        }
+        // Leases of networks (or addresses) no longer seen are not missing any more.
+        self.missing.retain(|key, _| seen.contains(key));
+        self.netlink = Some(node);
+    }
+
+    /// Programs another tool removed (`tc qdisc del dev <veth> clsact`, `tc filter del`, a
+    /// detached TCX link) go back on.
+    async fn reattach(&self, datapath: &Datapath, node: &Netlink) {
+        let detached = match datapath.detached(node).await {
+            Ok(detached) => detached,
+            Err(error) => return self.failed(&format!("network {}", datapath.network()), &error),
+        };
+        for device in detached {
+            // Under the lock ADD and DEL take for endpoints: a pod being deleted right now is
+            // not given programs again half-way.
+            let _lock = match datapath.lock() {
+                Ok(lock) => lock,
+                Err(error) => return self.failed("lock", &error),
+            };
+            match datapath.reattach(&device) {
+                Ok(()) => {
+                    log::info!(
+                        "reconcile: network {}: {device}: attached again",
+                        datapath.network()
+                    );
+                    self.shared.stats.count(match device {
+                        Detached::Pod { .. } => "reattach_pod",
+                        Detached::Uplink { .. } => "reattach_uplink",
+                    });
+                }
+                Err(error) => self.failed(&format!("re-attaching ({device})"), &error),
+            }
+        }
+    }
+
+    /// TCP is offloaded only while conntrack is liberal about windows; ADD reads the sysctl
+    /// when it writes the settings, this follows it between ADDs.
+    fn follow_tcp_liberal(&self, datapath: &Datapath) {
+        let allowed = kernel::tcp_offload_allowed();
+        let changed = (|| {
+            let _lock = datapath.lock()?;
+            let mut settings = datapath.node_config()?;
+            let offloading = settings.flags & NODE_TCP_OFFLOAD != 0;
+            if settings.flags & NODE_ENABLED == 0 || offloading == allowed {
+                return Ok::<bool, DatapathError>(false);
+            }
+            settings.flags ^= NODE_TCP_OFFLOAD;
+            datapath.set_node_config(&settings)?;
+            Ok(true)
+        })();
+        match changed {
+            Ok(true) => {
+                log::info!(
+                    "reconcile: network {}: nf_conntrack_tcp_be_liberal is {}: TCP {} offloaded",
+                    datapath.network(),
+                    u8::from(allowed),
+                    if allowed { "is" } else { "is no longer" }
+                );
+                self.shared.stats.count(if allowed {
+                    "tcp_offload_on"
+                } else {
+                    "tcp_offload_off"
+                });
+            }
+            Ok(false) => {}
+            Err(error) => self.failed("following nf_conntrack_tcp_be_liberal", &error),
+        }
+    }
+
+    /// A lease whose pod's host veth has been gone for the grace period belongs to a pod that
+    /// is gone (or to an ADD that was killed after leasing): freed under the IPAM lock, after
+    /// checking once more that the lease and the absence are still what they were.
+    async fn free_leaked_leases(
+        &mut self,
+        network: &str,
+        node: &Netlink,
+        seen: &mut HashSet<(String, IpAddr)>,
+    ) {
+        let dir = self.shared.options.ipam_data_dir.join(network);
+        let Ok(Some(peek)) = DiskStore::peek(&dir) else {
+            return;
+        };
+        let leases = match peek.leases() {
+            Ok(leases) => leases,
+            Err(error) => return self.failed(&format!("reading the leases of {network}"), &error),
+        };
+        let links: HashSet<String> = match node.links().await {
+            Ok(links) => links.into_iter().map(|link| link.name).collect(),
+            // Without the links nothing can be said to be gone.
+            Err(error) => return self.failed("listing links", &error),
+        };
+        let now = Instant::now();
+        let grace = self.shared.options.lease_grace;
+        let mut expired = Vec::new();
+        for (ip, owner) in leases {
+            // Conflict markers, empty leases and ID-only leases (no interface: no veth name)
+            // are not a pod's; IPAM and GC deal with them.
+            if owner.conflicting_mac().is_some() || owner.is_nobody() || owner.ifname.is_empty() {
+                continue;
+            }
+            let key = (network.to_owned(), ip);
+            if links.contains(&host_veth_name(network, &owner.container_id, &owner.ifname)) {
+                self.missing.remove(&key);
+                continue;
+            }
+            seen.insert(key.clone());
+            let since = *self.missing.entry(key).or_insert(now);
+            if now.duration_since(since) >= grace {
+                expired.push((ip, owner));
+            }
+        }
+        if expired.is_empty() {
+            return;
+        }
+        let mut store = match DiskStore::open(&dir) {
+            Ok(store) => store,
+            Err(error) => return self.failed(&format!("opening the leases of {network}"), &error),
+        };
+        // Under the lock: the lease must still be that owner's, and its veth still absent.
+        let links: HashSet<String> = match node.links().await {
+            Ok(links) => links.into_iter().map(|link| link.name).collect(),
+            Err(error) => return self.failed("listing links", &error),
+        };
+        let current = match store.leases() {
+            Ok(current) => current,
+            Err(error) => return self.failed(&format!("reading the leases of {network}"), &error),
+        };
+        for (ip, owner) in expired {
+            let still = current.get(&ip).is_some_and(|holder| *holder == owner)
+                && !links.contains(&host_veth_name(network, &owner.container_id, &owner.ifname));
+            if !still {
+                continue;
+            }
+            match store.remove(ip) {
+                Ok(()) => {
+                    log::info!(
+                        "reconcile: network {network}: freed {ip} of {owner}: its host veth has been gone for {} s",
+                        grace.as_secs()
+                    );
+                    self.shared.stats.count("free_lease");
+                    self.missing.remove(&(network.to_owned(), ip));
+                }
+                Err(error) => self.failed(&format!("freeing {ip} of {network}"), &error),
+            }
+        }
+    }
+}

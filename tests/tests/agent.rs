@@ -1,0 +1,327 @@
+//! `flatbridge agent` on a simulated node: metrics that a Prometheus parser accepts and that
+//! move with traffic, programs another tool removed back within a reconcile period, a
+//! leaked lease freed after the grace period, conntrack's setting followed, health
+//! endpoints, and a clean exit on SIGTERM.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use flatbridge_tests::{Node, Pod, require_root, seed_config};
+use serde_json::Value;
+
+const NET: &str = "data";
+const METRICS: &str = "127.0.0.1:9750";
+
+struct Agent<'a> {
+    node: &'a Node,
+    child: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+impl<'a> Agent<'a> {
+    /// The agent on `node`, reconciling every `period_ms`, freeing leases after `grace_s`;
+    /// returns once it is ready.
+    fn start(node: &'a Node, period_ms: u64, grace_s: u64) -> Self {
+        let log = node.state_dir().join("agent.log");
+        let child = node
+            .command(&node.plugin_path())
+            .args(["agent", "--metrics-addr", METRICS])
+            .args(["--reconcile-ms", &period_ms.to_string()])
+            .args(["--lease-grace-s", &grace_s.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("agent log"))
+            .spawn()
+            .expect("start the agent");
+        let agent = Self {
+            node,
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agent.get("/readyz").0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "the agent never got ready:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET `path` from the agent, inside the node's namespace: (status, body); status 0
+    /// when nothing answered.
+    fn get(&self, path: &str) -> (u16, String) {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        self.node.netns.within(move || {
+            let Ok(mut stream) = TcpStream::connect(METRICS) else {
+                return (0, String::new());
+            };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            if stream.write_all(request.as_bytes()).is_err() {
+                return (0, String::new());
+            }
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response);
+            let status = response
+                .split_whitespace()
+                .nth(1)
+                .and_then(|code| code.parse().ok())
+                .unwrap_or(0);
+            let body = response
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_owned())
+                .unwrap_or_default();
+            (status, body)
+        })
+    }
+
+    fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "/metrics: {body}\n{}", self.log());
+        body
+    }
+
+    /// SIGTERM, then the exit status and how long the agent took to exit.
+    fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.child.take().expect("a running agent");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let sent = Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let deadline = sent + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (status, sent.elapsed());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent ignored SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Agent<'_> {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The value of the sample `name{labels}` in a scrape; panics when there is none, so that
+/// "not exported" never reads as zero.
+fn sample(metrics: &str, name: &str, labels: &str) -> f64 {
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name}{{{labels}}} in:\n{metrics}"))
+}
+
+fn node_with_pods(tag: &str, pods: &[&Pod]) -> Node {
+    require_root();
+    let node = Node::with_gateway(tag);
+    for pod in pods {
+        node.cni("ADD", &pod.env("eth0"), &seed_config("1.0.0")).ok("ADD");
+    }
+    node
+}
+
+fn endpoint_attached(node: &Node, pod: &Pod) -> bool {
+    let veth = flatbridge::cmd::host_veth_name(NET, &pod.container_id, "eth0");
+    node.status()["networks"][0]["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|endpoint| endpoint["host_veth"] == veth.as_str())
+        .is_some_and(|endpoint| endpoint["attached"] == Value::Bool(true))
+}
+
+#[test]
+fn the_metrics_are_valid_exposition_format_and_move_with_traffic() {
+    let (a, b) = (Pod::new("ma"), Pod::new("mb"));
+    let node = node_with_pods("metrics", &[&a, &b]);
+    let agent = Agent::start(&node, 500, 300);
+    let before = agent.metrics();
+    // promtool, from Debian's prometheus package, is the parser Prometheus itself uses.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool (cargo xtask setup installs prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(before.as_bytes())
+        .expect("feed promtool");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool rejects the scrape: {}{}\n{before}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert_eq!(sample(&before, "flatbridge_endpoints", "network=\"data\""), 2.0);
+    let veth = flatbridge::cmd::host_veth_name(NET, &a.container_id, "eth0");
+    assert_eq!(
+        sample(
+            &before,
+            "flatbridge_program_attached",
+            &format!("network=\"data\",program=\"from_pod\",device=\"{veth}\",attach=\"tc-filter\"")
+        ),
+        1.0
+    );
+    let forwarded = |metrics: &str| {
+        sample(
+            metrics,
+            "flatbridge_forward_packets_total",
+            "network=\"data\",verdict=\"pod_to_bridge\"",
+        )
+    };
+    let target = b.ipv4("eth0").expect("address");
+    assert!(a.ping(&target));
+    let after = agent.metrics();
+    assert!(
+        forwarded(&after) >= forwarded(&before) + 2.0,
+        "pod_to_bridge went from {} to {} over a ping",
+        forwarded(&before),
+        forwarded(&after)
+    );
+    assert!(sample(&after, "flatbridge_reconcile_passes_total", "") >= 1.0);
+    assert_eq!(agent.get("/healthz").0, 200);
+    assert_eq!(agent.get("/nothing").0, 404);
+}
+
+#[test]
+fn programs_another_tool_removed_are_back_within_a_reconcile_period() {
+    let pod = Pod::new("gone");
+    let node = node_with_pods("reattach", &[&pod]);
+    let period = Duration::from_millis(500);
+    let agent = Agent::start(&node, period.as_millis() as u64, 300);
+    assert!(endpoint_attached(&node, &pod));
+    let veth = flatbridge::cmd::host_veth_name(NET, &pod.container_id, "eth0");
+    node.netns.ok(&["tc", "qdisc", "del", "dev", &veth, "clsact"]);
+    let removed = Instant::now();
+    while !endpoint_attached(&node, &pod) {
+        assert!(
+            removed.elapsed() < period * 3,
+            "not attached again within {:?}:\n{}",
+            period * 3,
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "re-attached {:?} after the removal (period {period:?})",
+        removed.elapsed()
+    );
+    let metrics = agent.metrics();
+    assert!(
+        sample(
+            &metrics,
+            "flatbridge_reconcile_actions_total",
+            "action=\"reattach_pod\""
+        ) >= 1.0
+    );
+    assert!(agent.log().contains("attached again"), "{}", agent.log());
+    // STATUS agrees that nothing is degraded any more.
+    node.cni("STATUS", &Default::default(), &seed_config("1.1.0"))
+        .ok("STATUS");
+}
+
+#[test]
+fn conntrack_liberal_tcp_is_followed_into_the_settings() {
+    let pod = Pod::new("ct");
+    let node = node_with_pods("liberal", &[&pod]);
+    let offload = |node: &Node| node.status()["networks"][0]["node"]["tcp_offload"].clone();
+    node.netns
+        .ok(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=1"]);
+    node.cni("ADD", &Pod::new("ct2").env("eth0"), &seed_config("1.0.0"))
+        .ok("ADD");
+    assert_eq!(offload(&node), Value::Bool(true));
+    let _agent = Agent::start(&node, 300, 300);
+    node.netns
+        .ok(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=0"]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while offload(&node) != Value::Bool(false) {
+        assert!(
+            Instant::now() < deadline,
+            "TCP still offloaded with conntrack strict"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.netns
+        .ok(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=1"]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while offload(&node) != Value::Bool(true) {
+        assert!(
+            Instant::now() < deadline,
+            "TCP offload not restored with conntrack liberal"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_leaked_lease_is_freed_after_the_grace_period_and_a_pods_is_kept() {
+    let pod = Pod::new("keep");
+    let node = node_with_pods("leases", &[&pod]);
+    // What an ADD killed after leasing leaves: a lease whose veth never came.
+    let leaked = node.ipam_dir(NET).join("10.10.1.77");
+    std::fs::write(&leaked, "ctrleaked\r\neth0").expect("write a lease");
+    let kept_before = node.leases(NET);
+    let mut agent = Agent::start(&node, 300, 1);
+    // Within the grace period it stays.
+    assert!(leaked.exists(), "freed before the grace period");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while leaked.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the leaked lease was never freed:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kept: Vec<String> = node.leases(NET);
+    assert_eq!(kept.len() + 1, kept_before.len(), "{kept:?} vs {kept_before:?}");
+    assert!(
+        pod.ipv4("eth0")
+            .is_some_and(|ip| kept.iter().any(|lease| lease.contains(&ip)))
+    );
+    let metrics = agent.metrics();
+    assert_eq!(
+        sample(
+            &metrics,
+            "flatbridge_reconcile_actions_total",
+            "action=\"free_lease\""
+        ),
+        1.0
+    );
+    let (status, took) = agent.terminate();
+    assert!(
+        status.success(),
+        "the agent exited with {status} on SIGTERM:\n{}",
+        agent.log()
+    );
+    assert!(took < Duration::from_secs(2), "the agent took {took:?} to stop");
+    assert!(agent.log().contains("agent: stopping"), "{}", agent.log());
+}
