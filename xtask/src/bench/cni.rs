@@ -10,7 +10,7 @@ use std::{
     os::{fd::AsFd, unix::process::ExitStatusExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
@@ -74,14 +74,33 @@ fn call(
     })
 }
 
+/// How long the agent's footprint is measured: three reconcile periods.
+const AGENT_SECONDS: f64 = 15.0;
+
 /// A node for CNI calls: its namespace and its own lease directory, BPF root and log.
 struct CniNode {
     netns: Netns,
     netns_file: File,
-    _bpffs: BpfFs,
-    _state: TempDir,
+    bpffs: BpfFs,
+    state: TempDir,
     config: Value,
     binary: PathBuf,
+}
+
+/// The log file of a benchmark node's plugin.
+fn log_file(state: &TempDir) -> PathBuf {
+    let name = state
+        .path()
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    PathBuf::from(format!("/run/{name}-flatbridge.log"))
+}
+
+impl Drop for CniNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(log_file(&self.state));
+    }
 }
 
 impl CniNode {
@@ -97,15 +116,16 @@ impl CniNode {
         config["ipam"]["dataDir"] = json!(state.path().join("ipam"));
         if flatbridge {
             config["bpfRoot"] = json!(bpffs.path());
-            config["logFile"] = json!(state.path().join("flatbridge.log"));
+            // The plugin logs only under /var/log or /run; the file goes with the node.
+            config["logFile"] = json!(log_file(&state));
         } else {
             config["type"] = json!("bridge");
         }
         Ok(Self {
             netns,
             netns_file,
-            _bpffs: bpffs,
-            _state: state,
+            bpffs,
+            state,
             config,
             binary,
         })
@@ -173,6 +193,76 @@ pub struct CniCost {
     /// The same for the reference plugins, filling a node of their own in step (empty
     /// without them): what the kernel's share of the growth is.
     pub reference_scaling_add_ms: Vec<f64>,
+    /// `flatbridge agent` on the filling node, with one pod and with [`AGENT_PODS`].
+    pub agent: Vec<AgentFootprint>,
+}
+
+/// The node size the agent's footprint is reported at (or the bench's fill, when smaller).
+pub const AGENT_PODS: usize = 100;
+
+/// What the agent costs on a node with `pods` pods, reconciling every `period_s`.
+pub struct AgentFootprint {
+    pub pods: usize,
+    pub period_s: f64,
+    pub rss_kib: u64,
+    /// Of one CPU, over `seconds`.
+    pub cpu_percent: f64,
+    pub seconds: f64,
+}
+
+/// Runs the agent on `node` (default period) for `seconds` after a second of warm-up, and
+/// reads its resident memory and CPU time from /proc.
+fn agent_footprint(node: &CniNode, pods: usize, seconds: f64) -> anyhow::Result<AgentFootprint> {
+    let mut agent = Command::new("nsenter")
+        .arg(format!("--net={}", node.netns.path().display()))
+        .arg("--")
+        .arg(&node.binary)
+        .args(["agent", "--metrics-addr", "127.0.0.1:0", "--bpf-root"])
+        .arg(node.bpffs.path())
+        .arg("--ipam-data-dir")
+        .arg(node.state.path().join("ipam"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("start flatbridge agent")?;
+    let pid = agent.id();
+    let cpu_ticks = || -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // After the command name in parentheses: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let (before, started) = (cpu_ticks()?, Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let ticks = cpu_ticks()? - before;
+    let elapsed = started.elapsed().as_secs_f64();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let exit = agent.wait()?;
+    anyhow::ensure!(exit.success(), "the agent exited with {exit} on SIGTERM");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(AgentFootprint {
+        pods,
+        period_s: 5.0,
+        rss_kib,
+        cpu_percent: ticks as f64 / hz / elapsed * 100.0,
+        seconds: elapsed,
+    })
 }
 
 /// Measures on a thread of its own, which enters the nodes' namespaces as it goes.
@@ -203,6 +293,7 @@ fn measure_here(
         kernel_del_ms: Vec::new(),
         scaling_add_ms: Vec::new(),
         reference_scaling_add_ms: Vec::new(),
+        agent: Vec::new(),
     };
     // The first flatbridge ADD loads the datapath: do it once before timing.
     let warm = Pod::new("warm");
@@ -249,6 +340,12 @@ fn measure_here(
         }
         if index % 50 == 49 {
             eprintln!("bench: nodes filled with {} pods", index + 1);
+        }
+        let pods_now = index + 1;
+        if pods_now == 1 || pods_now == AGENT_PODS.min(scale_to) {
+            eprintln!("bench: flatbridge agent with {pods_now} pods");
+            cost.agent
+                .push(agent_footprint(&filling, pods_now, AGENT_SECONDS)?);
         }
     }
     for pod in &pods {

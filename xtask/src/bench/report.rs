@@ -209,6 +209,17 @@ impl Report {
                 last / first
             );
         }
+        for agent in &cni.agent {
+            let _ = writeln!(
+                out,
+                "flatbridge agent with {:>3} pods: RSS {:.1} MiB, CPU {:.2} % of one core over {:.0} s (reconcile every {:.0} s)",
+                agent.pods,
+                agent.rss_kib as f64 / 1024.0,
+                agent.cpu_percent,
+                agent.seconds,
+                agent.period_s
+            );
+        }
         out.push_str(&self.targets());
         let _ = writeln!(out, "(bench took {:.0} s)", self.elapsed_s);
         out
@@ -331,6 +342,10 @@ impl Report {
                 "reference_add": calls(&self.cni.reference_add), "reference_del": calls(&self.cni.reference_del),
                 "kernel_veth_delete_ms": self.cni.kernel_del_ms, "scaling_add_ms": self.cni.scaling_add_ms,
                 "reference_scaling_add_ms": self.cni.reference_scaling_add_ms,
+                "agent": self.cni.agent.iter().map(|agent| json!({
+                    "pods": agent.pods, "period_s": agent.period_s, "rss_kib": agent.rss_kib,
+                    "cpu_percent": agent.cpu_percent, "seconds": agent.seconds,
+                })).collect::<Vec<_>>(),
             },
             "table": self.table(),
         })
