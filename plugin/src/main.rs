@@ -6,12 +6,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use flatbridge::{
     cmd::Flatbridge,
     cni::{self, CniError, CniVersion, code, config::DEFAULT_BPF_ROOT},
     ipam::config::DEFAULT_DATA_DIR,
-    operator::{conflicts, node as node_cmd, status as inspect},
+    operator::{conflicts, install, node as node_cmd, status as inspect},
 };
 use ipnetwork::IpNetwork;
 
@@ -77,6 +78,39 @@ enum Operator {
         /// Where host-local keeps its leases (the `ipam.dataDir` of the network config).
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         ipam_data_dir: PathBuf,
+        /// The node map (a JSON file, e.g. a mounted ConfigMap): the network config and each
+        /// node's range by node name. With it the agent installs the binary and this node's
+        /// conflist (and again whenever the map changes); without it, it installs nothing.
+        #[arg(long)]
+        nodes: Option<PathBuf>,
+        /// This node's name in the node map (Kubernetes' downward API sets NODE_NAME).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+        #[arg(long, default_value = "/opt/cni/bin")]
+        cni_bin_dir: PathBuf,
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        cni_conf_dir: PathBuf,
+    },
+    /// Install this binary as <cni-bin-dir>/flatbridge and the network config FILE (a
+    /// `.conf` or a `.conflist`) as <cni-conf-dir>/10-flatbridge.conflist, each atomically
+    /// and only when it changed: what the agent does at start, by hand.
+    Install {
+        #[arg(long, default_value = "/opt/cni/bin")]
+        cni_bin_dir: PathBuf,
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        cni_conf_dir: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Remove the conflist and binary install wrote, take every program of every network off
+    /// its devices and remove every pin and map. Pods keep working over the plain bridge.
+    Uninstall {
+        #[arg(long, default_value = "/opt/cni/bin")]
+        cni_bin_dir: PathBuf,
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        cni_conf_dir: PathBuf,
+        #[arg(long, default_value = DEFAULT_BPF_ROOT)]
+        bpf_root: PathBuf,
     },
     /// Addresses IPAM keeps out of allocations because another host on the wire answered
     /// an ARP probe for them (address, MAC that answered, age). A marker expires 10 minutes
@@ -180,8 +214,23 @@ fn main() -> anyhow::Result<()> {
             lease_grace_s,
             bpf_root,
             ipam_data_dir,
+            nodes,
+            node_name,
+            cni_bin_dir,
+            cni_conf_dir,
         } => {
+            let install = match (nodes, node_name) {
+                (Some(nodes), Some(node_name)) => Some(flatbridge::operator::install::InstallTarget {
+                    nodes,
+                    node_name,
+                    bin_dir: cni_bin_dir,
+                    conf_dir: cni_conf_dir,
+                }),
+                (Some(_), None) => anyhow::bail!("--nodes needs --node-name (or NODE_NAME)"),
+                (None, _) => None,
+            };
             flatbridge::agent::run(flatbridge::agent::Options {
+                install,
                 bpf_root,
                 ipam_data_dir,
                 metrics_addr,
@@ -229,6 +278,28 @@ fn main() -> anyhow::Result<()> {
                     state_dir,
                 },
         } => println!("{}", node_cmd::teardown(&bridge, &bpf_root, &state_dir)?),
+        Operator::Install {
+            cni_bin_dir,
+            cni_conf_dir,
+            config,
+        } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("failed to read {}", config.display()))?;
+            let value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", config.display()))?;
+            let binary = std::env::current_exe().context("cannot find this binary")?;
+            let installed = install::install(&cni_bin_dir, &cni_conf_dir, &value, &binary)?;
+            println!(
+                "{installed}: {} and {}",
+                cni_bin_dir.join(install::BINARY).display(),
+                cni_conf_dir.join(install::CONFLIST).display()
+            );
+        }
+        Operator::Uninstall {
+            cni_bin_dir,
+            cni_conf_dir,
+            bpf_root,
+        } => println!("{}", install::uninstall(&cni_bin_dir, &cni_conf_dir, &bpf_root)?),
         Operator::Conflicts {
             action: None,
             network,

@@ -25,12 +25,17 @@ impl<'a> Agent<'a> {
     /// The agent on `node`, reconciling every `period_ms`, freeing leases after `grace_s`;
     /// returns once it is ready.
     fn start(node: &'a Node, period_ms: u64, grace_s: u64) -> Self {
+        Self::start_with(node, period_ms, grace_s, &[])
+    }
+
+    fn start_with(node: &'a Node, period_ms: u64, grace_s: u64, more: &[&str]) -> Self {
         let log = node.state_dir().join("agent.log");
         let child = node
             .command(&node.plugin_path())
             .args(["agent", "--metrics-addr", METRICS])
             .args(["--reconcile-ms", &period_ms.to_string()])
             .args(["--lease-grace-s", &grace_s.to_string()])
+            .args(more)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("agent log"))
             .spawn()
@@ -324,4 +329,165 @@ fn a_leaked_lease_is_freed_after_the_grace_period_and_a_pods_is_kept() {
     );
     assert!(took < Duration::from_secs(2), "the agent took {took:?} to stop");
     assert!(agent.log().contains("agent: stopping"), "{}", agent.log());
+}
+
+/// A host's CNI directories, private to the test.
+struct HostDirs {
+    bin: std::path::PathBuf,
+    conf: std::path::PathBuf,
+}
+
+impl HostDirs {
+    fn new(node: &Node) -> Self {
+        let root = node.state_dir().join("host");
+        Self {
+            bin: root.join("opt/cni/bin"),
+            conf: root.join("etc/cni/net.d"),
+        }
+    }
+
+    fn conflist(&self) -> std::path::PathBuf {
+        self.conf.join("10-flatbridge.conflist")
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--cni-bin-dir".into(),
+            self.bin.display().to_string(),
+            "--cni-conf-dir".into(),
+            self.conf.display().to_string(),
+        ]
+    }
+}
+
+fn node_map(node: &Node, range_end: &str) -> std::path::PathBuf {
+    let path = node.state_dir().join("nodes.json");
+    let map = serde_json::json!({
+        "network": {"cniVersion": "0.3.1", "name": "data", "type": "flatbridge", "bridge": "cni0", "promiscMode": true,
+                    "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}]}},
+        "nodes": {
+            "node-a": {"subnet": "10.10.0.0/16", "rangeStart": "10.10.1.1", "rangeEnd": range_end, "gateway": "10.10.1.0"},
+            "node-b": {"subnet": "10.10.0.0/16", "rangeStart": "10.10.2.1", "rangeEnd": "10.10.2.101", "gateway": "10.10.2.0"}
+        }
+    });
+    // Replaced whole, as the kubelet updates a mounted ConfigMap.
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, map.to_string()).expect("write the node map");
+    std::fs::rename(&temporary, &path).expect("replace the node map");
+    path
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o7777
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).expect("metadata"))
+}
+
+fn wait_for(what: &str, agent: &Agent, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} did not happen:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_agent_installs_its_nodes_config_atomically_and_only_when_it_changed() {
+    require_root();
+    let node = Node::new("install");
+    let host = HostDirs::new(&node);
+    let map = node_map(&node, "10.10.1.101");
+    let mut args = vec!["--nodes".to_owned(), map.display().to_string(), "--node-name".into(), "node-a".into()];
+    args.extend(host.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start_with(&node, 200, 300, &args);
+    wait_for("the install", &agent, || host.conflist().exists());
+    let binary = host.bin.join("flatbridge");
+    assert_eq!(
+        std::fs::read(&binary).expect("installed binary"),
+        std::fs::read(node.plugin_path()).expect("built binary")
+    );
+    assert_eq!(mode(&binary), 0o755);
+    assert_eq!(mode(&host.conflist()), 0o644);
+    let conflist: Value = serde_json::from_str(&std::fs::read_to_string(host.conflist()).expect("read")).expect("JSON");
+    assert_eq!(conflist["name"], "data");
+    let range = &conflist["plugins"][0]["ipam"]["ranges"][0][0];
+    assert_eq!(range["rangeStart"], "10.10.1.1", "{conflist}");
+    assert_eq!(range["gateway"], "10.10.1.0", "{conflist}");
+    for dir in [&host.bin, &host.conf] {
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "left in {}: {names:?}", dir.display());
+    }
+    // Unchanged: not written again, pass after pass.
+    let (binary_inode, conflist_inode) = (inode(&binary), inode(&host.conflist()));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!((inode(&binary), inode(&host.conflist())), (binary_inode, conflist_inode));
+    let metrics = agent.metrics();
+    assert_eq!(sample(&metrics, "flatbridge_reconcile_actions_total", "action=\"install_conflist\""), 1.0);
+    assert_eq!(sample(&metrics, "flatbridge_node_in_node_map", ""), 1.0);
+    // The map changes: the conflist follows, the binary stays.
+    node_map(&node, "10.10.1.50");
+    wait_for("the new range", &agent, || {
+        std::fs::read_to_string(host.conflist()).is_ok_and(|text| text.contains("10.10.1.50"))
+    });
+    assert_eq!(inode(&binary), binary_inode);
+}
+
+#[test]
+fn a_node_missing_from_the_map_gets_nothing() {
+    require_root();
+    let node = Node::new("unmapped");
+    let host = HostDirs::new(&node);
+    let map = node_map(&node, "10.10.1.101");
+    let mut args = vec!["--nodes".to_owned(), map.display().to_string(), "--node-name".into(), "node-z".into()];
+    args.extend(host.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start_with(&node, 200, 300, &args);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!host.conflist().exists() && !host.bin.join("flatbridge").exists());
+    assert_eq!(sample(&agent.metrics(), "flatbridge_node_in_node_map", ""), 0.0);
+    assert_eq!(agent.log().matches("is not in the node map").count(), 1, "{}", agent.log());
+}
+
+#[test]
+fn uninstall_leaves_nothing_of_flatbridge_while_pods_still_ping() {
+    let (a, b) = (Pod::new("ua"), Pod::new("ub"));
+    let node = node_with_pods("uninstall", &[&a, &b]);
+    let host = HostDirs::new(&node);
+    let config = node.state_dir().join("data.conf");
+    std::fs::write(&config, seed_config("0.3.1").to_string()).expect("write the config");
+    let mut args = vec!["install".to_owned(), "--config".into(), config.display().to_string()];
+    args.extend(host.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let said = node.flatbridge(&args);
+    assert!(said.contains("binary written, conflist written"), "{said}");
+    assert!(node.flatbridge(&args).contains("binary unchanged, conflist unchanged"));
+    let mut args = vec!["uninstall".to_owned()];
+    args.extend(host.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let said = node.flatbridge(&args);
+    assert!(said.contains("pins removed"), "{said}");
+    assert!(!host.conflist().exists() && !host.bin.join("flatbridge").exists());
+    // The kernel's own iterators (maps.debug, progs.debug) are on every bpffs.
+    let pins: Vec<String> = std::fs::read_dir(node.bpffs.path())
+        .expect("bpffs")
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.ends_with(".debug"))
+        .collect();
+    assert!(pins.is_empty(), "left in bpffs: {pins:?}");
+    for pod in [&a, &b] {
+        let veth = flatbridge::cmd::host_veth_name(NET, &pod.container_id, "eth0");
+        for hook in ["ingress", "egress"] {
+            let filters = node.netns.ok(&["tc", "filter", "show", "dev", &veth, hook]);
+            assert!(!filters.contains("bpf"), "{veth} {hook}: {filters}");
+        }
+    }
+    assert!(a.ping(&b.ipv4("eth0").expect("address")), "pods do not reach each other after uninstall");
+    assert!(node.flatbridge(&["uninstall"]).contains("nothing of flatbridge to remove"));
 }

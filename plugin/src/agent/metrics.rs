@@ -80,6 +80,7 @@ struct AgentSnapshot {
     errors: u64,
     passes: u64,
     last_pass_seconds: f64,
+    in_node_map: Option<bool>,
 }
 
 impl AgentSnapshot {
@@ -94,6 +95,10 @@ impl AgentSnapshot {
             errors: stats.errors.load(Ordering::Relaxed),
             passes: stats.passes.load(Ordering::Relaxed),
             last_pass_seconds: stats.last_pass_us.load(Ordering::Relaxed) as f64 / 1e6,
+            in_node_map: *stats
+                .in_node_map
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
         }
     }
 }
@@ -287,6 +292,15 @@ impl Collector for Snapshot {
                     .count() as u64
             }),
         )?;
+        if let Some(in_map) = self.agent.as_ref().and_then(|agent| agent.in_node_map) {
+            family(
+                &mut encoder,
+                "flatbridge_node_in_node_map",
+                "Whether this node has an entry in the node map (0: no network config installed)",
+                MetricType::Gauge,
+                vec![(Vec::new(), gauge(u64::from(in_map)))],
+            )?;
+        }
         if let Some(agent) = &self.agent {
             family(
                 &mut encoder,

@@ -7,7 +7,10 @@
 //!   needs no runtime: a flatbridge veth lives exactly as long as its pod's network
 //!   namespace; containerd never calls GC),
 //! - follows `nf_conntrack_tcp_be_liberal` into the node's settings (ADD reads it only when a
-//!   pod is added).
+//!   pod is added),
+//! - with a node map (`--nodes`), installs the binary and this node's conflist into the
+//!   host's CNI directories whenever either differs from what is there; a node missing from
+//!   the map gets nothing, never another node's range.
 //!
 //! Each step is logged and counted. It serves Prometheus metrics, `/healthz` and `/readyz`
 //! on `--metrics-addr` (see [`metrics`], [`http`]) and exits cleanly on SIGTERM or SIGINT.
@@ -31,6 +34,9 @@ use anyhow::Context;
 /// What the agent is told.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// With a node map: install the binary and this node's conflist (see
+    /// [`crate::operator::install`]).
+    pub install: Option<crate::operator::install::InstallTarget>,
     pub bpf_root: PathBuf,
     pub ipam_data_dir: PathBuf,
     pub metrics_addr: SocketAddr,
@@ -47,6 +53,8 @@ pub struct AgentStats {
     pub actions: Mutex<BTreeMap<&'static str, u64>>,
     pub errors: AtomicU64,
     pub passes: AtomicU64,
+    /// Whether this node is in the node map: `None` without one.
+    pub in_node_map: Mutex<Option<bool>>,
     /// The last pass's duration, in microseconds.
     pub last_pass_us: AtomicU64,
 }

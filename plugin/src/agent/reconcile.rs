@@ -52,6 +52,7 @@ impl Reconciler {
         let Some(node) = self.netlink.take() else {
             return;
         };
+        self.install();
         let bpf_root = self.shared.options.bpf_root.clone();
         let mut seen = HashSet::new();
         for network in Datapath::networks(&bpf_root) {
@@ -73,6 +74,62 @@ impl Reconciler {
         // Leases of networks (or addresses) no longer seen are not missing any more.
         self.missing.retain(|key, _| seen.contains(key));
         self.netlink = Some(node);
+    }
+
+    /// The binary and this node's conflist, from the node map, when either changed.
+    fn install(&self) {
+        let Some(target) = &self.shared.options.install else {
+            return;
+        };
+        let outcome = crate::operator::install::install_from_node_map(target);
+        let in_map = match outcome {
+            Ok(Some(installed)) => {
+                if installed.binary {
+                    log::info!(
+                        "reconcile: installed the binary into {}",
+                        target.bin_dir.display()
+                    );
+                    self.shared.stats.count("install_binary");
+                }
+                if installed.conflist {
+                    log::info!(
+                        "reconcile: installed the conflist into {}",
+                        target.conf_dir.display()
+                    );
+                    self.shared.stats.count("install_conflist");
+                }
+                Some(true)
+            }
+            Ok(None) => {
+                let mut known = self
+                    .shared
+                    .stats
+                    .in_node_map
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if *known != Some(false) {
+                    log::warn!(
+                        "reconcile: node {} is not in the node map {}: no network config installed",
+                        target.node_name,
+                        target.nodes.display()
+                    );
+                }
+                *known = Some(false);
+                return;
+            }
+            Err(error) => {
+                self.failed("installing from the node map", &format!("{error:#}"));
+                None
+            }
+        };
+        if in_map.is_some() {
+            *self
+                .shared
+                .stats
+                .in_node_map
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = in_map;
+        }
     }
 
     /// Programs another tool removed (`tc qdisc del dev <veth> clsact`, `tc filter del`, a

@@ -220,38 +220,16 @@ impl Datapath {
     }
 
     fn detach_filter(&self, program: &str, ifname: &str) -> Result<(), DatapathError> {
-        let options = uplink_filter(&self.network);
-        let link = match SchedClassifierLink::attached(
-            ifname,
-            hook(program),
-            options.priority,
-            options.handle,
-            None,
-        ) {
-            Ok(link) => link,
-            // The device is gone, and its filters with it.
-            Err(error) if error.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
-            Err(error) => {
-                return Err(program_error(
-                    "find the filter of",
-                    "uplink",
-                    aya::programs::ProgramError::from(TcError::IoError(error)),
-                ));
-            }
-        };
-        match link.detach() {
-            Ok(()) => Ok(()),
-            // Removed already (by hand, or with the qdisc).
-            Err(aya::programs::ProgramError::NetlinkError(error))
-                if matches!(
-                    error.raw_os_error(),
-                    Some(libc::ENOENT | libc::EINVAL | libc::ENODEV)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(error) => Err(program_error("detach the filter of", "uplink", error)),
+        detach_filter_in(program, ifname, &uplink_filter(&self.network))
+    }
+
+    /// Takes the pod programs off a pod's host veth (the filters in flatbridge's slot; the
+    /// clsact qdisc and other tools' filters stay): its frames go to the bridge unchecked.
+    pub fn detach_pod(&self, ifname: &str) -> Result<(), DatapathError> {
+        for program in program_name::POD {
+            detach_filter_in(program, ifname, &pod_filter())?;
         }
+        Ok(())
     }
 
     /// How `program` is attached to `ifname`, as this datapath recorded it.
@@ -426,5 +404,40 @@ impl Datapath {
             Detached::Pod { ifname } => self.attach_pod(ifname),
             Detached::Uplink { ifname, program } => self.attach(program, ifname).map(drop),
         }
+    }
+}
+
+/// Deletes `program`'s clsact filter in the slot `options` names from `ifname`; a device or
+/// filter that is gone already is fine.
+fn detach_filter_in(program: &str, ifname: &str, options: &NlOptions) -> Result<(), DatapathError> {
+    let name = program_name::ALL
+        .into_iter()
+        .find(|known| *known == program)
+        .unwrap_or("(unknown)");
+    let link =
+        match SchedClassifierLink::attached(ifname, hook(program), options.priority, options.handle, None) {
+            Ok(link) => link,
+            // The device is gone, and its filters with it.
+            Err(error) if error.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
+            Err(error) => {
+                return Err(program_error(
+                    "find the filter of",
+                    name,
+                    aya::programs::ProgramError::from(TcError::IoError(error)),
+                ));
+            }
+        };
+    match link.detach() {
+        Ok(()) => Ok(()),
+        // Removed already (by hand, or with the qdisc).
+        Err(aya::programs::ProgramError::NetlinkError(error))
+            if matches!(
+                error.raw_os_error(),
+                Some(libc::ENOENT | libc::EINVAL | libc::ENODEV)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(error) => Err(program_error("detach the filter of", name, error)),
     }
 }
