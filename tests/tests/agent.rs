@@ -389,7 +389,11 @@ fn inode(path: &std::path::Path) -> u64 {
 fn wait_for(what: &str, agent: &Agent, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !done() {
-        assert!(Instant::now() < deadline, "{what} did not happen:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -400,7 +404,12 @@ fn the_agent_installs_its_nodes_config_atomically_and_only_when_it_changed() {
     let node = Node::new("install");
     let host = HostDirs::new(&node);
     let map = node_map(&node, "10.10.1.101");
-    let mut args = vec!["--nodes".to_owned(), map.display().to_string(), "--node-name".into(), "node-a".into()];
+    let mut args = vec![
+        "--nodes".to_owned(),
+        map.display().to_string(),
+        "--node-name".into(),
+        "node-a".into(),
+    ];
     args.extend(host.args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start_with(&node, 200, 300, &args);
@@ -412,7 +421,8 @@ fn the_agent_installs_its_nodes_config_atomically_and_only_when_it_changed() {
     );
     assert_eq!(mode(&binary), 0o755);
     assert_eq!(mode(&host.conflist()), 0o644);
-    let conflist: Value = serde_json::from_str(&std::fs::read_to_string(host.conflist()).expect("read")).expect("JSON");
+    let conflist: Value =
+        serde_json::from_str(&std::fs::read_to_string(host.conflist()).expect("read")).expect("JSON");
     assert_eq!(conflist["name"], "data");
     let range = &conflist["plugins"][0]["ipam"]["ranges"][0][0];
     assert_eq!(range["rangeStart"], "10.10.1.1", "{conflist}");
@@ -427,9 +437,19 @@ fn the_agent_installs_its_nodes_config_atomically_and_only_when_it_changed() {
     // Unchanged: not written again, pass after pass.
     let (binary_inode, conflist_inode) = (inode(&binary), inode(&host.conflist()));
     std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!((inode(&binary), inode(&host.conflist())), (binary_inode, conflist_inode));
+    assert_eq!(
+        (inode(&binary), inode(&host.conflist())),
+        (binary_inode, conflist_inode)
+    );
     let metrics = agent.metrics();
-    assert_eq!(sample(&metrics, "flatbridge_reconcile_actions_total", "action=\"install_conflist\""), 1.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            "flatbridge_reconcile_actions_total",
+            "action=\"install_conflist\""
+        ),
+        1.0
+    );
     assert_eq!(sample(&metrics, "flatbridge_node_in_node_map", ""), 1.0);
     // The map changes: the conflist follows, the binary stays.
     node_map(&node, "10.10.1.50");
@@ -445,14 +465,24 @@ fn a_node_missing_from_the_map_gets_nothing() {
     let node = Node::new("unmapped");
     let host = HostDirs::new(&node);
     let map = node_map(&node, "10.10.1.101");
-    let mut args = vec!["--nodes".to_owned(), map.display().to_string(), "--node-name".into(), "node-z".into()];
+    let mut args = vec![
+        "--nodes".to_owned(),
+        map.display().to_string(),
+        "--node-name".into(),
+        "node-z".into(),
+    ];
     args.extend(host.args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start_with(&node, 200, 300, &args);
     std::thread::sleep(Duration::from_millis(600));
     assert!(!host.conflist().exists() && !host.bin.join("flatbridge").exists());
     assert_eq!(sample(&agent.metrics(), "flatbridge_node_in_node_map", ""), 0.0);
-    assert_eq!(agent.log().matches("is not in the node map").count(), 1, "{}", agent.log());
+    assert_eq!(
+        agent.log().matches("is not in the node map").count(),
+        1,
+        "{}",
+        agent.log()
+    );
 }
 
 #[test]
@@ -462,12 +492,19 @@ fn uninstall_leaves_nothing_of_flatbridge_while_pods_still_ping() {
     let host = HostDirs::new(&node);
     let config = node.state_dir().join("data.conf");
     std::fs::write(&config, seed_config("0.3.1").to_string()).expect("write the config");
-    let mut args = vec!["install".to_owned(), "--config".into(), config.display().to_string()];
+    let mut args = vec![
+        "install".to_owned(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
     args.extend(host.args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let said = node.flatbridge(&args);
     assert!(said.contains("binary written, conflist written"), "{said}");
-    assert!(node.flatbridge(&args).contains("binary unchanged, conflist unchanged"));
+    assert!(
+        node.flatbridge(&args)
+            .contains("binary unchanged, conflist unchanged")
+    );
     let mut args = vec!["uninstall".to_owned()];
     args.extend(host.args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -488,6 +525,12 @@ fn uninstall_leaves_nothing_of_flatbridge_while_pods_still_ping() {
             assert!(!filters.contains("bpf"), "{veth} {hook}: {filters}");
         }
     }
-    assert!(a.ping(&b.ipv4("eth0").expect("address")), "pods do not reach each other after uninstall");
-    assert!(node.flatbridge(&["uninstall"]).contains("nothing of flatbridge to remove"));
+    assert!(
+        a.ping(&b.ipv4("eth0").expect("address")),
+        "pods do not reach each other after uninstall"
+    );
+    assert!(
+        node.flatbridge(&["uninstall"])
+            .contains("nothing of flatbridge to remove")
+    );
 }

@@ -63,6 +63,7 @@ pub fn run() -> anyhow::Result<()> {
     install_bpf_linker()?;
     install_cargo_fuzz()?;
     install_cargo_deny()?;
+    install_kubernetes_validate()?;
     mount_bpffs()?;
     kernel_modules()?;
     eprintln!(
@@ -158,6 +159,29 @@ fn install_msrv() -> anyhow::Result<()> {
         "setup: installing Rust {MSRV}: the tests check the workspace builds with its declared rust-version"
     );
     exec(Command::new("rustup").args(["toolchain", "install", MSRV, "--profile", "minimal"]))
+}
+
+/// kubernetes-validate (PyPI), pinned, in a virtual environment of its own: the tests check
+/// deploy/ against the Kubernetes API's schemas with it, offline.
+pub const KUBERNETES_VALIDATE: &str = "/var/cache/flatbridge/kubernetes-validate/bin/kubernetes-validate";
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+fn install_kubernetes_validate() -> anyhow::Result<()> {
+    let found = output(Command::new(KUBERNETES_VALIDATE).arg("--version"));
+    if found.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(KUBERNETES_VALIDATE_VERSION)) {
+        eprintln!("setup: kubernetes-validate {KUBERNETES_VALIDATE_VERSION}: present");
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION}: the tests validate deploy/ with it"
+    );
+    let venv = "/var/cache/flatbridge/kubernetes-validate";
+    exec(Command::new("python3").args(["-m", "venv", venv]))?;
+    exec(Command::new(format!("{venv}/bin/pip")).args([
+        "install",
+        "--quiet",
+        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+    ]))
 }
 
 fn install_bpf_linker() -> anyhow::Result<()> {

@@ -31,6 +31,16 @@ pub fn run(test_args: &[String]) -> anyhow::Result<()> {
                 .current_dir(dir),
         )?;
     }
+    // The Kubernetes manifests against the API's schemas (unknown fields refused).
+    let manifests: Vec<_> = std::fs::read_dir(root().join("deploy"))?
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| path.extension().is_some_and(|extension| extension == "yaml"))
+        .collect();
+    exec(
+        Command::new(setup::KUBERNETES_VALIDATE)
+            .args(["--strict", "--kubernetes-version", "1.30.0"])
+            .args(&manifests),
+    )?;
     build::ebpf(true)?;
     build::cnitool()?;
     // The declared rust-version, with exactly that toolchain (its own target directory).
