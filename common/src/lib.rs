@@ -39,9 +39,12 @@ pub mod map_name {
     pub const FLOWS: &str = "flows";
     /// Per flow direction, what the egress programs confirmed ([`super::FlowConfirmed`]).
     pub const CONFIRMED: &str = "confirmed";
+    /// The CNI calls of the plugin, one entry each ([`super::CniCall`]), until the agent
+    /// reads them for its metrics. No program touches it.
+    pub const CNI_CALLS: &str = "cni_calls";
 
     /// Every map, for loading, pinning and removal.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         COUNTERS,
         PODS_BY_MAC,
         PODS_BY_IP,
@@ -51,6 +54,7 @@ pub mod map_name {
         NODE,
         FLOWS,
         CONFIRMED,
+        CNI_CALLS,
     ];
 }
 
@@ -407,6 +411,55 @@ pub struct FlowConfirmed {
 }
 const _: () = assert!(size_of::<FlowConfirmed>() == 40);
 
+/// CNI calls the plugin records for the agent (map `cni_calls`, an LRU: calls no agent reads
+/// go after [`MAX_CNI_CALLS`]).
+pub const MAX_CNI_CALLS: u32 = 4096;
+
+/// A CNI call: which process, when it started. Unique per call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CniCallKey {
+    pub pid: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC at the start of the call.
+    pub started_ns: u64,
+}
+const _: () = assert!(size_of::<CniCallKey>() == 16);
+
+/// How a CNI call ended.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CniCall {
+    /// One of [`cni_verb`].
+    pub verb: u32,
+    /// The CNI error code, 0 for success.
+    pub code: u32,
+    /// How long it took.
+    pub micros: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<CniCall>() == 16);
+
+/// `CniCall::verb`.
+pub mod cni_verb {
+    pub const ADD: u32 = 1;
+    pub const DEL: u32 = 2;
+    pub const CHECK: u32 = 3;
+    pub const STATUS: u32 = 4;
+    pub const GC: u32 = 5;
+
+    pub const fn name(verb: u32) -> &'static str {
+        match verb {
+            ADD => "ADD",
+            DEL => "DEL",
+            CHECK => "CHECK",
+            STATUS => "STATUS",
+            GC => "GC",
+            _ => "unknown",
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY (all): plain old data, `#[repr(C)]`, padding made explicit, every bit pattern
@@ -418,6 +471,8 @@ mod user {
     unsafe impl aya::Pod for super::Gateway {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::CniCallKey {}
+    unsafe impl aya::Pod for super::CniCall {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowSeen {}
     unsafe impl aya::Pod for super::FlowConfirmed {}

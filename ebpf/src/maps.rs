@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use flatbridge_common::{
-    COUNTER_SLOTS, Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Gateway, Ipv4, Ipv6, MAX_FLOWS,
-    MAX_GATEWAYS, MAX_PODS, Mac, NODE_ENABLED, NodeConfig,
+    COUNTER_SLOTS, CniCall, CniCallKey, Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Gateway, Ipv4,
+    Ipv6, MAX_CNI_CALLS, MAX_FLOWS, MAX_GATEWAYS, MAX_PODS, Mac, NODE_ENABLED, NodeConfig,
 };
 
 /// Packets and bytes per [`flatbridge_common::Verdict`], per CPU so that no two programs
@@ -53,3 +53,9 @@ pub static FLOWS: LruHashMap<FlowKey, FlowSeen, { MAX_FLOWS as usize }> = LruHas
 /// so a confirmation never races with an ingress update of the same entry.
 #[btf_map(name = "confirmed")]
 pub static CONFIRMED: LruHashMap<FlowKey, FlowConfirmed, { MAX_FLOWS as usize }> = LruHashMap::new();
+
+/// The plugin's CNI calls, written by the plugin and read (and deleted) by the agent for
+/// its metrics; no program touches it. In the object so that it is created and pinned with
+/// the others.
+#[btf_map(name = "cni_calls")]
+pub static CNI_CALLS: LruHashMap<CniCallKey, CniCall, { MAX_CNI_CALLS as usize }> = LruHashMap::new();

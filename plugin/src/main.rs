@@ -91,6 +91,32 @@ enum Operator {
         #[arg(long, default_value = "/etc/cni/net.d")]
         cni_conf_dir: PathBuf,
     },
+    /// The datapath's counters per second, redrawn every interval (the `top` of the fast
+    /// path): each verdict that moved, with packets and bits per second.
+    Monitor {
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many frames (for scripts).
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long, default_value = DEFAULT_BPF_ROOT)]
+        bpf_root: PathBuf,
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        ipam_data_dir: PathBuf,
+    },
+    /// GC by hand: sweep the network's endpoints of vanished veths and free its leases whose
+    /// pod's host veth is gone, once they are at least --min-age-s old (for nodes without
+    /// the agent whose runtime never calls CNI GC).
+    Gc {
+        #[arg(long)]
+        network: String,
+        #[arg(long, default_value_t = 60)]
+        min_age_s: u64,
+        #[arg(long, default_value = DEFAULT_BPF_ROOT)]
+        bpf_root: PathBuf,
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        ipam_data_dir: PathBuf,
+    },
     /// Install this binary as <cni-bin-dir>/flatbridge and the network config FILE (a
     /// `.conf` or a `.conflist`) as <cni-conf-dir>/10-flatbridge.conflist, each atomically
     /// and only when it changed: what the agent does at start, by hand.
@@ -278,6 +304,31 @@ fn main() -> anyhow::Result<()> {
                     state_dir,
                 },
         } => println!("{}", node_cmd::teardown(&bridge, &bpf_root, &state_dir)?),
+        Operator::Monitor {
+            interval_ms,
+            count,
+            bpf_root,
+            ipam_data_dir,
+        } => flatbridge::operator::monitor::run(
+            &bpf_root,
+            &ipam_data_dir,
+            Duration::from_millis(interval_ms.max(100)),
+            count,
+        )?,
+        Operator::Gc {
+            network,
+            min_age_s,
+            bpf_root,
+            ipam_data_dir,
+        } => println!(
+            "{}",
+            flatbridge::operator::gc::gc(
+                &network,
+                &bpf_root,
+                &ipam_data_dir,
+                Duration::from_secs(min_age_s)
+            )?
+        ),
         Operator::Install {
             cni_bin_dir,
             cni_conf_dir,

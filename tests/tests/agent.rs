@@ -213,6 +213,45 @@ fn the_metrics_are_valid_exposition_format_and_move_with_traffic() {
     );
     assert!(sample(&after, "flatbridge_reconcile_passes_total", "") >= 1.0);
     assert_eq!(agent.get("/healthz").0, 200);
+
+    // The plugin's own calls, recorded by the plugin and exported by the agent: the two ADDs
+    // before it started, a CHECK that fails (no prevResult) and a DEL.
+    let check = node.cni("CHECK", &a.env("eth0"), &seed_config("1.0.0"));
+    assert!(
+        !check.success,
+        "CHECK without prevResult passed: {}",
+        check.stdout
+    );
+    let code = check.json["code"].as_u64().expect("an error code");
+    node.cni("DEL", &b.env("eth0"), &seed_config("1.0.0")).ok("DEL");
+    std::thread::sleep(Duration::from_millis(800));
+    let calls = agent.metrics();
+    let counted = |verb: &str, code: u64| {
+        sample(
+            &calls,
+            "flatbridge_cni_calls_total",
+            &format!("network=\"data\",verb=\"{verb}\",code=\"{code}\""),
+        )
+    };
+    assert_eq!(counted("ADD", 0), 2.0);
+    assert_eq!(counted("CHECK", code), 1.0);
+    assert_eq!(counted("DEL", 0), 1.0);
+    assert_eq!(
+        sample(
+            &calls,
+            "flatbridge_cni_call_duration_seconds_count",
+            "network=\"data\",verb=\"ADD\""
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &calls,
+            "flatbridge_cni_call_duration_seconds_bucket",
+            "le=\"+Inf\",network=\"data\",verb=\"ADD\""
+        ),
+        2.0
+    );
     assert_eq!(agent.get("/nothing").0, 404);
 }
 
@@ -532,5 +571,60 @@ fn uninstall_leaves_nothing_of_flatbridge_while_pods_still_ping() {
     assert!(
         node.flatbridge(&["uninstall"])
             .contains("nothing of flatbridge to remove")
+    );
+}
+
+#[test]
+fn monitor_shows_the_rate_of_what_moves() {
+    let (a, b) = (Pod::new("mona"), Pod::new("monb"));
+    let node = node_with_pods("monitor", &[&a, &b]);
+    let target = b.ipv4("eth0").expect("address");
+    let mut ping = a
+        .netns
+        .command("ping")
+        .args(["-i", "0.02", "-c", "150", &target])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ping");
+    let frames = node.flatbridge(&["monitor", "--count", "2", "--interval-ms", "400"]);
+    let _ = ping.kill();
+    let _ = ping.wait();
+    assert_eq!(frames.matches("flatbridge monitor").count(), 2, "{frames}");
+    assert!(frames.contains("network data: 2 pods"), "{frames}");
+    let rate = frames
+        .lines()
+        .filter(|line| line.trim_start().starts_with("pod_to_bridge"))
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .filter_map(|rate| rate.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    // 50 pings a second each way, of which pod a sends the requests and b the replies.
+    assert!(
+        rate >= 40.0,
+        "pod_to_bridge at {rate}/s while pinging 50 times a second:\n{frames}"
+    );
+}
+
+#[test]
+fn gc_by_hand_frees_old_leases_without_a_veth_and_keeps_the_rest() {
+    let pod = Pod::new("gckeep");
+    let node = node_with_pods("gc", &[&pod]);
+    let dir = node.ipam_dir(NET);
+    let (old, fresh) = (dir.join("10.10.1.80"), dir.join("10.10.1.81"));
+    std::fs::write(&old, "ctrold\r\neth0").expect("write a lease");
+    std::fs::write(&fresh, "ctrfresh\r\neth0").expect("write a lease");
+    node.netns
+        .ok(&["touch", "-d", "2 minutes ago", &old.display().to_string()]);
+    let said = node.flatbridge(&["gc", "--network", NET]);
+    assert!(said.contains("freed 1 lease(s): 10.10.1.80"), "{said}");
+    assert!(!old.exists());
+    assert!(
+        fresh.exists(),
+        "a lease younger than --min-age-s was freed (an ADD may be making its veth)"
+    );
+    let own = pod.ipv4("eth0").expect("address");
+    assert!(dir.join(&own).exists(), "the pod's own lease was freed");
+    assert!(
+        node.flatbridge(&["gc", "--network", NET, "--min-age-s", "0"])
+            .contains("10.10.1.81")
     );
 }

@@ -81,6 +81,33 @@ struct AgentSnapshot {
     passes: u64,
     last_pass_seconds: f64,
     in_node_map: Option<bool>,
+    calls: Vec<((String, &'static str, u32), u64)>,
+    latency: Vec<((String, &'static str), super::Latency)>,
+}
+
+/// A latency histogram as prometheus-client encodes one.
+#[derive(Debug)]
+struct HistogramValue(super::Latency);
+
+impl EncodeMetric for HistogramValue {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = super::CALL_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.0.buckets)
+            .collect();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.0.sum_seconds,
+            self.0.count,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 impl AgentSnapshot {
@@ -99,7 +126,24 @@ impl AgentSnapshot {
                 .in_node_map
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            calls: Vec::new(),
+            latency: Vec::new(),
         }
+        .with_calls(&stats.cni.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    fn with_calls(mut self, cni: &super::CniStats) -> Self {
+        self.calls = cni
+            .calls
+            .iter()
+            .map(|(key, count)| (key.clone(), *count))
+            .collect();
+        self.latency = cni
+            .latency
+            .iter()
+            .map(|(key, latency)| (key.clone(), latency.clone()))
+            .collect();
+        self
     }
 }
 
@@ -302,6 +346,42 @@ impl Collector for Snapshot {
             )?;
         }
         if let Some(agent) = &self.agent {
+            family(
+                &mut encoder,
+                "flatbridge_cni_calls",
+                "The plugin's CNI calls, by verb and result code (0: success), as the plugin recorded them",
+                MetricType::Counter,
+                agent
+                    .calls
+                    .iter()
+                    .map(|((network, verb, code), count)| {
+                        (
+                            vec![
+                                ("network", network.clone()),
+                                ("verb", (*verb).to_owned()),
+                                ("code", code.to_string()),
+                            ],
+                            ConstCounter::new(*count),
+                        )
+                    })
+                    .collect(),
+            )?;
+            family(
+                &mut encoder,
+                "flatbridge_cni_call_duration_seconds",
+                "How long the plugin's CNI calls took, by verb",
+                MetricType::Histogram,
+                agent
+                    .latency
+                    .iter()
+                    .map(|((network, verb), latency)| {
+                        (
+                            vec![("network", network.clone()), ("verb", (*verb).to_owned())],
+                            HistogramValue(latency.clone()),
+                        )
+                    })
+                    .collect(),
+            )?;
             family(
                 &mut encoder,
                 "flatbridge_reconcile_actions",

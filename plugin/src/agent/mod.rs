@@ -18,6 +18,8 @@ mod http;
 pub mod metrics;
 mod reconcile;
 
+pub(crate) use reconcile::leases_without_veth;
+
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -57,6 +59,48 @@ pub struct AgentStats {
     pub in_node_map: Mutex<Option<bool>>,
     /// The last pass's duration, in microseconds.
     pub last_pass_us: AtomicU64,
+    /// The plugin's CNI calls, as taken from each network's datapath.
+    pub cni: Mutex<CniStats>,
+}
+
+/// The upper bounds of the CNI call latency histogram's buckets, in seconds (one more, +Inf,
+/// follows).
+pub const CALL_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Per network and verb: calls by result code, and their latency.
+#[derive(Debug, Default)]
+pub struct CniStats {
+    pub calls: BTreeMap<(String, &'static str, u32), u64>,
+    pub latency: BTreeMap<(String, &'static str), Latency>,
+}
+
+/// A latency histogram: per bucket of [`CALL_BUCKETS`] and one beyond, the calls in it.
+#[derive(Clone, Debug, Default)]
+pub struct Latency {
+    pub buckets: [u64; CALL_BUCKETS.len() + 1],
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl CniStats {
+    pub fn add(&mut self, network: &str, call: &flatbridge_common::CniCall) {
+        let verb = flatbridge_common::cni_verb::name(call.verb);
+        *self
+            .calls
+            .entry((network.to_owned(), verb, call.code))
+            .or_default() += 1;
+        let seconds = f64::from(call.micros) / 1e6;
+        let latency = self.latency.entry((network.to_owned(), verb)).or_default();
+        let bucket = CALL_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(CALL_BUCKETS.len());
+        latency.buckets[bucket] += 1;
+        latency.sum_seconds += seconds;
+        latency.count += 1;
+    }
 }
 
 impl AgentStats {

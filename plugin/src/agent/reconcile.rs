@@ -19,6 +19,23 @@ use crate::{
     netlink::Netlink,
 };
 
+/// The pods' leases among `leases` whose host veth is not among `links`. Conflict markers,
+/// empty leases and ID-only leases (no interface: no veth name) are not a pod's; IPAM and GC
+/// deal with them.
+pub(crate) fn leases_without_veth(
+    network: &str,
+    leases: std::collections::BTreeMap<IpAddr, crate::ipam::Owner>,
+    links: &HashSet<String>,
+) -> Vec<(IpAddr, crate::ipam::Owner)> {
+    leases
+        .into_iter()
+        .filter(|(_, owner)| {
+            owner.conflicting_mac().is_none() && !owner.is_nobody() && !owner.ifname.is_empty()
+        })
+        .filter(|(_, owner)| !links.contains(&host_veth_name(network, &owner.container_id, &owner.ifname)))
+        .collect()
+}
+
 /// A lease seen without its host veth: since when, continuously.
 type Missing = HashMap<(String, IpAddr), Instant>;
 
@@ -64,6 +81,7 @@ impl Reconciler {
                     continue;
                 }
             };
+            self.take_calls(&datapath);
             self.reattach(&datapath, &node).await;
             if let Err(error) = sweep(&datapath, &node).await {
                 self.failed(&format!("sweeping network {network}"), &error);
@@ -74,6 +92,26 @@ impl Reconciler {
         // Leases of networks (or addresses) no longer seen are not missing any more.
         self.missing.retain(|key, _| seen.contains(key));
         self.netlink = Some(node);
+    }
+
+    /// The CNI calls the plugin recorded since the last pass, into the agent's counts.
+    fn take_calls(&self, datapath: &Datapath) {
+        match datapath.take_calls() {
+            Ok(calls) => {
+                let mut stats = self
+                    .shared
+                    .stats
+                    .cni
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                for call in &calls {
+                    stats.add(datapath.network(), call);
+                }
+            }
+            // A datapath pinned by a build without the map: nothing to take.
+            Err(DatapathError::Map { .. }) => {}
+            Err(error) => self.failed("reading the CNI calls", &error),
+        }
     }
 
     /// The binary and this node's conflist, from the node map, when either changed.
@@ -221,17 +259,9 @@ impl Reconciler {
         let now = Instant::now();
         let grace = self.shared.options.lease_grace;
         let mut expired = Vec::new();
-        for (ip, owner) in leases {
-            // Conflict markers, empty leases and ID-only leases (no interface: no veth name)
-            // are not a pod's; IPAM and GC deal with them.
-            if owner.conflicting_mac().is_some() || owner.is_nobody() || owner.ifname.is_empty() {
-                continue;
-            }
+        // Keys not seen missing in this pass are dropped from `missing` by the caller.
+        for (ip, owner) in leases_without_veth(network, leases, &links) {
             let key = (network.to_owned(), ip);
-            if links.contains(&host_veth_name(network, &owner.container_id, &owner.ifname)) {
-                self.missing.remove(&key);
-                continue;
-            }
             seen.insert(key.clone());
             let since = *self.missing.entry(key).or_insert(now);
             if now.duration_since(since) >= grace {
@@ -254,10 +284,9 @@ impl Reconciler {
             Ok(current) => current,
             Err(error) => return self.failed(&format!("reading the leases of {network}"), &error),
         };
+        let still = leases_without_veth(network, current, &links);
         for (ip, owner) in expired {
-            let still = current.get(&ip).is_some_and(|holder| *holder == owner)
-                && !links.contains(&host_veth_name(network, &owner.container_id, &owner.ifname));
-            if !still {
+            if !still.contains(&(ip, owner.clone())) {
                 continue;
             }
             match store.remove(ip) {

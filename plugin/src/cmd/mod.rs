@@ -14,6 +14,8 @@ pub(crate) use datapath_steps::sweep;
 
 use std::{future::Future, path::PathBuf};
 
+use flatbridge_common::{CniCall, CniCallKey, cni_verb};
+
 use crate::{
     cni::{self, CniError, Request, code, error::chain},
     datapath::DatapathError,
@@ -28,23 +30,23 @@ pub struct Flatbridge;
 
 impl cni::Plugin for Flatbridge {
     fn add(&self, request: &Request) -> Result<cni::CniResult, CniError> {
-        add::add(request)
+        recorded(cni_verb::ADD, request, || add::add(request))
     }
 
     fn del(&self, request: &Request) -> Result<(), CniError> {
-        del::del(request)
+        recorded(cni_verb::DEL, request, || del::del(request))
     }
 
     fn check(&self, request: &Request) -> Result<(), CniError> {
-        check::check(request)
+        recorded(cni_verb::CHECK, request, || check::check(request))
     }
 
     fn status(&self, request: &Request) -> Result<(), CniError> {
-        status::status(request)
+        recorded(cni_verb::STATUS, request, || status::status(request))
     }
 
     fn gc(&self, request: &Request) -> Result<(), CniError> {
-        gc::gc(request)
+        recorded(cni_verb::GC, request, || gc::gc(request))
     }
 
     fn start(&self, config: Option<&cni::Config>, command: &str) {
@@ -70,6 +72,39 @@ impl cni::Plugin for Flatbridge {
         let container = std::env::var("CNI_CONTAINERID").unwrap_or_else(|_| "-".into());
         crate::logging::init(&path, level, format!("{command} {container}"));
     }
+}
+
+/// Runs a verb and records how it ended in the network's datapath (when it has one) for the
+/// agent's metrics: the agent exports CNI calls without being in their path. A record that
+/// cannot be written is not the call's failure.
+fn recorded<T>(
+    verb: u32,
+    request: &Request,
+    call: impl FnOnce() -> Result<T, CniError>,
+) -> Result<T, CniError> {
+    let started_ns = crate::kernel::monotonic_ns();
+    let started = std::time::Instant::now();
+    let outcome = call();
+    let config = &request.config;
+    if config.fast_path()
+        && let Ok(datapath) = crate::datapath::Datapath::open(&config.bpf_root(), &config.net.name)
+    {
+        let key = CniCallKey {
+            pid: std::process::id(),
+            _pad: 0,
+            started_ns,
+        };
+        let record = CniCall {
+            verb,
+            code: outcome.as_ref().err().map_or(0, |error| error.code),
+            micros: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
+            _pad: 0,
+        };
+        if let Err(error) = datapath.record_call(key, record) {
+            log::debug!("the call was not recorded for the metrics: {error}");
+        }
+    }
+    outcome
 }
 
 /// Every verb runs its netlink conversations on [`crate::netlink::runtime`].

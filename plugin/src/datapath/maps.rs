@@ -8,8 +8,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use flatbridge_common::{
-    Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Gateway, Ipv4, Ipv6, Mac, NodeConfig, Verdict,
-    map_name,
+    CniCall, CniCallKey, Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Gateway, Ipv4, Ipv6, Mac,
+    NodeConfig, Verdict, map_name,
 };
 use ipnetwork::Ipv4Network;
 
@@ -95,6 +95,31 @@ impl Datapath {
             .filter_map(Result::ok)
             .map(|(key, seen)| (key, seen, confirmed.get(&key, 0).ok()))
             .collect())
+    }
+
+    /// Records a finished CNI call for the agent's metrics.
+    pub fn record_call(&self, key: CniCallKey, call: CniCall) -> Result<(), DatapathError> {
+        let name = map_name::CNI_CALLS;
+        let mut calls = self.lru_map::<CniCallKey, CniCall>(name)?;
+        calls
+            .insert(key, call, 0)
+            .map_err(|error| self.map_error(name, error))
+    }
+
+    /// Takes every recorded CNI call out of the map: each is returned once, to whoever
+    /// removed it.
+    pub fn take_calls(&self) -> Result<Vec<CniCall>, DatapathError> {
+        let mut calls = self.lru_map::<CniCallKey, CniCall>(map_name::CNI_CALLS)?;
+        let keys: Vec<CniCallKey> = calls.keys().filter_map(Result::ok).collect();
+        let mut taken = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Ok(call) = calls.get(&key, 0)
+                && calls.remove(&key).is_ok()
+            {
+                taken.push(call);
+            }
+        }
+        Ok(taken)
     }
 
     /// Forgets every flow: each goes through the bridge (and netfilter) again and must be

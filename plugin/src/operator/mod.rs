@@ -3,7 +3,9 @@
 //! network namespace — so their errors are anyhow's, with the context a person needs, and
 //! they print text (or JSON for scripts) instead of the protocol's results.
 pub mod conflicts;
+pub mod gc;
 pub mod install;
+pub mod monitor;
 pub mod node;
 pub mod status;
 
