@@ -628,3 +628,65 @@ fn gc_by_hand_frees_old_leases_without_a_veth_and_keeps_the_rest() {
             .contains("10.10.1.81")
     );
 }
+
+#[test]
+fn a_new_agent_upgrades_the_programs_in_place_while_pods_keep_talking() {
+    let (a, b) = (Pod::new("upa"), Pod::new("upb"));
+    let node = node_with_pods("upgrade", &[&a, &b]);
+    let ids = |node: &Node| -> Vec<Value> {
+        node.status()["networks"][0]["programs"]
+            .as_array()
+            .expect("programs")
+            .iter()
+            .map(|program| program["id"].clone())
+            .collect()
+    };
+    let before = ids(&node);
+    // What a DaemonSet update looks like to the new agent: the pins say another build runs.
+    let pins = node.bpffs.path().join("flatbridge").join(NET);
+    let current: Vec<std::path::PathBuf> = std::fs::read_dir(&pins)
+        .expect("pins")
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("build-"))
+        })
+        .collect();
+    let [marker] = current.as_slice() else {
+        panic!("one build marker expected: {current:?}");
+    };
+    std::fs::remove_dir(marker).expect("remove the build marker");
+    std::fs::create_dir(pins.join("build-0ld")).expect("mark an older build");
+    let target = b.ipv4("eth0").expect("address");
+    let ping = a
+        .netns
+        .command("ping")
+        .args(["-i", "0.02", "-c", "150", "-W", "1", &target])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ping");
+    std::thread::sleep(Duration::from_millis(300));
+    let agent = Agent::start(&node, 300, 300);
+    wait_for("the upgrade", &agent, || marker.exists());
+    let pinged = ping.wait_with_output().expect("ping");
+    let summary = String::from_utf8_lossy(&pinged.stdout).into_owned();
+    assert!(
+        summary.contains(" 0% packet loss"),
+        "traffic dropped during the upgrade:\n{summary}"
+    );
+    assert!(!pins.join("build-0ld").exists());
+    let after = ids(&node);
+    assert!(
+        after.iter().zip(&before).all(|(new, old)| new != old),
+        "{before:?} -> {after:?}"
+    );
+    assert!(endpoint_attached(&node, &a) && endpoint_attached(&node, &b));
+    assert_eq!(
+        sample(
+            &agent.metrics(),
+            "flatbridge_reconcile_actions_total",
+            "action=\"upgrade_programs\""
+        ),
+        1.0
+    );
+}

@@ -1,6 +1,8 @@
 //! `flatbridge agent`: the long-running node agent (one per node, run by the DaemonSet; the
 //! CNI binary itself stays daemonless). It runs in the node's network namespace, finds every
 //! flatbridge network there from its pins, and every reconcile period
+//! - loads its own build of the programs over the pinned maps where another build runs (a
+//!   DaemonSet update), switching every attachment atomically,
 //! - attaches again the programs another tool removed from a pod's host veth or the uplink,
 //! - sweeps the endpoints whose host veth vanished (under the lock ADD takes),
 //! - frees the leases whose host veth has been gone longer than a grace period (a GC that

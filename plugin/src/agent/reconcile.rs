@@ -82,6 +82,7 @@ impl Reconciler {
                 }
             };
             self.take_calls(&datapath);
+            self.upgrade(&bpf_root, &datapath);
             self.reattach(&datapath, &node).await;
             if let Err(error) = sweep(&datapath, &node).await {
                 self.failed(&format!("sweeping network {network}"), &error);
@@ -92,6 +93,27 @@ impl Reconciler {
         // Leases of networks (or addresses) no longer seen are not missing any more.
         self.missing.retain(|key, _| seen.contains(key));
         self.netlink = Some(node);
+    }
+
+    /// A network whose pins run another build (a DaemonSet update brought this one) gets
+    /// this build's programs over the same maps, every attachment switched atomically:
+    /// pods keep their traffic, and nothing waits for the next ADD.
+    fn upgrade(&self, bpf_root: &std::path::Path, datapath: &Datapath) {
+        if datapath.is_loaded() {
+            return;
+        }
+        match Datapath::ensure_loaded(bpf_root, datapath.network()) {
+            Ok((_, true)) => {
+                log::info!(
+                    "reconcile: network {}: loaded build {} over the pinned maps",
+                    datapath.network(),
+                    crate::datapath::BPF_OBJECT_HASH
+                );
+                self.shared.stats.count("upgrade_programs");
+            }
+            Ok((_, false)) => {}
+            Err(error) => self.failed(&format!("upgrading network {}", datapath.network()), &error),
+        }
     }
 
     /// The CNI calls the plugin recorded since the last pass, into the agent's counts.
