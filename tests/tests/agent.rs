@@ -690,3 +690,56 @@ fn a_new_agent_upgrades_the_programs_in_place_while_pods_keep_talking() {
         1.0
     );
 }
+
+#[test]
+fn with_setup_in_its_entry_the_agent_puts_the_uplink_under_the_bridge_before_installing() {
+    require_root();
+    let external = flatbridge_tests::Netns::new("upext");
+    let node = Node::new("setup");
+    node.netns.add_veth("eth0", &external, "eth0");
+    node.netns
+        .ok(&["ip", "addr", "add", "10.10.0.11/16", "dev", "eth0"]);
+    external.ok(&["ip", "addr", "add", "10.10.0.1/16", "dev", "eth0"]);
+    let host = HostDirs::new(&node);
+    let path = node.state_dir().join("nodes.json");
+    let map = serde_json::json!({
+        "network": {"cniVersion": "0.3.1", "name": "data", "type": "flatbridge", "bridge": "cni0",
+                    "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}]}},
+        "nodes": {"node-a": {"subnet": "10.10.0.0/16", "rangeStart": "10.10.1.1", "rangeEnd": "10.10.1.101",
+                             "gateway": "10.10.1.0", "uplink": "eth0", "setup": true}}
+    });
+    std::fs::write(&path, map.to_string()).expect("write the node map");
+    let mut args = vec![
+        "--nodes".to_owned(),
+        path.display().to_string(),
+        "--node-name".into(),
+        "node-a".into(),
+    ];
+    args.extend(host.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start_with(&node, 300, 300, &args);
+    wait_for("the install", &agent, || host.conflist().exists());
+    let uplink = node.netns.ok(&["ip", "-o", "link", "show", "eth0"]);
+    assert!(uplink.contains("master cni0"), "{uplink}");
+    let addresses = node.netns.ok(&["ip", "-o", "-4", "addr", "show", "dev", "cni0"]);
+    assert!(
+        addresses.contains("10.10.0.11/16") && addresses.contains("10.10.1.0/16"),
+        "{addresses}"
+    );
+    assert!(
+        node.netns
+            .run(&["ping", "-c", "1", "-W", "2", "10.10.0.1"])
+            .status
+            .success(),
+        "the node lost the wire"
+    );
+    // Passes after the first find it set up and change nothing.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        sample(&agent.metrics(), "flatbridge_reconcile_errors_total", ""),
+        0.0,
+        "{}",
+        agent.log()
+    );
+    node.flatbridge(&["node", "teardown"]);
+}

@@ -141,7 +141,15 @@ impl Reconciler {
         let Some(target) = &self.shared.options.install else {
             return;
         };
-        let outcome = crate::operator::install::install_from_node_map(target);
+        // On a thread of its own: node setup runs its own netlink runtime, which cannot
+        // start inside this one.
+        let bpf_root = &self.shared.options.bpf_root;
+        let outcome = std::thread::scope(|scope| {
+            scope
+                .spawn(|| crate::operator::install::install_from_node_map(target, bpf_root))
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the install thread panicked")))
+        });
         let in_map = match outcome {
             Ok(Some(installed)) => {
                 if installed.binary {

@@ -223,6 +223,35 @@ pub struct NodeEntry {
     pub gateway: Option<String>,
     /// The bridge's uplink, set as the config's `uplink`.
     pub uplink: Option<String>,
+    /// Whether the agent runs `flatbridge node setup` for the uplink (and the gateway, with
+    /// the subnet's prefix) before it installs the config. Idempotent.
+    #[serde(default)]
+    pub setup: bool,
+}
+
+impl NodeEntry {
+    /// What `flatbridge node setup` takes for this node: the uplink and the gateway with
+    /// the subnet's prefix; `None` unless `setup` is asked for.
+    pub fn setup_args(&self) -> anyhow::Result<Option<(String, ipnetwork::IpNetwork)>> {
+        if !self.setup {
+            return Ok(None);
+        }
+        let uplink = self
+            .uplink
+            .clone()
+            .context("\"setup\" needs the node's \"uplink\"")?;
+        let gateway: std::net::IpAddr = self
+            .gateway
+            .as_deref()
+            .context("\"setup\" needs the node's \"gateway\"")?
+            .parse()
+            .context("the node's gateway is not an address")?;
+        let subnet: ipnetwork::IpNetwork =
+            self.subnet.parse().context("the node's subnet is not a prefix")?;
+        let gateway = ipnetwork::IpNetwork::new(gateway, subnet.prefix())
+            .context("the gateway with the subnet's prefix")?;
+        Ok(Some((uplink, gateway)))
+    }
 }
 
 impl NodeMap {
@@ -275,11 +304,26 @@ pub struct InstallTarget {
 }
 
 /// What the agent's install found: whether this node is in the map, and what changed.
-pub fn install_from_node_map(target: &InstallTarget) -> anyhow::Result<Option<Installed>> {
+/// With `setup` in the node's entry, `flatbridge node setup` runs first (idempotent), so
+/// that the first pod finds the uplink under the bridge.
+pub fn install_from_node_map(target: &InstallTarget, bpf_root: &Path) -> anyhow::Result<Option<Installed>> {
     let map = NodeMap::read(&target.nodes)?;
     let Some(config) = map.config_for(&target.node_name)? else {
         return Ok(None);
     };
+    if let Some((uplink, gateway)) = map.nodes[&target.node_name].setup_args()? {
+        let bridge = config["bridge"].as_str().unwrap_or("cni0");
+        let said = super::node::setup(
+            bridge,
+            &uplink,
+            &[gateway],
+            bpf_root,
+            Path::new(crate::node::STATE_DIR),
+        )?;
+        if !said.contains("already was a port") {
+            log::info!("node setup: {said}");
+        }
+    }
     let binary = std::env::current_exe().context("cannot find this binary")?;
     install(&target.bin_dir, &target.conf_dir, &config, &binary).map(Some)
 }
