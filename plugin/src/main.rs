@@ -90,6 +90,10 @@ enum Operator {
         cni_bin_dir: PathBuf,
         #[arg(long, default_value = "/etc/cni/net.d")]
         cni_conf_dir: PathBuf,
+        /// A `loopback` plugin binary to install beside flatbridge where the host has none
+        /// (containerd's CRI needs it).
+        #[arg(long)]
+        loopback: Option<PathBuf>,
     },
     /// The datapath's counters per second, redrawn every interval (the `top` of the fast
     /// path): each verdict that moved, with packets and bits per second.
@@ -127,6 +131,10 @@ enum Operator {
         cni_conf_dir: PathBuf,
         #[arg(long)]
         config: PathBuf,
+        /// A `loopback` plugin binary to install beside flatbridge where the host has none
+        /// (containerd's CRI needs it).
+        #[arg(long)]
+        loopback: Option<PathBuf>,
     },
     /// Remove the conflist and binary install wrote, take every program of every network off
     /// its devices and remove every pin and map. Pods keep working over the plain bridge.
@@ -244,6 +252,7 @@ fn main() -> anyhow::Result<()> {
             node_name,
             cni_bin_dir,
             cni_conf_dir,
+            loopback,
         } => {
             let install = match (nodes, node_name) {
                 (Some(nodes), Some(node_name)) => Some(flatbridge::operator::install::InstallTarget {
@@ -251,6 +260,7 @@ fn main() -> anyhow::Result<()> {
                     node_name,
                     bin_dir: cni_bin_dir,
                     conf_dir: cni_conf_dir,
+                    loopback,
                 }),
                 (Some(_), None) => anyhow::bail!("--nodes needs --node-name (or NODE_NAME)"),
                 (None, _) => None,
@@ -333,13 +343,17 @@ fn main() -> anyhow::Result<()> {
             cni_bin_dir,
             cni_conf_dir,
             config,
+            loopback,
         } => {
             let text = std::fs::read_to_string(&config)
                 .with_context(|| format!("failed to read {}", config.display()))?;
             let value =
                 serde_json::from_str(&text).with_context(|| format!("{} is not JSON", config.display()))?;
             let binary = std::env::current_exe().context("cannot find this binary")?;
-            let installed = install::install(&cni_bin_dir, &cni_conf_dir, &value, &binary)?;
+            let mut installed = install::install(&cni_bin_dir, &cni_conf_dir, &value, &binary)?;
+            if let Some(loopback) = &loopback {
+                installed.loopback = install::install_loopback(&cni_bin_dir, loopback)?;
+            }
             println!(
                 "{installed}: {} and {}",
                 cni_bin_dir.join(install::BINARY).display(),

@@ -450,9 +450,14 @@ fn the_agent_installs_its_nodes_config_atomically_and_only_when_it_changed() {
         "node-a".into(),
     ];
     args.extend(host.args());
+    args.extend(["--loopback".to_owned(), "/usr/lib/cni/loopback".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start_with(&node, 200, 300, &args);
     wait_for("the install", &agent, || host.conflist().exists());
+    assert_eq!(
+        std::fs::read(host.bin.join("loopback")).expect("installed loopback"),
+        std::fs::read("/usr/lib/cni/loopback").expect("Debian's loopback")
+    );
     let binary = host.bin.join("flatbridge");
     assert_eq!(
         std::fs::read(&binary).expect("installed binary"),
@@ -471,7 +476,8 @@ fn the_agent_installs_its_nodes_config_atomically_and_only_when_it_changed() {
             .expect("list")
             .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names.len(), 1, "left in {}: {names:?}", dir.display());
+        let expected = if dir == &host.bin { 2 } else { 1 };
+        assert_eq!(names.len(), expected, "left in {}: {names:?}", dir.display());
     }
     // Unchanged: not written again, pass after pass.
     let (binary_inode, conflist_inode) = (inode(&binary), inode(&host.conflist()));
@@ -538,8 +544,18 @@ fn uninstall_leaves_nothing_of_flatbridge_while_pods_still_ping() {
     ];
     args.extend(host.args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // A host's own loopback is never replaced.
+    std::fs::create_dir_all(&host.bin).expect("bin dir");
+    std::fs::write(host.bin.join("loopback"), "the host's").expect("a host loopback");
     let said = node.flatbridge(&args);
     assert!(said.contains("binary written, conflist written"), "{said}");
+    let mut with_loopback = args.clone();
+    with_loopback.extend(["--loopback", "/usr/lib/cni/loopback"]);
+    assert!(!node.flatbridge(&with_loopback).contains("loopback written"));
+    assert_eq!(
+        std::fs::read_to_string(host.bin.join("loopback")).expect("loopback"),
+        "the host's"
+    );
     assert!(
         node.flatbridge(&args)
             .contains("binary unchanged, conflist unchanged")

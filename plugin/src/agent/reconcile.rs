@@ -159,6 +159,10 @@ impl Reconciler {
                     );
                     self.shared.stats.count("install_binary");
                 }
+                if installed.loopback {
+                    log::info!("reconcile: installed loopback into {}", target.bin_dir.display());
+                    self.shared.stats.count("install_loopback");
+                }
                 if installed.conflist {
                     log::info!(
                         "reconcile: installed the conflist into {}",

@@ -311,8 +311,7 @@ pub async fn ensure_uplink_programs(
 ) -> Result<(), CniError> {
     if let Some(uplink) = &uplink.link {
         for program in program_name::UPLINK {
-            if !datapath.runs_on(node, program, &uplink.name).await {
-                let how = datapath.attach(program, &uplink.name)?;
+            if let Some(how) = datapath.ensure_attached(node, program, &uplink.name).await? {
                 log::info!("attached {program} to {} ({})", uplink.name, how.name());
             }
         }

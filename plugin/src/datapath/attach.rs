@@ -13,7 +13,7 @@ use flatbridge_common::program_name;
 use super::{
     Datapath, DatapathError,
     loader::program_error,
-    pins::{create_dir, remove_pin, unescape_pin_name},
+    pins::{create_dir, lock_dir, remove_pin, unescape_pin_name},
 };
 
 /// The programs on every pod's host veth, and their hooks.
@@ -396,6 +396,23 @@ impl Datapath {
             }
         }
         Ok(missing)
+    }
+
+    /// Attaches `program` to `ifname` unless the kernel runs it there already; returns how,
+    /// when it attached. Under the lock on the network's pin directory, so that concurrent
+    /// ADDs (or the agent) that all find it missing attach it once: a second TCX attach of the
+    /// same program would fail with EEXIST.
+    pub async fn ensure_attached(
+        &self,
+        node: &crate::netlink::Netlink,
+        program: &'static str,
+        ifname: &str,
+    ) -> Result<Option<Attachment>, DatapathError> {
+        let _lock = lock_dir(self.layout.dir())?;
+        if self.runs_on(node, program, ifname).await {
+            return Ok(None);
+        }
+        self.attach(program, ifname).map(Some)
     }
 
     /// Attaches again what [`Datapath::detached`] found missing.

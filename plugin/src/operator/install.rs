@@ -33,6 +33,8 @@ pub const BINARY: &str = "flatbridge";
 pub struct Installed {
     pub binary: bool,
     pub conflist: bool,
+    /// The `loopback` plugin was copied in (there was none).
+    pub loopback: bool,
 }
 
 impl std::fmt::Display for Installed {
@@ -43,7 +45,11 @@ impl std::fmt::Display for Installed {
             "binary {}, conflist {}",
             said(self.binary),
             said(self.conflist)
-        )
+        )?;
+        if self.loopback {
+            write!(out, ", loopback written")?;
+        }
+        Ok(())
     }
 }
 
@@ -120,7 +126,19 @@ pub fn install(bin_dir: &Path, conf_dir: &Path, config: &Value, binary: &Path) -
     Ok(Installed {
         binary: write_if_changed(&bin_dir.join(BINARY), &content, 0o755)?,
         conflist: write_if_changed(&conf_dir.join(CONFLIST), text.as_bytes(), 0o644)?,
+        loopback: false,
     })
+}
+
+/// containerd's CRI runs the `loopback` plugin for every pod's `lo`: copies `from` into
+/// `bin_dir` when the host has none there (a host's own loopback is never replaced).
+pub fn install_loopback(bin_dir: &Path, from: &Path) -> anyhow::Result<bool> {
+    let target = bin_dir.join("loopback");
+    if fs::symlink_metadata(&target).is_ok() {
+        return Ok(false);
+    }
+    let content = fs::read(from).with_context(|| format!("failed to read {}", from.display()))?;
+    write_if_changed(&target, &content, 0o755)
 }
 
 /// Removes the conflist and the binary install wrote (a conflist only when it is flatbridge's),
@@ -301,6 +319,8 @@ pub struct InstallTarget {
     pub node_name: String,
     pub bin_dir: PathBuf,
     pub conf_dir: PathBuf,
+    /// A `loopback` plugin to put beside flatbridge where the host has none.
+    pub loopback: Option<PathBuf>,
 }
 
 /// What the agent's install found: whether this node is in the map, and what changed.
@@ -325,7 +345,11 @@ pub fn install_from_node_map(target: &InstallTarget, bpf_root: &Path) -> anyhow:
         }
     }
     let binary = std::env::current_exe().context("cannot find this binary")?;
-    install(&target.bin_dir, &target.conf_dir, &config, &binary).map(Some)
+    let mut installed = install(&target.bin_dir, &target.conf_dir, &config, &binary)?;
+    if let Some(loopback) = &target.loopback {
+        installed.loopback = install_loopback(&target.bin_dir, loopback)?;
+    }
+    Ok(Some(installed))
 }
 
 #[cfg(test)]
