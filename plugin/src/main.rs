@@ -271,7 +271,9 @@ fn main() -> anyhow::Result<()> {
                 ipam_data_dir,
                 metrics_addr,
                 period: Duration::from_millis(reconcile_ms.max(100)),
-                lease_grace: Duration::from_secs(lease_grace_s),
+                // Never 0 nor shorter than two passes: a veth must be seen missing twice.
+                lease_grace: Duration::from_secs(lease_grace_s.max(1))
+                    .max(Duration::from_millis(reconcile_ms.max(100)) * 2),
             })?;
         }
         Operator::Status {

@@ -488,10 +488,12 @@ fn flows(datapath: &Datapath, revalidate_ns: u64) -> Result<Vec<FlowReport>, Dat
     let now = kernel::monotonic_ns();
     let window = revalidate_ns.max(1);
     let flows = datapath.flows()?;
+    // Each direction's reverse by key: a full flow map is 65536 directions.
+    let by_key: HashMap<_, _> = flows.iter().map(|flow| (flow.0, flow)).collect();
     Ok(flows
         .iter()
         .map(|(key, seen, confirmed)| {
-            let reverse = flows.iter().find(|(other, _, _)| *other == key.reversed());
+            let reverse = by_key.get(&key.reversed()).copied();
             let offloaded = confirmed.is_some_and(|out| {
                 now.saturating_sub(out.confirmed_ns) <= window
                     && reverse.is_some_and(|(_, back_seen, back)| {

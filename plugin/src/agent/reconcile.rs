@@ -37,7 +37,7 @@ pub(crate) fn leases_without_veth(
 }
 
 /// A lease seen without its host veth: since when, continuously.
-type Missing = HashMap<(String, IpAddr), Instant>;
+type Missing = HashMap<(String, IpAddr, crate::ipam::Owner), Instant>;
 
 pub struct Reconciler {
     shared: Arc<Shared>,
@@ -275,7 +275,7 @@ impl Reconciler {
         &mut self,
         network: &str,
         node: &Netlink,
-        seen: &mut HashSet<(String, IpAddr)>,
+        seen: &mut HashSet<(String, IpAddr, crate::ipam::Owner)>,
     ) {
         let dir = self.shared.options.ipam_data_dir.join(network);
         let Ok(Some(peek)) = DiskStore::peek(&dir) else {
@@ -295,7 +295,8 @@ impl Reconciler {
         let mut expired = Vec::new();
         // Keys not seen missing in this pass are dropped from `missing` by the caller.
         for (ip, owner) in leases_without_veth(network, leases, &links) {
-            let key = (network.to_owned(), ip);
+            // By owner too: a recycled address leased to a new pod starts its own clock.
+            let key = (network.to_owned(), ip, owner.clone());
             seen.insert(key.clone());
             let since = *self.missing.entry(key).or_insert(now);
             if now.duration_since(since) >= grace {
@@ -330,7 +331,7 @@ impl Reconciler {
                         grace.as_secs()
                     );
                     self.shared.stats.count("free_lease");
-                    self.missing.remove(&(network.to_owned(), ip));
+                    self.missing.remove(&(network.to_owned(), ip, owner.clone()));
                 }
                 Err(error) => self.failed(&format!("freeing {ip} of {network}"), &error),
             }

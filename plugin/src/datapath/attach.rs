@@ -419,7 +419,11 @@ impl Datapath {
     pub fn reattach(&self, detached: &Detached) -> Result<(), DatapathError> {
         match detached {
             Detached::Pod { ifname } => self.attach_pod(ifname),
-            Detached::Uplink { ifname, program } => self.attach(program, ifname).map(drop),
+            // Under the lock ADD's `ensure_attached` takes: never a second TCX attach.
+            Detached::Uplink { ifname, program } => {
+                let _lock = lock_dir(self.layout.dir())?;
+                self.attach(program, ifname).map(drop)
+            }
         }
     }
 }
