@@ -389,13 +389,13 @@ impl HostDirs {
         self.conf.join("10-flatbridge.conflist")
     }
 
-    fn args(&self) -> Vec<String> {
-        vec![
-            "--cni-bin-dir".into(),
-            self.bin.display().to_string(),
-            "--cni-conf-dir".into(),
-            self.conf.display().to_string(),
-        ]
+    /// `first`, then the options that point a command at these directories.
+    fn args(&self, first: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = first.iter().map(|arg| (*arg).to_owned()).collect();
+        for (option, dir) in [("--cni-bin-dir", &self.bin), ("--cni-conf-dir", &self.conf)] {
+            args.extend([option.to_owned(), dir.display().to_string()]);
+        }
+        args
     }
 }
 
@@ -443,13 +443,7 @@ fn the_agent_installs_its_nodes_config_atomically_and_only_when_it_changed() {
     let node = Node::new("install");
     let host = HostDirs::new(&node);
     let map = node_map(&node, "10.10.1.101");
-    let mut args = vec![
-        "--nodes".to_owned(),
-        map.display().to_string(),
-        "--node-name".into(),
-        "node-a".into(),
-    ];
-    args.extend(host.args());
+    let mut args = host.args(&["--nodes", &map.display().to_string(), "--node-name", "node-a"]);
     args.extend(["--loopback".to_owned(), "/usr/lib/cni/loopback".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start_with(&node, 200, 300, &args);
@@ -510,13 +504,7 @@ fn a_node_missing_from_the_map_gets_nothing() {
     let node = Node::new("unmapped");
     let host = HostDirs::new(&node);
     let map = node_map(&node, "10.10.1.101");
-    let mut args = vec![
-        "--nodes".to_owned(),
-        map.display().to_string(),
-        "--node-name".into(),
-        "node-z".into(),
-    ];
-    args.extend(host.args());
+    let args = host.args(&["--nodes", &map.display().to_string(), "--node-name", "node-z"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start_with(&node, 200, 300, &args);
     std::thread::sleep(Duration::from_millis(600));
@@ -537,12 +525,7 @@ fn uninstall_leaves_nothing_of_flatbridge_while_pods_still_ping() {
     let host = HostDirs::new(&node);
     let config = node.state_dir().join("data.conf");
     std::fs::write(&config, seed_config("0.3.1").to_string()).expect("write the config");
-    let mut args = vec![
-        "install".to_owned(),
-        "--config".into(),
-        config.display().to_string(),
-    ];
-    args.extend(host.args());
+    let args = host.args(&["install", "--config", &config.display().to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // A host's own loopback is never replaced.
     std::fs::create_dir_all(&host.bin).expect("bin dir");
@@ -560,8 +543,7 @@ fn uninstall_leaves_nothing_of_flatbridge_while_pods_still_ping() {
         node.flatbridge(&args)
             .contains("binary unchanged, conflist unchanged")
     );
-    let mut args = vec!["uninstall".to_owned()];
-    args.extend(host.args());
+    let args = host.args(&["uninstall"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let said = node.flatbridge(&args);
     assert!(said.contains("pins removed"), "{said}");
@@ -725,13 +707,7 @@ fn with_setup_in_its_entry_the_agent_puts_the_uplink_under_the_bridge_before_ins
                              "gateway": "10.10.1.0", "uplink": "eth0", "setup": true}}
     });
     std::fs::write(&path, map.to_string()).expect("write the node map");
-    let mut args = vec![
-        "--nodes".to_owned(),
-        path.display().to_string(),
-        "--node-name".into(),
-        "node-a".into(),
-    ];
-    args.extend(host.args());
+    let args = host.args(&["--nodes", &path.display().to_string(), "--node-name", "node-a"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start_with(&node, 300, 300, &args);
     wait_for("the install", &agent, || host.conflist().exists());
