@@ -42,9 +42,15 @@ pub mod map_name {
     /// The CNI calls of the plugin, one entry each ([`super::CniCall`]), until the agent
     /// reads them for its metrics. No program touches it.
     pub const CNI_CALLS: &str = "cni_calls";
+    /// Who claimed which IPv4 address on the wire: the sender of every ARP frame the uplink
+    /// received ([`super::ArpClaim`]). Written by from_uplink only.
+    pub const ARP_CLAIMS: &str = "arp_claims";
+    /// When the plugin last probed an address on the wire ([`super::ArpProbe`]). Written by
+    /// the plugin and the agent; no program touches it.
+    pub const ARP_PROBES: &str = "arp_probes";
 
     /// Every map, for loading, pinning and removal.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         COUNTERS,
         PODS_BY_MAC,
         PODS_BY_IP,
@@ -55,6 +61,8 @@ pub mod map_name {
         FLOWS,
         CONFIRMED,
         CNI_CALLS,
+        ARP_CLAIMS,
+        ARP_PROBES,
     ];
 }
 
@@ -148,11 +156,15 @@ pub enum Verdict {
     /// from_pod: dropped, a neighbour solicitation or advertisement for an address that is
     /// not the pod's own, or naming another MAC.
     DropSpoofedNd = 21,
+    /// from_uplink: an ARP frame from the wire whose sender claims a local pod's address
+    /// with another MAC (an address conflict, RFC 5227 section 2.4). The frame goes on to
+    /// the bridge.
+    UplinkArpConflict = 22,
 }
 
 impl Verdict {
     /// Every verdict, in counter order.
-    pub const ALL: [Verdict; 21] = [
+    pub const ALL: [Verdict; 22] = [
         Verdict::PodToBridge,
         Verdict::PodToPod,
         Verdict::PodToUplink,
@@ -174,6 +186,7 @@ impl Verdict {
         Verdict::DropDhcpServer,
         Verdict::DropSpoofedIpv6,
         Verdict::DropSpoofedNd,
+        Verdict::UplinkArpConflict,
     ];
 
     /// Name used by `flatbridge status` and the metrics.
@@ -200,6 +213,7 @@ impl Verdict {
             Verdict::DropDhcpServer => "drop_dhcp_server",
             Verdict::DropSpoofedIpv6 => "drop_spoofed_ipv6",
             Verdict::DropSpoofedNd => "drop_spoofed_nd",
+            Verdict::UplinkArpConflict => "uplink_arp_conflict",
         }
     }
 }
@@ -460,6 +474,35 @@ pub mod cni_verb {
     }
 }
 
+/// Entries of `arp_claims`: senders on the wire remembered, least recently seen forgotten
+/// first.
+pub const MAX_ARP_CLAIMS: u32 = 8192;
+/// Entries of `arp_probes`: the addresses probed ahead of their ADD.
+pub const MAX_ARP_PROBES: u32 = 1024;
+
+/// An ARP frame from the wire named this MAC as the sender of an address (a request, a
+/// reply or an announcement; probes, whose sender is 0.0.0.0, claim nothing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArpClaim {
+    /// CLOCK_MONOTONIC when the frame arrived.
+    pub seen_ns: u64,
+    pub mac: [u8; 6],
+    /// The ARP operation, host order (1 request, 2 reply).
+    pub op: u16,
+}
+const _: () = assert!(size_of::<ArpClaim>() == 16);
+
+/// When an address was probed on the wire (CLOCK_MONOTONIC, 0 = never): the last probe and
+/// the one before it, so that re-probing an address does not make it look new.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArpProbe {
+    pub last_ns: u64,
+    pub previous_ns: u64,
+}
+const _: () = assert!(size_of::<ArpProbe>() == 16);
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY (all): plain old data, `#[repr(C)]`, padding made explicit, every bit pattern
@@ -476,4 +519,6 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowSeen {}
     unsafe impl aya::Pod for super::FlowConfirmed {}
+    unsafe impl aya::Pod for super::ArpClaim {}
+    unsafe impl aya::Pod for super::ArpProbe {}
 }

@@ -8,9 +8,9 @@ use crate::{
     redirect,
 };
 
-/// The request for IPv4 over Ethernet at `ETH_HLEN`, if the frame holds one.
+/// ARP for IPv4 over Ethernet at `ETH_HLEN`, a request or a reply, if the frame holds it.
 #[inline(always)]
-pub fn request(ctx: &TcContext) -> Option<*mut ArpIpv4> {
+pub fn packet(ctx: &TcContext) -> Option<*mut ArpIpv4> {
     let arp: *mut ArpIpv4 = header(ctx, ETH_HLEN)?;
     // SAFETY: `header` checked that the ARP header lies inside the frame.
     let arp_ref = unsafe { &*arp };
@@ -18,11 +18,19 @@ pub fn request(ctx: &TcContext) -> Option<*mut ArpIpv4> {
         || arp_ref.ptype != ETH_P_IP.to_be()
         || arp_ref.hlen != 6
         || arp_ref.plen != 4
-        || arp_ref.op != ARPOP_REQUEST.to_be()
+        || (arp_ref.op != ARPOP_REQUEST.to_be() && arp_ref.op != ARPOP_REPLY.to_be())
     {
         return None;
     }
     Some(arp)
+}
+
+/// The request for IPv4 over Ethernet at `ETH_HLEN`, if the frame holds one.
+#[inline(always)]
+pub fn request(ctx: &TcContext) -> Option<*mut ArpIpv4> {
+    let arp = packet(ctx)?;
+    // SAFETY: bounds-checked by `packet`.
+    (unsafe { (*arp).op } == ARPOP_REQUEST.to_be()).then_some(arp)
 }
 
 /// Turns the request into the reply "`tpa` is at `answer`" and sends it back out of the

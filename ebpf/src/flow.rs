@@ -73,7 +73,7 @@ pub fn parse(ctx: &TcContext, node: &NodeConfig) -> Option<Flow> {
 }
 
 #[inline(always)]
-fn now() -> u64 {
+pub fn now_ns() -> u64 {
     // SAFETY: a plain helper call.
     unsafe { bpf_ktime_get_ns() }
 }
@@ -95,7 +95,7 @@ pub fn seen(
     src_mac: &[u8; 6],
     dst_mac: &[u8; 6],
 ) -> Option<FlowConfirmed> {
-    let time = now();
+    let time = now_ns();
     if flow.is_steady()
         && let Some(out) = confirmed_way(node, flow, in_ifindex, src_mac, dst_mac, time)
     {
@@ -205,7 +205,7 @@ pub fn confirm(
     let Some(seen) = unsafe { FLOWS.get(flow.key) }.copied() else {
         return;
     };
-    let time = now();
+    let time = now_ns();
     if !may_confirm(&seen, out_ifindex, src_mac, dst_mac, time, node.revalidate_ns) {
         return;
     }

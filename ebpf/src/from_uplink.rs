@@ -1,16 +1,20 @@
-//! tc ingress of the uplink: frames from the wire. ARP requests for a local pod's address
-//! are answered from the map, out of the uplink. IPv4 unicast of a flow netfilter accepted
+//! tc ingress of the uplink: frames from the wire. The sender of every ARP frame is
+//! remembered (`arp_claims`: what ADD's address probes and the conflict report read); ARP
+//! requests for a local pod's address are answered from the map, out of the uplink. IPv4 unicast of a flow netfilter accepted
 //! (flow.rs) goes straight into its pod; in "always" mode every IPv4 unicast frame for a
 //! local pod's MAC does. Everything else goes to the bridge as it is.
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use flatbridge_common::{Ipv4, Mac, NODE_CONFIRM_FLOWS, OUT_POD, Verdict};
+use flatbridge_common::{ArpClaim, Ipv4, Mac, NODE_CONFIRM_FLOWS, OUT_POD, Verdict};
 
 use crate::{
     arp,
     counters::{count, finish},
-    flow,
-    maps::{PODS_BY_IP, PODS_BY_MAC, enabled_node},
-    parse::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, Frame, Ipv4Hdr, ethernet, header, ifindex, is_group},
+    flow::{self, now_ns},
+    maps::{ARP_CLAIMS, PODS_BY_IP, PODS_BY_MAC, enabled_node},
+    parse::{
+        ARPOP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, Frame, Ipv4Hdr, ethernet, header, ifindex,
+        is_group, same_mac,
+    },
     redirect,
 };
 
@@ -29,32 +33,18 @@ fn pass(ctx: &TcContext) -> Result<i32, Verdict> {
 
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<i32, Verdict> {
-    let (Some(node), Some(Frame { eth, src, dst, proto })) = (enabled_node(), ethernet(ctx)) else {
+    let Some(Frame { eth, src, dst, proto }) = ethernet(ctx) else {
+        return pass(ctx);
+    };
+    if proto == ETH_P_ARP {
+        // Claims are remembered whatever the node's settings: ADD reads them before the
+        // first pod has enabled the datapath.
+        return arp_from_wire(ctx, eth);
+    }
+    let Some(node) = enabled_node() else {
         return pass(ctx);
     };
     match proto {
-        ETH_P_ARP => {
-            let Some(request) = arp::request(ctx) else {
-                return pass(ctx);
-            };
-            // SAFETY: bounds-checked by `arp::request`.
-            let (sender_ip, target_ip) = unsafe { ((*request).spa, (*request).tpa) };
-            if sender_ip == target_ip {
-                return pass(ctx);
-            }
-            // SAFETY: the value is copied out of the map.
-            match unsafe { PODS_BY_IP.get(Ipv4 { addr: target_ip }) }.copied() {
-                Some(pod) => arp::answer(
-                    ctx,
-                    eth,
-                    request,
-                    &pod.mac,
-                    ifindex(ctx),
-                    Verdict::UplinkArpAnswered,
-                ),
-                None => pass(ctx),
-            }
-        }
         ETH_P_IP if !is_group(&dst) && node.flags & NODE_CONFIRM_FLOWS != 0 => {
             let Some(flow) = flow::parse(ctx, &node) else {
                 return pass(ctx);
@@ -79,5 +69,40 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, Verdict> {
             }
         }
         _ => pass(ctx),
+    }
+}
+
+/// Remembers who claims the sender address (and counts a claim of a local pod's address
+/// under another MAC), then answers a request for a local pod's address out of the uplink.
+#[inline(always)]
+fn arp_from_wire(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, Verdict> {
+    let Some(arp) = arp::packet(ctx) else {
+        return pass(ctx);
+    };
+    // SAFETY: bounds-checked by `arp::packet`.
+    let (op, sender_mac, sender_ip, target_ip) = unsafe { ((*arp).op, (*arp).sha, (*arp).spa, (*arp).tpa) };
+    if sender_ip != [0; 4] {
+        let sender = Ipv4 { addr: sender_ip };
+        let claim = ArpClaim {
+            seen_ns: now_ns(),
+            mac: sender_mac,
+            op: u16::from_be(op),
+        };
+        // An LRU insert never fails for want of room; a failure costs one remembered claim.
+        let _ = ARP_CLAIMS.insert(sender, claim, 0);
+        // SAFETY: the value is read and not kept.
+        if let Some(pod) = unsafe { PODS_BY_IP.get(sender) }
+            && !same_mac(&pod.mac, &sender_mac)
+        {
+            count(ctx, Verdict::UplinkArpConflict);
+        }
+    }
+    if op != ARPOP_REQUEST.to_be() || sender_ip == target_ip || enabled_node().is_none() {
+        return pass(ctx);
+    }
+    // SAFETY: the value is copied out of the map.
+    match unsafe { PODS_BY_IP.get(Ipv4 { addr: target_ip }) }.copied() {
+        Some(pod) => arp::answer(ctx, eth, arp, &pod.mac, ifindex(ctx), Verdict::UplinkArpAnswered),
+        None => pass(ctx),
     }
 }

@@ -6,8 +6,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use flatbridge_common::{
-    COUNTER_SLOTS, CniCall, CniCallKey, Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Gateway, Ipv4,
-    Ipv6, MAX_CNI_CALLS, MAX_FLOWS, MAX_GATEWAYS, MAX_PODS, Mac, NODE_ENABLED, NodeConfig,
+    ArpClaim, ArpProbe, COUNTER_SLOTS, CniCall, CniCallKey, Counter, Endpoint, FlowConfirmed, FlowKey,
+    FlowSeen, Gateway, Ipv4, Ipv6, MAX_ARP_CLAIMS, MAX_ARP_PROBES, MAX_CNI_CALLS, MAX_FLOWS, MAX_GATEWAYS,
+    MAX_PODS, Mac, NODE_ENABLED, NodeConfig,
 };
 
 /// Packets and bytes per [`flatbridge_common::Verdict`], per CPU so that no two programs
@@ -59,3 +60,13 @@ pub static CONFIRMED: LruHashMap<FlowKey, FlowConfirmed, { MAX_FLOWS as usize }>
 /// the others.
 #[btf_map(name = "cni_calls")]
 pub static CNI_CALLS: LruHashMap<CniCallKey, CniCall, { MAX_CNI_CALLS as usize }> = LruHashMap::new();
+
+/// Who sent ARP for which address on the wire, and when: the plugin hands out no address
+/// someone claimed since it was probed, and reports claims of local pods' addresses.
+#[btf_map(name = "arp_claims")]
+pub static ARP_CLAIMS: LruHashMap<Ipv4, ArpClaim, { MAX_ARP_CLAIMS as usize }> = LruHashMap::new();
+
+/// When the plugin probed the addresses it will hand out next. Userspace only; in the
+/// object so that it is created and pinned with the others.
+#[btf_map(name = "arp_probes")]
+pub static ARP_PROBES: LruHashMap<Ipv4, ArpProbe, { MAX_ARP_PROBES as usize }> = LruHashMap::new();

@@ -154,10 +154,20 @@ impl ArpSocket {
         self.send(&frame)
     }
 
+    /// One RFC 5227 probe for `ip`, waiting for no answer (the uplink program remembers
+    /// answers).
+    pub fn send_probe(&self, ip: Ipv4Addr) -> io::Result<()> {
+        self.send(&self.probe_frame(ip))
+    }
+
+    fn probe_frame(&self, ip: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
+        arp_frame([0xff; 6], 1, self.own_mac, Ipv4Addr::UNSPECIFIED, [0; 6], ip)
+    }
+
     /// RFC 5227 probe: asks, with sender address 0.0.0.0, who has `ip`, twice within
     /// `wait`. Returns the MAC of whoever answers, or `None` when nobody does in time.
     pub fn probe(&self, ip: Ipv4Addr, wait: Duration) -> io::Result<Option<[u8; 6]>> {
-        let frame = arp_frame([0xff; 6], 1, self.own_mac, Ipv4Addr::UNSPECIFIED, [0; 6], ip);
+        let frame = self.probe_frame(ip);
         let started = Instant::now();
         let mut probes_sent = 0;
         loop {

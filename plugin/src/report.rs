@@ -12,7 +12,7 @@ use std::{
 };
 
 use flatbridge_common::{
-    NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD, Verdict, program_name,
+    Endpoint, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD, Verdict, program_name,
 };
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
@@ -97,6 +97,27 @@ pub struct NetworkReport {
     pub flows: Vec<FlowReport>,
     /// One row per verdict of the programs, summed over CPUs, in the datapath's order.
     pub counters: Vec<CounterReport>,
+    /// Local pods' addresses that a host on the wire claimed (sent ARP for) with another
+    /// MAC since the pod was added: address conflicts (RFC 5227 section 2.4).
+    pub wire_conflicts: Vec<WireConflictReport>,
+    /// How many addresses are probed ahead of their ADD (the pool ADD hands out from
+    /// without waiting for a probe).
+    pub probed_ahead: usize,
+}
+
+/// A local pod's address that another MAC claimed on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct WireConflictReport {
+    pub address: Ipv4Addr,
+    /// The pod's host-side veth.
+    pub host_veth: String,
+    pub pod_mac: Mac,
+    /// The MAC that claimed the address on the wire.
+    pub claimed_by: Mac,
+    /// Milliseconds since the last such claim.
+    pub seen_ms_ago: u64,
 }
 
 /// The node-wide settings the programs run with (the datapath's node map).
@@ -275,6 +296,8 @@ pub enum VerdictKind {
     Flow,
     /// Dropped.
     Drop,
+    /// An address conflict seen on the wire (the frame itself went on to the bridge).
+    Conflict,
 }
 
 impl VerdictKind {
@@ -299,6 +322,7 @@ impl VerdictKind {
             | Verdict::DropDhcpServer
             | Verdict::DropSpoofedIpv6
             | Verdict::DropSpoofedNd => VerdictKind::Drop,
+            Verdict::UplinkArpConflict => VerdictKind::Conflict,
         }
     }
 }
@@ -423,6 +447,9 @@ async fn network_report(netlink: &Netlink, datapath: &Datapath) -> Result<Networ
         });
     }
     let node = datapath.node_config()?;
+    let wire_conflicts = wire_conflicts(datapath, &endpoints);
+    // Pins older than the probe map have none: nothing is probed ahead.
+    let probed_ahead = datapath.arp_probes().map_or(0, |probes| probes.len());
     let from_pod_id = datapath.program_id(program_name::FROM_POD);
     let endpoints = endpoints
         .into_iter()
@@ -479,7 +506,44 @@ async fn network_report(netlink: &Netlink, datapath: &Datapath) -> Result<Networ
         gateways,
         flows: flows(datapath, node.revalidate_ns)?,
         counters,
+        wire_conflicts,
+        probed_ahead,
     })
+}
+
+/// The claims on the wire of local pods' addresses by other MACs within the claim memory
+/// (`wire::CLAIM_MEMORY`: a conflict nobody repeats for that long is over), most recent
+/// first (ADD forgets a pod's addresses' claims, so each is younger than its pod). Pins
+/// older than the claims map have none.
+pub fn wire_conflicts(
+    datapath: &Datapath,
+    endpoints: &[(Endpoint, Vec<Ipv4Addr>)],
+) -> Vec<WireConflictReport> {
+    let Ok(claims) = datapath.arp_claims() else {
+        return Vec::new();
+    };
+    let now = kernel::monotonic_ns();
+    let memory = u64::try_from(crate::cmd::wire::CLAIM_MEMORY.as_nanos()).unwrap_or(u64::MAX);
+    let pods: HashMap<Ipv4Addr, &Endpoint> = endpoints
+        .iter()
+        .flat_map(|(endpoint, addresses)| addresses.iter().map(move |address| (*address, endpoint)))
+        .collect();
+    let mut conflicts: Vec<WireConflictReport> = claims
+        .into_iter()
+        .filter_map(|(address, claim)| {
+            let pod = pods.get(&address)?;
+            let age_ns = now.saturating_sub(claim.seen_ns);
+            (pod.mac != claim.mac && age_ns <= memory).then(|| WireConflictReport {
+                address,
+                host_veth: ifname(pod.ifindex),
+                pod_mac: Mac(pod.mac),
+                claimed_by: Mac(claim.mac),
+                seen_ms_ago: age_ns / 1_000_000,
+            })
+        })
+        .collect();
+    conflicts.sort_by_key(|conflict| conflict.seen_ms_ago);
+    conflicts
 }
 
 /// The flow map as rows: a direction is offloaded while its confirmation is fresh and its

@@ -735,3 +735,88 @@ fn with_setup_in_its_entry_the_agent_puts_the_uplink_under_the_bridge_before_ins
     );
     node.flatbridge(&["node", "teardown"]);
 }
+
+/// How many captured frames are the ARP announcement "`ip` is at `mac`".
+fn announcements(frames: &[Vec<u8>], mac: [u8; 6], ip: [u8; 4]) -> usize {
+    let announcement = flatbridge_tests::frames::arp(1, mac, ip, [0; 6], ip);
+    // The ARP part: the Ethernet source is the sending socket's.
+    let body = &announcement[12..];
+    frames
+        .iter()
+        .filter(|frame| frame.len() >= announcement.len() && frame[12..announcement.len()] == *body)
+        .count()
+}
+
+#[test]
+fn a_pods_address_claimed_on_the_wire_is_reported_logged_once_and_defended() {
+    use flatbridge_tests::{
+        fabric::Fabric,
+        frames::{arp, format_mac, parse_mac},
+        raw::{Capture, Sender, send_frame},
+    };
+    require_root();
+    let fabric = Fabric::new(1, None);
+    let one = &fabric.nodes[0];
+    let pod = Pod::new("claimed");
+    one.node
+        .cni("ADD", &pod.env("eth0"), &one.config("1.0.0"))
+        .ok("ADD");
+    let address = pod.ipv4("eth0").expect("address");
+    let ip: std::net::Ipv4Addr = address.parse().expect("ipv4");
+    let pod_mac = parse_mac(&pod.netns.mac("eth0"));
+    let intruder = [0x02, 0x66, 0x00, 0x00, 0x00, 0x01];
+    let report = one.node.status();
+    assert_eq!(
+        report["networks"][0]["wire_conflicts"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    let before = one.node.counter(NET, "uplink_arp_conflict");
+
+    let agent = Agent::start(&one.node, 200, 300);
+    let capture = Capture::start(&fabric.external, "eth0");
+    // A host on the wire answers for the pod's address with its own MAC.
+    let claim = arp(2, intruder, ip.octets(), [0xff; 6], ip.octets());
+    send_frame(&fabric.external, "eth0", &claim, Sender::Plain).expect("send the claim");
+    wait_for("the agent's defence", &agent, || {
+        announcements(&capture.frames(), pod_mac, ip.octets()) > 0
+    });
+    assert!(one.node.counter(NET, "uplink_arp_conflict") > before);
+    let report = one.node.status();
+    let conflicts = report["networks"][0]["wire_conflicts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(conflicts.len(), 1, "{report}");
+    assert_eq!(conflicts[0]["address"], address.as_str());
+    assert_eq!(conflicts[0]["claimed_by"], format_mac(intruder));
+    assert_eq!(conflicts[0]["pod_mac"], format_mac(pod_mac));
+    assert!(one.node.status_text().contains("WIRE CONFLICT"));
+    let metrics = agent.metrics();
+    assert_eq!(
+        sample(&metrics, "flatbridge_wire_conflicts", "network=\"data\""),
+        1.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "flatbridge_wire_conflict_frames_total",
+            "network=\"data\",verdict=\"uplink_arp_conflict\""
+        ) >= 1.0
+    );
+    // The same claim again at once: within RFC 5227's DEFEND_INTERVAL the pod is not
+    // defended again, and the conflict, still the same, is not logged again.
+    std::thread::sleep(Duration::from_millis(300));
+    send_frame(&fabric.external, "eth0", &claim, Sender::Plain).expect("send the claim again");
+    std::thread::sleep(Duration::from_millis(1500));
+    let frames = capture.stop();
+    // One announcement is two frames.
+    assert_eq!(announcements(&frames, pod_mac, ip.octets()), 2, "{}", agent.log());
+    let log = agent.log();
+    assert_eq!(
+        log.matches("is claimed on the wire by").count(),
+        1,
+        "the conflict was not logged exactly once:\n{log}"
+    );
+    assert!(log.contains(&format_mac(intruder)), "{log}");
+}

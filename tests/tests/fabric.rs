@@ -298,3 +298,97 @@ fn an_address_in_use_on_the_wire_is_never_handed_out() {
         .cni("ADD", &env, &one.config("1.0.0"))
         .error("ADD asking for the conflicting address", 106);
 }
+
+/// The seed config of `node` with a probe time of `ms`.
+fn with_probe_ms(node: &flatbridge_tests::fabric::FabricNode, ms: u64) -> serde_json::Value {
+    let mut config = node.config("1.0.0");
+    config["arpProbeMs"] = ms.into();
+    config
+}
+
+fn timed_add(node: &Node, pod: &Pod, config: &serde_json::Value) -> (serde_json::Value, Duration) {
+    let started = Instant::now();
+    let result = node.cni("ADD", &pod.env("eth0"), config).ok("ADD");
+    (result, started.elapsed())
+}
+
+#[test]
+fn after_the_first_add_addresses_probed_ahead_are_handed_out_without_waiting() {
+    require_root();
+    let fabric = Fabric::new(1, None);
+    let one = &fabric.nodes[0];
+    // A probe time far above what an ADD takes here, so that a wait cannot hide.
+    const PROBE_MS: u64 = 1500;
+    let config = with_probe_ms(one, PROBE_MS);
+    let first = Pod::new("ahead0");
+    let (result, took) = timed_add(&one.node, &first, &config);
+    assert_eq!(result["ips"][0]["address"], "10.10.1.1/16");
+    assert!(
+        took >= Duration::from_millis(PROBE_MS),
+        "the first ADD on a node has nothing probed ahead and must wait for its probe: {took:?}"
+    );
+    let probed = one.node.status()["networks"][0]["probed_ahead"]
+        .as_u64()
+        .expect("probed_ahead");
+    assert!(probed >= 30, "the first ADD probed only {probed} addresses ahead");
+    // The probes age while nothing happens, as between pods on a real node.
+    std::thread::sleep(Duration::from_millis(PROBE_MS + 100));
+    for (i, expected) in (2..=5).enumerate() {
+        let pod = Pod::new(&format!("ahead{}", i + 1));
+        let (result, took) = timed_add(&one.node, &pod, &config);
+        assert_eq!(result["ips"][0]["address"], format!("10.10.1.{expected}/16"));
+        assert!(
+            took < Duration::from_millis(PROBE_MS * 2 / 3),
+            "ADD {expected} waited for a probe although its address was probed ahead: {took:?}"
+        );
+        // And the pod is on the wire.
+        assert!(
+            pod.ping(EXTERNAL_IP),
+            "pod {expected} cannot reach the external host"
+        );
+    }
+}
+
+#[test]
+fn an_address_taken_silently_after_its_probe_fails_the_add_that_hands_it_out() {
+    require_root();
+    let fabric = Fabric::new(1, None);
+    let one = &fabric.nodes[0];
+    let config = with_probe_ms(one, 300);
+    let first = Pod::new("silent0");
+    let (result, _) = timed_add(&one.node, &first, &config);
+    assert_eq!(result["ips"][0]["address"], "10.10.1.1/16");
+    std::thread::sleep(Duration::from_millis(400));
+    // 10.10.1.2 was probed ahead and nobody answered; now the external host takes it
+    // without a word (Linux sends no ARP when an address is added).
+    fabric
+        .external
+        .ok(&["ip", "addr", "add", "10.10.1.2/16", "dev", "eth0"]);
+    let external_mac = fabric.external.mac("eth0");
+    let veths_before = one.node.host_veths();
+    let second = Pod::new("silent1");
+    let msg = one
+        .node
+        .cni("ADD", &second.env("eth0"), &config)
+        .error("ADD handing out an address taken after its probe", 102);
+    assert!(
+        msg.contains("10.10.1.2") && msg.contains(&external_mac),
+        "the error names neither the address nor its holder: {msg}"
+    );
+    assert_eq!(one.node.host_veths(), veths_before, "the failed ADD left a veth");
+    // 10.10.1.2's file is now the conflict marker, nobody's lease.
+    assert_eq!(one.node.leases(NET), ["10.10.1.1", "10.10.1.2"]);
+    let marker = std::fs::read_to_string(one.node.ipam_dir(NET).join("10.10.1.2")).expect("marker");
+    assert!(!marker.contains(&second.container_id), "the failed ADD left its lease: {marker}");
+    let report = one.node.status();
+    let conflicts = report["conflicts"].as_array().cloned().unwrap_or_default();
+    assert!(
+        conflicts
+            .iter()
+            .any(|conflict| conflict["address"] == "10.10.1.2" && conflict["mac"] == external_mac.as_str()),
+        "{report}"
+    );
+    // The runtime's retry takes the next address.
+    let (result, _) = timed_add(&one.node, &second, &config);
+    assert_eq!(result["ips"][0]["address"], "10.10.1.3/16");
+}

@@ -223,6 +223,13 @@ impl Collector for Snapshot {
                 "event",
                 "flow directions confirmed or closed",
             ),
+            (
+                VerdictKind::Conflict,
+                "flatbridge_wire_conflict_frames",
+                None,
+                "verdict",
+                "ARP frames from the wire that claimed a local pod's address with another MAC",
+            ),
         ] {
             let rows = |bytes: bool| -> Vec<(Labels, ConstCounter<u64>)> {
                 report
@@ -335,6 +342,20 @@ impl Collector for Snapshot {
                     .filter(|conflict| conflict.network == network.network && !conflict.expired)
                     .count() as u64
             }),
+        )?;
+        family(
+            &mut encoder,
+            "flatbridge_wire_conflicts",
+            "Local pods' addresses another MAC claimed on the wire since the pod was added",
+            MetricType::Gauge,
+            per_network(&|network| network.wire_conflicts.len() as u64),
+        )?;
+        family(
+            &mut encoder,
+            "flatbridge_addresses_probed_ahead",
+            "Addresses probed on the wire ahead of their ADD (handed out without waiting)",
+            MetricType::Gauge,
+            per_network(&|network| network.probed_ahead as u64),
         )?;
         if let Some(in_map) = self.agent.as_ref().and_then(|agent| agent.in_node_map) {
             family(

@@ -107,8 +107,12 @@ impl CniStats {
 
 impl AgentStats {
     pub fn count(&self, action: &'static str) {
+        self.count_n(action, 1);
+    }
+
+    pub fn count_n(&self, action: &'static str, n: u64) {
         if let Ok(mut actions) = self.actions.lock() {
-            *actions.entry(action).or_default() += 1;
+            *actions.entry(action).or_default() += n;
         }
     }
 }

@@ -3,20 +3,22 @@
 //! logged and counted, each action logged and counted.
 use std::{
     collections::{HashMap, HashSet},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     sync::{Arc, atomic::Ordering},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use flatbridge_common::{NODE_ENABLED, NODE_TCP_OFFLOAD};
 
 use super::Shared;
 use crate::{
-    cmd::{host_veth_name, sweep},
+    arp::ArpSocket,
+    cmd::{host_veth_name, sweep, wire},
     datapath::{Datapath, DatapathError, Detached},
     ipam::{DiskStore, Store},
     kernel,
     netlink::Netlink,
+    report,
 };
 
 /// The pods' leases among `leases` whose host veth is not among `links`. Conflict markers,
@@ -39,10 +41,20 @@ pub(crate) fn leases_without_veth(
 /// A lease seen without its host veth: since when, continuously.
 type Missing = HashMap<(String, IpAddr, crate::ipam::Owner), Instant>;
 
+/// A pod's address claimed on the wire by another MAC: network, address, claimer.
+type WireConflict = (String, Ipv4Addr, [u8; 6]);
+
+/// RFC 5227's DEFEND_INTERVAL: a pod's address is defended at most once per 10 s.
+pub const DEFEND_INTERVAL: Duration = Duration::from_secs(10);
+
 pub struct Reconciler {
     shared: Arc<Shared>,
     netlink: Option<Netlink>,
     missing: Missing,
+    /// Conflicts logged already (each is logged once while it lasts).
+    conflicts_logged: HashSet<WireConflict>,
+    /// When each address was last defended (CLOCK_MONOTONIC ns), by network.
+    defended: HashMap<(String, Ipv4Addr), u64>,
 }
 
 impl Reconciler {
@@ -51,6 +63,8 @@ impl Reconciler {
             shared,
             netlink: None,
             missing: HashMap::new(),
+            conflicts_logged: HashSet::new(),
+            defended: HashMap::new(),
         }
     }
 
@@ -72,6 +86,7 @@ impl Reconciler {
         self.install();
         let bpf_root = self.shared.options.bpf_root.clone();
         let mut seen = HashSet::new();
+        let mut wire_seen = HashSet::new();
         for network in Datapath::networks(&bpf_root) {
             let datapath = match Datapath::open(&bpf_root, &network) {
                 Ok(datapath) => datapath,
@@ -88,10 +103,13 @@ impl Reconciler {
                 self.failed(&format!("sweeping network {network}"), &error);
             }
             self.follow_tcp_liberal(&datapath);
+            self.watch_wire(&datapath, &mut wire_seen);
             self.free_leaked_leases(&network, &node, &mut seen).await;
         }
         // Leases of networks (or addresses) no longer seen are not missing any more.
         self.missing.retain(|key, _| seen.contains(key));
+        // A conflict that went away and comes back is logged again.
+        self.conflicts_logged.retain(|key| wire_seen.contains(key));
         self.netlink = Some(node);
     }
 
@@ -231,6 +249,120 @@ impl Reconciler {
                 }
                 Err(error) => self.failed(&format!("re-attaching ({device})"), &error),
             }
+        }
+    }
+
+    /// The wire, for the pods' addresses (RFC 5227 section 2.4): a claim of a pod's
+    /// address by another MAC is logged once and answered with an announcement of the
+    /// pod's MAC, at most once per [`DEFEND_INTERVAL`] and only for a claim newer than the
+    /// last defence. And the addresses ADD probed ahead are probed again once their probe
+    /// is [`wire::REPROBE_AFTER`] old, so that ADD finds them fresh.
+    fn watch_wire(&mut self, datapath: &Datapath, seen: &mut HashSet<WireConflict>) {
+        let network = datapath.network().to_owned();
+        let Ok(settings) = datapath.node_config() else {
+            return;
+        };
+        if settings.flags & NODE_ENABLED == 0 || settings.uplink_ifindex == 0 {
+            return;
+        }
+        let endpoints = match datapath.endpoints() {
+            Ok(endpoints) => endpoints,
+            Err(error) => return self.failed(&format!("network {network}: endpoints"), &error),
+        };
+        let mut socket = None;
+        let open = || -> Option<ArpSocket> {
+            match ArpSocket::open(settings.bridge_ifindex, settings.bridge_mac) {
+                Ok(socket) => Some(socket),
+                Err(error) => {
+                    log::warn!("reconcile: network {network}: no ARP socket on the bridge: {error}");
+                    None
+                }
+            }
+        };
+        let now = kernel::monotonic_ns();
+        for conflict in report::wire_conflicts(datapath, &endpoints) {
+            let key = (network.clone(), conflict.address, conflict.claimed_by.0);
+            seen.insert(key.clone());
+            if self.conflicts_logged.insert(key) {
+                log::warn!(
+                    "reconcile: network {network}: address {} of the pod on {} ({}) is claimed on the wire by {}",
+                    conflict.address,
+                    conflict.host_veth,
+                    conflict.pod_mac,
+                    conflict.claimed_by
+                );
+                self.shared.stats.count("wire_conflict");
+            }
+            let claimed_ns = now.saturating_sub(conflict.seen_ms_ago * 1_000_000);
+            let last = self
+                .defended
+                .get(&(network.clone(), conflict.address))
+                .copied()
+                .unwrap_or(0);
+            let interval = u64::try_from(DEFEND_INTERVAL.as_nanos()).unwrap_or(u64::MAX);
+            if (last != 0 && now.saturating_sub(last) < interval) || claimed_ns <= last {
+                continue;
+            }
+            if socket.is_none() {
+                socket = open();
+            }
+            let Some(socket) = &socket else {
+                return;
+            };
+            match socket.announce(conflict.pod_mac.0, conflict.address) {
+                Ok(()) => {
+                    log::info!(
+                        "reconcile: network {network}: defended {} ({}) against {}",
+                        conflict.address,
+                        conflict.pod_mac,
+                        conflict.claimed_by
+                    );
+                    self.defended.insert((network.clone(), conflict.address), now);
+                    self.shared.stats.count("defend_address");
+                }
+                Err(error) => self.failed(&format!("defending {}", conflict.address), &error),
+            }
+        }
+        let pods: HashSet<Ipv4Addr> = endpoints
+            .iter()
+            .flat_map(|(_, addresses)| addresses.iter().copied())
+            .collect();
+        self.defended
+            .retain(|(owner, address), _| *owner != network || pods.contains(address));
+        let probes = match datapath.arp_probes() {
+            Ok(probes) => probes,
+            // Pins older than the probe map: ADD probes and waits.
+            Err(_) => return,
+        };
+        let reprobe = u64::try_from(wire::REPROBE_AFTER.as_nanos()).unwrap_or(u64::MAX);
+        let mut probed = 0;
+        for (ip, probe) in probes {
+            if pods.contains(&ip) {
+                let _ = datapath.forget_arp_probe(ip);
+                continue;
+            }
+            if now.saturating_sub(probe.last_ns) < reprobe {
+                continue;
+            }
+            if socket.is_none() {
+                socket = open();
+            }
+            let Some(socket) = &socket else {
+                return;
+            };
+            let sent = kernel::monotonic_ns();
+            match socket
+                .send_probe(ip)
+                .map(|()| datapath.record_arp_probe(ip, sent))
+            {
+                Ok(Ok(_)) => probed += 1,
+                Ok(Err(error)) => return self.failed(&format!("recording the probe of {ip}"), &error),
+                Err(error) => return self.failed(&format!("probing {ip}"), &error),
+            }
+        }
+        if probed > 0 {
+            log::debug!("reconcile: network {network}: probed {probed} addresses ahead again");
+            self.shared.stats.count_n("reprobe_address", probed);
         }
     }
 

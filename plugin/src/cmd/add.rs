@@ -1,12 +1,15 @@
 //! ADD: bridge, address lease, veth pair with its peer created inside the pod, addresses
 //! and routes in the pod. Every step that creates something registers its undo; a failure
 //! at any step undoes them all, so a failed ADD leaves no lease and no veth behind.
-use std::{net::IpAddr, time::Duration};
+use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
 use super::{
-    block_on, datapath_steps, fault, host_veth_name, ipam_plugin::IpamPlugin, is_pod_veth, veth_alias,
+    block_on, datapath_steps, fault, host_veth_name,
+    ipam_plugin::IpamPlugin,
+    is_pod_veth, veth_alias,
+    wire::{self, LateCheck, Outcome, Wire},
 };
 use crate::{
     arp::ArpSocket,
@@ -108,17 +111,24 @@ impl Steps<'_> {
         let host_name = host_veth_name(&net.name, &self.owner.container_id, self.ifname);
         self.clear_leftovers(&host_name).await?;
         let (uplink, wire) = self.uplink_and_wire(&bridge, datapath.as_ref()).await?;
-        let mut result = match self.ipam {
+        let (mut result, late) = match self.ipam {
             Some(ipam) => self.lease(ipam, wire.as_ref(), undo).await?,
-            None => CniResult::default(),
+            None => (CniResult::default(), Vec::new()),
         };
         fault::point("add:lease")?;
         self.plug_host_port(&host_name, &bridge, datapath.as_ref(), &uplink, &result, undo)
             .await?;
         let pod_link = self.configure_pod(&mut result).await?;
         fault::point("add:pod")?;
-        self.finish_node_side(&bridge, datapath.as_ref(), wire.as_ref(), &result, &pod_link)
-            .await?;
+        self.finish_node_side(
+            &bridge,
+            datapath.as_ref(),
+            wire.as_ref(),
+            &late,
+            &result,
+            &pod_link,
+        )
+        .await?;
         fault::point("add:finish")?;
         self.assemble_result(result, &host_name, &pod_link).await
     }
@@ -148,13 +158,14 @@ impl Steps<'_> {
         Ok((bridge, datapath))
     }
 
-    /// The bridge's uplink and the socket that probes and announces addresses on the wire;
+    /// The bridge's uplink and the wire to probe and announce addresses on (with the
+    /// datapath, the uplink's programs go on first: they remember who claims addresses);
     /// refuses a requested MAC that is the bridge's or the uplink's.
-    async fn uplink_and_wire(
+    async fn uplink_and_wire<'d>(
         &self,
         bridge: &Link,
-        datapath: Option<&Datapath>,
-    ) -> Result<(node::Uplink, Option<ArpSocket>), CniError> {
+        datapath: Option<&'d Datapath>,
+    ) -> Result<(node::Uplink, Option<Wire<'d>>), CniError> {
         // What the datapath already knows of the uplink saves listing the bridge's ports.
         let known = datapath
             .and_then(|datapath| datapath.node_config().ok())
@@ -166,7 +177,13 @@ impl Steps<'_> {
         let configured = self.request.config.net.uplink.as_deref();
         let uplink = node::find_uplink(self.node, bridge, configured, known, is_pod_veth).await?;
         self.refuse_node_mac(bridge, uplink.link.as_ref())?;
-        let wire = Self::wire(bridge, uplink.link.as_ref())?;
+        if let Some(datapath) = datapath {
+            datapath_steps::ensure_uplink_programs(datapath, self.node, &uplink).await?;
+        }
+        let wire = Self::wire(bridge, uplink.link.as_ref())?.map(|socket| Wire {
+            socket,
+            memory: datapath,
+        });
         Ok((uplink, wire))
     }
 
@@ -214,7 +231,6 @@ impl Steps<'_> {
             )?;
             datapath_steps::refuse_unchecked_pods(self.request, datapath, self.node, bridge, &host, added)
                 .await?;
-            datapath_steps::ensure_uplink_programs(datapath, self.node, uplink).await?;
             fault::point("add:endpoint")?;
         }
         // Who owns this veth, for GC and for people reading `ip link`.
@@ -249,11 +265,27 @@ impl Steps<'_> {
         &self,
         bridge: &Link,
         datapath: Option<&Datapath>,
-        wire: Option<&ArpSocket>,
+        wire: Option<&Wire<'_>>,
+        late: &[LateCheck],
         result: &CniResult,
         pod_link: &Link,
     ) -> Result<(), CniError> {
         let config = &self.request.config;
+        let pod_mac = pod_link.mac.unwrap_or_default();
+        // Before anything announces the addresses: one claimed on the wire while ADD ran
+        // must not be announced over its holder.
+        if let Some(wire) = wire
+            && let Err((ip, mac)) = wire.finish(late, pod_mac, result.ipv4s())
+        {
+            log::warn!(
+                "address {ip} was claimed on the wire by {} while the pod was being added: marked as conflicting in IPAM",
+                Mac(mac)
+            );
+            if let Some(ipam) = self.ipam {
+                ipam.mark_conflict(self.request, IpAddr::V4(ip), mac)?;
+            }
+            return Err(wire::late_conflict(ip, mac));
+        }
         if config.is_gateway() {
             for ip in &result.ips {
                 if let Some(gateway) = ip.gateway {
@@ -265,10 +297,9 @@ impl Steps<'_> {
             }
         }
         fault::point("add:gateway")?;
-        let pod_mac = pod_link.mac.unwrap_or_default();
         if let Some(wire) = wire {
             for ip in result.ipv4s() {
-                if let Err(error) = wire.announce(pod_mac, ip) {
+                if let Err(error) = wire.socket.announce(pod_mac, ip) {
                     log::warn!("gratuitous ARP for {ip} failed: {error}");
                 }
             }
@@ -356,27 +387,36 @@ impl Steps<'_> {
         Ok(Some(socket))
     }
 
-    /// Leases the pod's addresses. On a wire, each IPv4 address is probed first (RFC 5227);
-    /// one that somebody answers for is marked as conflicting in IPAM, logged, and replaced
-    /// by another.
+    /// Leases the pod's addresses. On a wire, each IPv4 address is checked first (RFC 5227,
+    /// see `wire`; the next ones are probed ahead); one that somebody claims is marked as
+    /// conflicting in IPAM, logged, and replaced by another. Returns, with the result, the
+    /// addresses to check again at the end of ADD.
     async fn lease(
         &self,
         ipam: &IpamPlugin,
-        wire: Option<&ArpSocket>,
+        wire: Option<&Wire<'_>>,
         undo: &mut Undo,
-    ) -> Result<CniResult, CniError> {
+    ) -> Result<(CniResult, Vec<LateCheck>), CniError> {
         const ATTEMPTS: usize = 5;
         let wait = self.request.config.arp_probe();
+        let wire = wire.filter(|_| !wait.is_zero());
+        let ahead = match wire {
+            Some(Wire { memory: Some(_), .. }) => wire::PROBE_AHEAD,
+            _ => 0,
+        };
         for _ in 0..ATTEMPTS {
             // Before the call: a delegated plugin that allocated and then failed must get
             // its DEL too (DEL of nothing is success).
             undo.leased = true;
-            let result = ipam.add(self.request, self.owner)?;
-            let Some(wire) = wire.filter(|_| !wait.is_zero()) else {
-                return Ok(result);
+            let (result, upcoming) = ipam.add(self.request, self.owner, ahead)?;
+            let Some(wire) = wire else {
+                return Ok((result, Vec::new()));
             };
-            let Some((ip, mac)) = probe_all(wire, &result, wait)? else {
-                return Ok(result);
+            // First, so that the wait for this lease's probe (if any) ages these too.
+            wire.probe_ahead(&upcoming);
+            let (ip, mac) = match wire.check(result.ipv4s(), wait)? {
+                Outcome::Free(late) => return Ok((result, late)),
+                Outcome::InUse { ip, mac } => (ip, mac),
             };
             let holder = Mac(mac).to_string();
             if !ipam.can_reallocate() {
@@ -388,7 +428,7 @@ impl Steps<'_> {
             log::warn!(
                 "address {ip} is already in use on the network by {holder}: marked as conflicting in IPAM"
             );
-            ipam.mark_conflict(self.request, ip, mac)?;
+            ipam.mark_conflict(self.request, IpAddr::V4(ip), mac)?;
         }
         Err(CniError::new(
             code::ADDRESS_CONFLICT,
@@ -459,27 +499,6 @@ impl Steps<'_> {
         }
         Ok(self.pod.require_link(self.ifname).await?)
     }
-}
-
-/// Probes every IPv4 address of `result` on the wire; the first one somebody answers for,
-/// with the answerer's MAC.
-fn probe_all(
-    wire: &ArpSocket,
-    result: &CniResult,
-    wait: Duration,
-) -> Result<Option<(IpAddr, [u8; 6])>, CniError> {
-    for ip in result.ipv4s() {
-        let answer = wire.probe(ip, wait).map_err(|error| {
-            CniError::new(
-                code::IO_FAILURE,
-                format!("failed to probe {ip} on the wire: {error}"),
-            )
-        })?;
-        if let Some(mac) = answer {
-            return Ok(Some((IpAddr::V4(ip), mac)));
-        }
-    }
-    Ok(None)
 }
 
 fn interface(link: &Link, sandbox: Option<String>) -> Interface {

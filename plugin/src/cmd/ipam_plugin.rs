@@ -1,6 +1,11 @@
 //! IPAM for the verbs: `host-local` is served in-process with its exact semantics and
 //! files; any other `ipam.type` is delegated to that plugin in CNI_PATH.
-use std::{collections::HashSet, net::IpAddr, path::PathBuf, time::SystemTime};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::SystemTime,
+};
 
 use ipnetwork::IpNetwork;
 
@@ -39,8 +44,15 @@ impl IpamPlugin {
         Ok(DiskStore::open(&config.network_dir(&request.config.net.name))?)
     }
 
-    /// Allocates the pod's addresses; the result has IPs, routes and DNS.
-    pub fn add(&self, request: &Request, owner: &Owner) -> Result<CniResult, CniError> {
+    /// Allocates the pod's addresses; the result has IPs, routes and DNS. With it, the next
+    /// `ahead` IPv4 addresses each range set would hand out after these (host-local only:
+    /// a delegated plugin's choice is not known before it is made).
+    pub fn add(
+        &self,
+        request: &Request,
+        owner: &Owner,
+        ahead: usize,
+    ) -> Result<(CniResult, Vec<Ipv4Addr>), CniError> {
         match self {
             IpamPlugin::HostLocal(config) => {
                 // Read before anything is leased, so that failing to read it strands nothing.
@@ -49,8 +61,25 @@ impl IpamPlugin {
                     None => Dns::default(),
                 };
                 let mut store = Self::store(config, request)?;
-                let allocations = ipam::allocate(&mut store, config, owner, SystemTime::now())?;
+                let now = SystemTime::now();
+                let allocations = ipam::allocate(&mut store, config, owner, now)?;
+                // Under the same lock, so that they follow these allocations; failing to read
+                // them only costs the next pods a wait.
+                let upcoming = match ipam::upcoming(&store, config, ahead, now) {
+                    Ok(upcoming) => upcoming,
+                    Err(error) => {
+                        log::warn!("failed to list the next addresses to probe: {error}");
+                        Vec::new()
+                    }
+                };
                 drop(store);
+                let upcoming = upcoming
+                    .into_iter()
+                    .filter_map(|ip| match ip {
+                        IpAddr::V4(ip) => Some(ip),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
                 log::info!(
                     "leased {} to {owner}",
                     allocations
@@ -59,7 +88,7 @@ impl IpamPlugin {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                Ok(CniResult {
+                let result = CniResult {
                     interfaces: Vec::new(),
                     ips: allocations
                         .iter()
@@ -79,9 +108,12 @@ impl IpamPlugin {
                         })
                         .collect(),
                     dns,
-                })
+                };
+                Ok((result, upcoming))
             }
-            IpamPlugin::Delegate(binary) => delegate::ipam_add(binary, &request.config.raw),
+            IpamPlugin::Delegate(binary) => {
+                Ok((delegate::ipam_add(binary, &request.config.raw)?, Vec::new()))
+            }
         }
     }
 

@@ -9,6 +9,7 @@ pub(crate) mod fault;
 mod gc;
 mod ipam_plugin;
 mod status;
+pub(crate) mod wire;
 
 pub(crate) use datapath_steps::sweep;
 

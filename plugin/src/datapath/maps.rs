@@ -8,8 +8,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use flatbridge_common::{
-    CniCall, CniCallKey, Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Gateway, Ipv4, Ipv6, Mac,
-    NodeConfig, Verdict, map_name,
+    ArpClaim, ArpProbe, CniCall, CniCallKey, Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Gateway,
+    Ipv4, Ipv6, Mac, NodeConfig, Verdict, map_name,
 };
 use ipnetwork::Ipv4Network;
 
@@ -417,6 +417,91 @@ impl Datapath {
             .filter_map(Result::ok)
             .map(|ip| Ipv4Addr::from(ip.addr))
             .collect())
+    }
+}
+
+/// What the wire said of IPv4 addresses: who claimed them (`arp_claims`, written by the
+/// uplink program) and when they were probed (`arp_probes`, written here). A node whose
+/// pins predate these maps has neither: reads find nothing and writes fail, so callers
+/// probe and wait as without a datapath.
+impl Datapath {
+    /// The last claim of `ip` seen on the wire.
+    pub fn arp_claim(&self, ip: Ipv4Addr) -> Result<Option<ArpClaim>, DatapathError> {
+        let claims = self.lru_map::<Ipv4, ArpClaim>(map_name::ARP_CLAIMS)?;
+        match claims.get(&ipv4_key(ip), 0) {
+            Ok(claim) => Ok(Some(claim)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(self.map_error(map_name::ARP_CLAIMS, error)),
+        }
+    }
+
+    /// Every remembered claim.
+    pub fn arp_claims(&self) -> Result<Vec<(Ipv4Addr, ArpClaim)>, DatapathError> {
+        let claims = self.lru_map::<Ipv4, ArpClaim>(map_name::ARP_CLAIMS)?;
+        Ok(claims
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(ip, claim)| (Ipv4Addr::from(ip.addr), claim))
+            .collect())
+    }
+
+    /// Forgets the claims of `ip` (a pod took it: only later claims are conflicts).
+    pub fn forget_arp_claim(&self, ip: Ipv4Addr) -> Result<(), DatapathError> {
+        let mut claims = self.lru_map::<Ipv4, ArpClaim>(map_name::ARP_CLAIMS)?;
+        match claims.remove(&ipv4_key(ip)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(error) => Err(self.map_error(map_name::ARP_CLAIMS, error)),
+        }
+    }
+
+    /// When `ip` was probed, if it was.
+    pub fn arp_probe(&self, ip: Ipv4Addr) -> Result<Option<ArpProbe>, DatapathError> {
+        let probes = self.lru_map::<Ipv4, ArpProbe>(map_name::ARP_PROBES)?;
+        match probes.get(&ipv4_key(ip), 0) {
+            Ok(probe) => Ok(Some(probe)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(self.map_error(map_name::ARP_PROBES, error)),
+        }
+    }
+
+    /// Every probed address.
+    pub fn arp_probes(&self) -> Result<Vec<(Ipv4Addr, ArpProbe)>, DatapathError> {
+        let probes = self.lru_map::<Ipv4, ArpProbe>(map_name::ARP_PROBES)?;
+        Ok(probes
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(ip, probe)| (Ipv4Addr::from(ip.addr), probe))
+            .collect())
+    }
+
+    /// Records that `ip` was probed at `now_ns`; the probe before stays as the previous one.
+    /// Concurrent writers may lose one's record: it then looks probed less, never more.
+    pub fn record_arp_probe(&self, ip: Ipv4Addr, now_ns: u64) -> Result<ArpProbe, DatapathError> {
+        let name = map_name::ARP_PROBES;
+        let mut probes = self.lru_map::<Ipv4, ArpProbe>(name)?;
+        let key = ipv4_key(ip);
+        let previous = match probes.get(&key, 0) {
+            Ok(probe) => probe.last_ns,
+            Err(MapError::KeyNotFound) => 0,
+            Err(error) => return Err(self.map_error(name, error)),
+        };
+        let probe = ArpProbe {
+            last_ns: now_ns,
+            previous_ns: previous,
+        };
+        probes
+            .insert(key, probe, 0)
+            .map_err(|error| self.map_error(name, error))?;
+        Ok(probe)
+    }
+
+    /// Forgets the probes of `ip` (handed out, or found in use).
+    pub fn forget_arp_probe(&self, ip: Ipv4Addr) -> Result<(), DatapathError> {
+        let mut probes = self.lru_map::<Ipv4, ArpProbe>(map_name::ARP_PROBES)?;
+        match probes.remove(&ipv4_key(ip)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(error) => Err(self.map_error(map_name::ARP_PROBES, error)),
+        }
     }
 }
 

@@ -189,6 +189,37 @@ pub fn allocate(
     }
 }
 
+/// The next `count` addresses each range set would hand out after the allocations so far,
+/// in order: free ones, or held by a conflict marker that has expired at `now`. What ADD
+/// probes ahead, so that the next pods need not wait for their probe.
+pub fn upcoming(
+    store: &impl Store,
+    config: &IpamConfig,
+    count: usize,
+    now: SystemTime,
+) -> Result<Vec<IpAddr>, IpamError> {
+    let leases = store.leases()?;
+    let mut upcoming = Vec::new();
+    for (index, set) in config.range_sets.iter().enumerate() {
+        let last = store.last_reserved(index)?;
+        let mut found = 0;
+        for (candidate, _) in set.candidates(last) {
+            if found == count {
+                break;
+            }
+            let free = match leases.get(&candidate) {
+                None => true,
+                Some(holder) => is_expired_marker(store, candidate, holder, now)?,
+            };
+            if free {
+                upcoming.push(candidate);
+                found += 1;
+            }
+        }
+    }
+    Ok(upcoming)
+}
+
 fn clear_expired_marker(store: &mut impl Store, ip: IpAddr, holder: &Owner) -> Result<(), IpamError> {
     store.remove(ip)?;
     log::info!(
@@ -373,6 +404,30 @@ mod tests {
 
     fn first_ip(store: &mut impl Store, config: &IpamConfig, who: &Owner, now: SystemTime) -> IpAddr {
         allocate(store, config, who, now).expect("allocate")[0].ip
+    }
+
+    #[test]
+    fn upcoming_are_the_next_allocations_in_order() {
+        let config = config("");
+        let mut store = MemoryStore::default();
+        assert_eq!(
+            upcoming(&store, &config, 2, t0()).expect("upcoming"),
+            [ip("10.10.1.1"), ip("10.10.1.2")]
+        );
+        first_ip(&mut store, &config, &owner(1), t0());
+        mark_conflict(&mut store, ip("10.10.1.3"), [2, 0, 0, 0, 0, 9], t0()).expect("mark");
+        // After .1: .2, then .4 (.3 is marked); .1 is leased: only two.
+        let next = upcoming(&store, &config, 3, t0()).expect("upcoming");
+        assert_eq!(next, [ip("10.10.1.2"), ip("10.10.1.4")]);
+        for (n, expected) in (2..).zip(&next) {
+            let got = first_ip(&mut store, &config, &owner(n), t0());
+            assert_eq!(got, *expected, "upcoming named what allocate hands out, in order");
+        }
+        // An expired marker is upcoming again.
+        assert_eq!(
+            upcoming(&store, &config, 3, t0() + CONFLICT_RETRY).expect("upcoming"),
+            [ip("10.10.1.3")]
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{net::IpAddr, path::PathBuf};
 
 pub use allocator::{
     Allocation, CONFLICT_RETRY, Conflict, Released, allocate, clear_conflicts, conflicts, mark_conflict,
-    release, release_unused, usage,
+    release, release_unused, upcoming, usage,
 };
 pub use config::IpamConfig;
 pub use range::{Range, RangeSet};

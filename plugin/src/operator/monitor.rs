@@ -97,6 +97,7 @@ pub fn render(before: &NodeReport, now: &NodeReport, elapsed: Duration) -> Strin
                 VerdictKind::Answer => "answer",
                 VerdictKind::Flow => "flow",
                 VerdictKind::Drop => "DROP",
+                VerdictKind::Conflict => "CONFLICT",
             };
             out.push_str(&format!(
                 "  {:<22} {:>8} {:>10} {:>10}\n",

@@ -49,6 +49,19 @@ pub fn render(report: &NodeReport) -> String {
         ));
     }
     for network in &report.networks {
+        for conflict in &network.wire_conflicts {
+            out.push_str(&format!(
+                "WIRE CONFLICT: network {} address {} of the pod on {} ({}) was claimed on the wire by {} {} ms ago\n",
+                network.network,
+                conflict.address,
+                conflict.host_veth,
+                conflict.pod_mac,
+                conflict.claimed_by,
+                conflict.seen_ms_ago,
+            ));
+        }
+    }
+    for network in &report.networks {
         let node = &network.node;
         out.push_str(&format!(
             "network {}  (pins {}, build {}{})\n",
@@ -130,6 +143,10 @@ pub fn render(report: &NodeReport) -> String {
                 gateway.address, gateway.mac, gateway.subnet
             ));
         }
+        out.push_str(&format!(
+            "  wire: {} addresses probed ahead of their ADD\n",
+            network.probed_ahead
+        ));
         let offloaded: Vec<&report::FlowReport> =
             network.flows.iter().filter(|flow| flow.offloaded).collect();
         out.push_str(&format!(

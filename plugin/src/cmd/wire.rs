@@ -1,0 +1,339 @@
+//! ADD's promise that an address it hands out is used by nobody on the wire (RFC 5227),
+//! mostly without waiting for it.
+//!
+//! The uplink program remembers the sender of every ARP frame from the wire
+//! (`arp_claims`): a host that uses an address names it whenever it ARPs, and answers a
+//! probe for it. Each ADD probes the addresses IPAM will hand out next, without waiting
+//! (`arp_probes` keeps when). An address probed at least `arpProbeMs` ago and claimed by
+//! nobody since is handed out at once; one more probe goes out with it, and a claim that
+//! answers it by the end of ADD fails the ADD (the address is marked as conflicting, so
+//! the retry takes another). An address probed too recently waits only for the rest of
+//! the probe time; one never probed (the first ADD on a node), probed too long ago, or
+//! claimed before its probe is probed and waited for as without the datapath. The agent
+//! keeps the probed addresses fresh.
+use std::{net::Ipv4Addr, time::Duration};
+
+use flatbridge_common::{ArpClaim, ArpProbe};
+
+use crate::{
+    arp::ArpSocket,
+    cni::{CniError, code},
+    datapath::Datapath,
+    kernel::monotonic_ns,
+    mac::Mac,
+};
+
+/// How many of the next addresses of each range set an ADD probes ahead: enough that
+/// back-to-back ADDs (a few ms each) reach an address at least the default 100 ms after
+/// its probe.
+pub const PROBE_AHEAD: usize = 32;
+/// A probe older than this says too little of the address now: it is probed again.
+pub const PROBE_FRESH: Duration = Duration::from_secs(5 * 60);
+/// An address probed more recently than this is not probed again ahead of its ADD (the
+/// agent re-probes the ones it keeps fresh after this too).
+pub const REPROBE_AFTER: Duration = Duration::from_secs(60);
+/// A claim older than this no longer says the address is in use; a younger one that
+/// predates every probe sends the address to a probe that is waited for.
+pub const CLAIM_MEMORY: Duration = Duration::from_secs(10 * 60);
+
+fn ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What the wire's memory says of an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// Probed at `since_ns`, at least the probe time ago, and claimed by nobody since.
+    Free { since_ns: u64 },
+    /// Somebody claimed it after it was probed.
+    InUse { mac: [u8; 6] },
+    /// First probed at `since_ns`, too recently: ask again once the probe time has passed.
+    Pending { since_ns: u64 },
+    /// Never probed, probed too long ago, or claimed before its probe: probe and wait.
+    Unknown,
+}
+
+/// Judges an address from its probes and its last claim at `now_ns`, `wait` being the
+/// probe time (`arpProbeMs`).
+pub fn judge(probe: Option<ArpProbe>, claim: Option<ArpClaim>, now_ns: u64, wait: Duration) -> Judgement {
+    let age = |at: u64| now_ns.saturating_sub(at);
+    let probes = probe
+        .map(|probe| [probe.previous_ns, probe.last_ns])
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&at| at != 0 && at <= now_ns && age(at) <= ns(PROBE_FRESH));
+    let first_probe = probes.clone().min();
+    let claim = claim.filter(|claim| age(claim.seen_ns) <= ns(CLAIM_MEMORY));
+    if let Some(claim) = claim {
+        return match first_probe {
+            Some(probed) if claim.seen_ns >= probed => Judgement::InUse { mac: claim.mac },
+            _ => Judgement::Unknown,
+        };
+    }
+    // The oldest probe that is old enough: claims since it include claims since later ones.
+    if let Some(since_ns) = probes.clone().filter(|&at| age(at) >= ns(wait)).min() {
+        return Judgement::Free { since_ns };
+    }
+    match first_probe {
+        Some(since_ns) => Judgement::Pending { since_ns },
+        None => Judgement::Unknown,
+    }
+}
+
+/// The wire as ADD sees it: a socket on the bridge to probe and announce with and, with
+/// the datapath, the uplink program's memory of claims.
+pub struct Wire<'a> {
+    pub socket: ArpSocket,
+    pub memory: Option<&'a Datapath>,
+}
+
+/// An address handed out on the strength of an earlier probe: a claim after `since_ns`
+/// (the probe sent with it) is checked at the end of ADD.
+#[derive(Clone, Copy, Debug)]
+pub struct LateCheck {
+    pub ip: Ipv4Addr,
+    pub since_ns: u64,
+}
+
+/// What the wire said of the addresses of one lease.
+pub enum Outcome {
+    /// Nobody uses them; the ones handed out without a wait are to be checked again.
+    Free(Vec<LateCheck>),
+    /// `ip` is in use by `mac`.
+    InUse { ip: Ipv4Addr, mac: [u8; 6] },
+}
+
+fn probe_error(ip: Ipv4Addr, error: impl std::fmt::Display) -> CniError {
+    CniError::new(
+        code::IO_FAILURE,
+        format!("failed to probe {ip} on the wire: {error}"),
+    )
+}
+
+impl Wire<'_> {
+    /// Sends one probe for each of `upcoming` not probed within [`REPROBE_AFTER`], waiting
+    /// for nothing. Failures cost the next pods a wait, nothing else.
+    pub fn probe_ahead(&self, upcoming: &[Ipv4Addr]) {
+        let Some(memory) = self.memory else {
+            return;
+        };
+        for &ip in upcoming {
+            let now = monotonic_ns();
+            let recent = matches!(memory.arp_probe(ip), Ok(Some(probe))
+                if probe.last_ns != 0 && now.saturating_sub(probe.last_ns) < ns(REPROBE_AFTER));
+            if recent {
+                continue;
+            }
+            if let Err(error) = self.probe_once(memory, ip) {
+                log::debug!("probing {ip} ahead failed: {error}");
+                return;
+            }
+        }
+    }
+
+    /// One probe for `ip`, recorded.
+    fn probe_once(&self, memory: &Datapath, ip: Ipv4Addr) -> Result<u64, CniError> {
+        let sent = monotonic_ns();
+        self.socket
+            .send_probe(ip)
+            .map_err(|error| probe_error(ip, error))?;
+        memory.record_arp_probe(ip, sent)?;
+        Ok(sent)
+    }
+
+    /// Checks each of `ips` (the IPv4 addresses of one lease) before it is handed out.
+    pub fn check(
+        &self,
+        ips: impl IntoIterator<Item = Ipv4Addr>,
+        wait: Duration,
+    ) -> Result<Outcome, CniError> {
+        let mut late = Vec::new();
+        for ip in ips {
+            match self.check_one(ip, wait)? {
+                Some(Checked::Late(check)) => late.push(check),
+                Some(Checked::InUse(mac)) => {
+                    if let Some(memory) = self.memory {
+                        let _ = memory.forget_arp_probe(ip);
+                    }
+                    return Ok(Outcome::InUse { ip, mac });
+                }
+                None => {}
+            }
+        }
+        Ok(Outcome::Free(late))
+    }
+
+    fn check_one(&self, ip: Ipv4Addr, wait: Duration) -> Result<Option<Checked>, CniError> {
+        if let Some(memory) = self.memory {
+            // A node whose pins predate the memory maps has none: probe and wait.
+            let remembered = memory
+                .arp_probe(ip)
+                .and_then(|probe| Ok((probe, memory.arp_claim(ip)?)));
+            if let Ok((probe, claim)) = remembered {
+                match judge(probe, claim, monotonic_ns(), wait) {
+                    Judgement::Free { .. } => {
+                        let since_ns = self.probe_once(memory, ip)?;
+                        return Ok(Some(Checked::Late(LateCheck { ip, since_ns })));
+                    }
+                    Judgement::InUse { mac } => return Ok(Some(Checked::InUse(mac))),
+                    Judgement::Pending { since_ns } => {
+                        let ready = since_ns.saturating_add(ns(wait));
+                        std::thread::sleep(Duration::from_nanos(ready.saturating_sub(monotonic_ns())));
+                        let claim = memory.arp_claim(ip)?;
+                        return Ok(match claim {
+                            Some(claim) if claim.seen_ns >= since_ns => Some(Checked::InUse(claim.mac)),
+                            _ => None,
+                        });
+                    }
+                    Judgement::Unknown => {}
+                }
+            }
+        }
+        let probed_at = monotonic_ns();
+        let answer = self
+            .socket
+            .probe(ip, wait)
+            .map_err(|error| probe_error(ip, error))?;
+        if let Some(memory) = self.memory {
+            let _ = memory.record_arp_probe(ip, probed_at);
+        }
+        Ok(answer.map(Checked::InUse))
+    }
+
+    /// The end of ADD: a claim of an address handed out without a wait that came after
+    /// its last probe, by another MAC than the pod's, is a conflict. Then every address of
+    /// the pod is forgotten by the memory: a later claim of it is the pod's conflict.
+    pub fn finish(
+        &self,
+        late: &[LateCheck],
+        pod_mac: [u8; 6],
+        ips: impl IntoIterator<Item = Ipv4Addr>,
+    ) -> Result<(), (Ipv4Addr, [u8; 6])> {
+        let Some(memory) = self.memory else {
+            return Ok(());
+        };
+        for check in late {
+            if let Ok(Some(claim)) = memory.arp_claim(check.ip)
+                && claim.seen_ns >= check.since_ns
+                && claim.mac != pod_mac
+            {
+                let _ = memory.forget_arp_probe(check.ip);
+                return Err((check.ip, claim.mac));
+            }
+        }
+        for ip in ips {
+            let _ = memory.forget_arp_probe(ip);
+            if let Err(error) = memory.forget_arp_claim(ip) {
+                log::debug!("failed to forget the claims of {ip}: {error}");
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Checked {
+    Late(LateCheck),
+    InUse([u8; 6]),
+}
+
+/// The error of an ADD whose address was claimed on the wire while it ran.
+pub fn late_conflict(ip: Ipv4Addr, mac: [u8; 6]) -> CniError {
+    CniError::new(
+        code::ADDRESS_CONFLICT,
+        format!(
+            "address {ip} was claimed on the wire by {} while the pod was being added: it is marked as conflicting, a retried ADD takes another",
+            Mac(mac)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const WAIT: Duration = Duration::from_millis(100);
+    const NOW: u64 = 3_600_000 * MS;
+
+    fn probe(last_ago_ms: u64, previous_ago_ms: Option<u64>) -> Option<ArpProbe> {
+        Some(ArpProbe {
+            last_ns: NOW - last_ago_ms * MS,
+            previous_ns: previous_ago_ms.map_or(0, |ago| NOW - ago * MS),
+        })
+    }
+
+    fn claim(ago_ms: u64) -> Option<ArpClaim> {
+        Some(ArpClaim {
+            seen_ns: NOW - ago_ms * MS,
+            mac: [2, 0, 0, 0, 0, 7],
+            op: 2,
+        })
+    }
+
+    #[test]
+    fn an_address_probed_long_enough_ago_and_unclaimed_is_free() {
+        assert_eq!(
+            judge(probe(150, None), None, NOW, WAIT),
+            Judgement::Free {
+                since_ns: NOW - 150 * MS
+            }
+        );
+        // A re-probe does not make it look new: the older probe counts.
+        assert_eq!(
+            judge(probe(5, Some(70_000)), None, NOW, WAIT),
+            Judgement::Free {
+                since_ns: NOW - 70_000 * MS
+            }
+        );
+    }
+
+    #[test]
+    fn a_claim_after_a_probe_is_in_use() {
+        assert_eq!(
+            judge(probe(150, None), claim(149), NOW, WAIT),
+            Judgement::InUse {
+                mac: [2, 0, 0, 0, 0, 7]
+            }
+        );
+        // After the older of two probes, even before the newer one.
+        assert!(matches!(
+            judge(probe(10, Some(70_000)), claim(60_000), NOW, WAIT),
+            Judgement::InUse { .. }
+        ));
+        // Also while the probe is still pending.
+        assert!(matches!(
+            judge(probe(10, None), claim(1), NOW, WAIT),
+            Judgement::InUse { .. }
+        ));
+    }
+
+    #[test]
+    fn too_recent_too_old_never_or_claimed_before_the_probe_is_not_free() {
+        assert_eq!(
+            judge(probe(40, None), None, NOW, WAIT),
+            Judgement::Pending {
+                since_ns: NOW - 40 * MS
+            }
+        );
+        let stale = u64::try_from(PROBE_FRESH.as_millis()).expect("ms") + 1;
+        assert_eq!(judge(probe(stale, None), None, NOW, WAIT), Judgement::Unknown);
+        assert_eq!(judge(None, None, NOW, WAIT), Judgement::Unknown);
+        // Claimed a minute before the probe: the claimer may have gone, or may answer slowly.
+        assert_eq!(
+            judge(probe(150, None), claim(60_150), NOW, WAIT),
+            Judgement::Unknown
+        );
+        // A claim older than the memory says nothing.
+        let forgotten = u64::try_from(CLAIM_MEMORY.as_millis()).expect("ms") + 1;
+        assert!(matches!(
+            judge(probe(150, None), claim(forgotten), NOW, WAIT),
+            Judgement::Free { .. }
+        ));
+        // A probe "in the future" (another clock) is no probe.
+        let future = Some(ArpProbe {
+            last_ns: NOW + MS,
+            previous_ns: 0,
+        });
+        assert_eq!(judge(future, None, NOW, WAIT), Judgement::Unknown);
+    }
+}
