@@ -494,14 +494,17 @@ pub struct ArpClaim {
 const _: () = assert!(size_of::<ArpClaim>() == 16);
 
 /// When an address was probed on the wire (CLOCK_MONOTONIC, 0 = never): the last probe and
-/// the one before it, so that re-probing an address does not make it look new.
+/// the one before it, so that re-probing an address does not make it look new, and when an
+/// ADD last named it among the next addresses IPAM hands out (the entries of the latest
+/// ADD are the ones the agent keeps fresh; the others are let go).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ArpProbe {
     pub last_ns: u64,
     pub previous_ns: u64,
+    pub wanted_ns: u64,
 }
-const _: () = assert!(size_of::<ArpProbe>() == 16);
+const _: () = assert!(size_of::<ArpProbe>() == 24);
 
 #[cfg(feature = "user")]
 mod user {

@@ -100,8 +100,8 @@ pub struct NetworkReport {
     /// Local pods' addresses that a host on the wire claimed (sent ARP for) with another
     /// MAC since the pod was added: address conflicts (RFC 5227 section 2.4).
     pub wire_conflicts: Vec<WireConflictReport>,
-    /// How many addresses are probed ahead of their ADD (the pool ADD hands out from
-    /// without waiting for a probe).
+    /// How many addresses the latest ADD probed ahead of their own ADD (the pool the next
+    /// ADDs hand out from without waiting for a probe).
     pub probed_ahead: usize,
 }
 
@@ -449,7 +449,14 @@ async fn network_report(netlink: &Netlink, datapath: &Datapath) -> Result<Networ
     let node = datapath.node_config()?;
     let wire_conflicts = wire_conflicts(datapath, &endpoints);
     // Pins older than the probe map have none: nothing is probed ahead.
-    let probed_ahead = datapath.arp_probes().map_or(0, |probes| probes.len());
+    let probed_ahead = datapath.arp_probes().map_or(0, |probes| {
+        // The latest ADD's next addresses (the agent keeps only those fresh).
+        let latest = probes.iter().map(|(_, probe)| probe.wanted_ns).max().unwrap_or(0);
+        probes
+            .iter()
+            .filter(|(_, probe)| probe.wanted_ns == latest && latest != 0)
+            .count()
+    });
     let from_pod_id = datapath.program_id(program_name::FROM_POD);
     let endpoints = endpoints
         .into_iter()

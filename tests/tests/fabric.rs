@@ -379,7 +379,10 @@ fn an_address_taken_silently_after_its_probe_fails_the_add_that_hands_it_out() {
     // 10.10.1.2's file is now the conflict marker, nobody's lease.
     assert_eq!(one.node.leases(NET), ["10.10.1.1", "10.10.1.2"]);
     let marker = std::fs::read_to_string(one.node.ipam_dir(NET).join("10.10.1.2")).expect("marker");
-    assert!(!marker.contains(&second.container_id), "the failed ADD left its lease: {marker}");
+    assert!(
+        !marker.contains(&second.container_id),
+        "the failed ADD left its lease: {marker}"
+    );
     let report = one.node.status();
     let conflicts = report["conflicts"].as_array().cloned().unwrap_or_default();
     assert!(

@@ -255,8 +255,8 @@ impl Reconciler {
     /// The wire, for the pods' addresses (RFC 5227 section 2.4): a claim of a pod's
     /// address by another MAC is logged once and answered with an announcement of the
     /// pod's MAC, at most once per [`DEFEND_INTERVAL`] and only for a claim newer than the
-    /// last defence. And the addresses ADD probed ahead are probed again once their probe
-    /// is [`wire::REPROBE_AFTER`] old, so that ADD finds them fresh.
+    /// last defence. And the next addresses the latest ADD named are probed again once
+    /// their probe is [`wire::REPROBE_AFTER`] old, so that the next ADD finds them fresh.
     fn watch_wire(&mut self, datapath: &Datapath, seen: &mut HashSet<WireConflict>) {
         let network = datapath.network().to_owned();
         let Ok(settings) = datapath.node_config() else {
@@ -334,16 +334,12 @@ impl Reconciler {
             // Pins older than the probe map: ADD probes and waits.
             Err(_) => return,
         };
-        let reprobe = u64::try_from(wire::REPROBE_AFTER.as_nanos()).unwrap_or(u64::MAX);
+        let (forget, reprobe) = wire::upkeep(&probes, &pods, now);
+        for ip in forget {
+            let _ = datapath.forget_arp_probe(ip);
+        }
         let mut probed = 0;
-        for (ip, probe) in probes {
-            if pods.contains(&ip) {
-                let _ = datapath.forget_arp_probe(ip);
-                continue;
-            }
-            if now.saturating_sub(probe.last_ns) < reprobe {
-                continue;
-            }
+        for ip in reprobe {
             if socket.is_none() {
                 socket = open();
             }

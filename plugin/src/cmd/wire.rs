@@ -10,7 +10,7 @@
 //! the retry takes another). An address probed too recently waits only for the rest of
 //! the probe time; one never probed (the first ADD on a node), probed too long ago, or
 //! claimed before its probe is probed and waited for as without the datapath. The agent
-//! keeps the probed addresses fresh.
+//! keeps the next addresses of the latest ADD fresh.
 use std::{net::Ipv4Addr, time::Duration};
 
 use flatbridge_common::{ArpClaim, ArpProbe};
@@ -111,17 +111,25 @@ fn probe_error(ip: Ipv4Addr, error: impl std::fmt::Display) -> CniError {
 }
 
 impl Wire<'_> {
-    /// Sends one probe for each of `upcoming` not probed within [`REPROBE_AFTER`], waiting
-    /// for nothing. Failures cost the next pods a wait, nothing else.
+    /// Marks each of `upcoming` as wanted by this ADD (one stamp for all: the agent keeps
+    /// the latest ADD's fresh) and sends one probe for each not probed within
+    /// [`REPROBE_AFTER`], waiting for nothing. Failures cost the next pods a wait, nothing
+    /// else.
     pub fn probe_ahead(&self, upcoming: &[Ipv4Addr]) {
         let Some(memory) = self.memory else {
             return;
         };
+        let stamp = monotonic_ns();
         for &ip in upcoming {
+            let probe = match memory.want_arp_probe(ip, stamp) {
+                Ok(probe) => probe,
+                Err(error) => {
+                    log::debug!("marking {ip} to probe ahead failed: {error}");
+                    return;
+                }
+            };
             let now = monotonic_ns();
-            let recent = matches!(memory.arp_probe(ip), Ok(Some(probe))
-                if probe.last_ns != 0 && now.saturating_sub(probe.last_ns) < ns(REPROBE_AFTER));
-            if recent {
+            if probe.last_ns != 0 && now.saturating_sub(probe.last_ns) < ns(REPROBE_AFTER) {
                 continue;
             }
             if let Err(error) = self.probe_once(memory, ip) {
@@ -231,6 +239,30 @@ impl Wire<'_> {
     }
 }
 
+/// The agent's upkeep of `arp_probes` at `now_ns`: the addresses to forget (taken by a pod,
+/// or named by an earlier ADD only and stale) and the ones to probe again (named by the
+/// latest ADD and probed [`REPROBE_AFTER`] ago or more). Only the latest ADD's next
+/// addresses are kept fresh, so an idle node sends a bounded number of probes.
+pub fn upkeep(
+    probes: &[(Ipv4Addr, ArpProbe)],
+    pods: &std::collections::HashSet<Ipv4Addr>,
+    now_ns: u64,
+) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
+    let latest = probes.iter().map(|(_, probe)| probe.wanted_ns).max().unwrap_or(0);
+    let age = |at: u64| now_ns.saturating_sub(at);
+    let mut forget = Vec::new();
+    let mut reprobe = Vec::new();
+    for &(ip, probe) in probes {
+        let wanted = probe.wanted_ns == latest && latest != 0;
+        if pods.contains(&ip) || (!wanted && age(probe.last_ns) >= ns(PROBE_FRESH)) {
+            forget.push(ip);
+        } else if wanted && age(probe.last_ns) >= ns(REPROBE_AFTER) {
+            reprobe.push(ip);
+        }
+    }
+    (forget, reprobe)
+}
+
 enum Checked {
     Late(LateCheck),
     InUse([u8; 6]),
@@ -259,6 +291,7 @@ mod tests {
         Some(ArpProbe {
             last_ns: NOW - last_ago_ms * MS,
             previous_ns: previous_ago_ms.map_or(0, |ago| NOW - ago * MS),
+            wanted_ns: 0,
         })
     }
 
@@ -268,6 +301,32 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 7],
             op: 2,
         })
+    }
+
+    #[test]
+    fn the_agent_keeps_only_the_latest_adds_addresses_fresh() {
+        let entry = |last: u8, last_ago_s: u64, wanted: u64| {
+            (
+                Ipv4Addr::new(10, 10, 1, last),
+                ArpProbe {
+                    last_ns: NOW - last_ago_s * 1000 * MS,
+                    previous_ns: 0,
+                    wanted_ns: wanted,
+                },
+            )
+        };
+        let probes = [
+            entry(1, 90, 7),  // the latest ADD's, a minute and a half old: again
+            entry(2, 10, 7),  // the latest ADD's, fresh: left
+            entry(3, 400, 5), // an earlier ADD's, stale: forgotten
+            entry(4, 90, 5),  // an earlier ADD's, not stale yet: left, not probed
+            entry(5, 90, 7),  // the latest ADD's, but a pod has it now: forgotten
+        ];
+        let pods = [Ipv4Addr::new(10, 10, 1, 5)].into_iter().collect();
+        let (forget, reprobe) = upkeep(&probes, &pods, NOW);
+        assert_eq!(forget, [Ipv4Addr::new(10, 10, 1, 3), Ipv4Addr::new(10, 10, 1, 5)]);
+        assert_eq!(reprobe, [Ipv4Addr::new(10, 10, 1, 1)]);
+        assert_eq!(upkeep(&[], &pods, NOW), (vec![], vec![]));
     }
 
     #[test]
@@ -333,6 +392,7 @@ mod tests {
         let future = Some(ArpProbe {
             last_ns: NOW + MS,
             previous_ns: 0,
+            wanted_ns: 0,
         });
         assert_eq!(judge(future, None, NOW, WAIT), Judgement::Unknown);
     }

@@ -480,15 +480,34 @@ impl Datapath {
         let name = map_name::ARP_PROBES;
         let mut probes = self.lru_map::<Ipv4, ArpProbe>(name)?;
         let key = ipv4_key(ip);
-        let previous = match probes.get(&key, 0) {
-            Ok(probe) => probe.last_ns,
-            Err(MapError::KeyNotFound) => 0,
+        let known = match probes.get(&key, 0) {
+            Ok(probe) => probe,
+            Err(MapError::KeyNotFound) => ArpProbe::default(),
             Err(error) => return Err(self.map_error(name, error)),
         };
         let probe = ArpProbe {
             last_ns: now_ns,
-            previous_ns: previous,
+            previous_ns: known.last_ns,
+            wanted_ns: known.wanted_ns,
         };
+        probes
+            .insert(key, probe, 0)
+            .map_err(|error| self.map_error(name, error))?;
+        Ok(probe)
+    }
+
+    /// Records that an ADD at `stamp_ns` named `ip` among the next addresses to hand out;
+    /// returns what is known of its probes.
+    pub fn want_arp_probe(&self, ip: Ipv4Addr, stamp_ns: u64) -> Result<ArpProbe, DatapathError> {
+        let name = map_name::ARP_PROBES;
+        let mut probes = self.lru_map::<Ipv4, ArpProbe>(name)?;
+        let key = ipv4_key(ip);
+        let mut probe = match probes.get(&key, 0) {
+            Ok(probe) => probe,
+            Err(MapError::KeyNotFound) => ArpProbe::default(),
+            Err(error) => return Err(self.map_error(name, error)),
+        };
+        probe.wanted_ns = stamp_ns;
         probes
             .insert(key, probe, 0)
             .map_err(|error| self.map_error(name, error))?;

@@ -1,6 +1,8 @@
 //! What a CNI call costs: ADD and DEL latency and the plugin's peak RSS, for flatbridge and
-//! Debian's reference bridge + host-local side by side, the kernel's own veth deletion in
-//! the same run, and ADD latency as a node fills up (pod 1 vs pod 200).
+//! Debian's reference bridge + host-local side by side, off the wire and on a node whose
+//! bridge has an uplink to a host (where flatbridge probes every address, RFC 5227), the
+//! kernel's own veth deletion in the same run, and ADD latency as a node fills up (pod 1
+//! vs pod 200).
 //!
 //! Calls are spawned directly from a thread inside the node's namespace (no nsenter in
 //! between) and timed from fork to exit, as a runtime sees them.
@@ -80,6 +82,8 @@ const AGENT_SECONDS: f64 = 15.0;
 /// A node for CNI calls: its namespace and its own lease directory, BPF root and log.
 struct CniNode {
     netns: Netns,
+    /// The host at the other end of the node's uplink, when it has one.
+    _wire: Option<Netns>,
     netns_file: File,
     bpffs: BpfFs,
     state: TempDir,
@@ -104,10 +108,26 @@ impl Drop for CniNode {
 }
 
 impl CniNode {
-    fn new(tag: &str, binary: PathBuf, flatbridge: bool, range_end: &str) -> anyhow::Result<Self> {
+    /// `uplink`: the bridge gets a port to a host holding 10.10.0.1 (the seed recipe's
+    /// node, with its NIC in the bridge), so that flatbridge probes each address it hands
+    /// out; the reference plugins probe nothing.
+    fn new(
+        tag: &str,
+        binary: PathBuf,
+        flatbridge: bool,
+        range_end: &str,
+        uplink: bool,
+    ) -> anyhow::Result<Self> {
         let netns = Netns::new(tag);
         netns.ok(&["ip", "link", "add", "cni0", "type", "bridge"]);
         netns.ok(&["ip", "link", "set", "cni0", "up"]);
+        let wire = uplink.then(|| {
+            let host = Netns::new(&format!("{tag}-wire"));
+            netns.add_veth("uplink0", &host, "eth0");
+            netns.ok(&["ip", "link", "set", "uplink0", "master", "cni0", "up"]);
+            host.ok(&["ip", "addr", "add", "10.10.0.1/16", "dev", "eth0"]);
+            host
+        });
         let netns_file = File::open(netns.path())?;
         let bpffs = BpfFs::new(tag);
         let state = TempDir::new(tag);
@@ -123,6 +143,7 @@ impl CniNode {
         }
         Ok(Self {
             netns,
+            _wire: wire,
             netns_file,
             bpffs,
             state,
@@ -155,9 +176,10 @@ impl CniNode {
 }
 
 /// The kernel's own cost of deleting a pod's veth pair, timed like a plugin call: `ip link
-/// del` spawned from the node. The pair is made like a pod's (a bridge port, both ends up)
-/// and deleted as soon as it is, as the plugins' DELs are after their ADDs: deleting a
-/// device that is still settling (IPv6 DAD holds the RTNL lock) costs more.
+/// del` spawned from the node. The pair is made like a pod's (a bridge port without IPv6
+/// autoconfiguration, as flatbridge makes its host end, both ends up) and deleted as soon
+/// as it is, as the plugins' DELs are after their ADDs: deleting a device that is still
+/// settling (IPv6 DAD holds the RTNL lock) costs more.
 fn kernel_veth_delete(node: &CniNode, pod: &Pod) -> anyhow::Result<f64> {
     node.netns.ok(&[
         "ip",
@@ -173,6 +195,8 @@ fn kernel_veth_delete(node: &CniNode, pod: &Pod) -> anyhow::Result<f64> {
         pod.netns.name(),
     ]);
     node.netns
+        .ok(&["ip", "link", "set", "kveth", "addrgenmode", "none"]);
+    node.netns
         .ok(&["ip", "link", "set", "kveth", "master", "cni0", "up"]);
     pod.netns.ok(&["ip", "link", "set", "eth0", "up"]);
     setns(node.netns_file.as_fd(), CloneFlags::CLONE_NEWNET)?;
@@ -187,6 +211,12 @@ pub struct CniCost {
     pub flatbridge_del: Vec<Call>,
     pub reference_add: Vec<Call>,
     pub reference_del: Vec<Call>,
+    /// The same on nodes whose bridge has an uplink (flatbridge probes, the reference
+    /// does not).
+    pub wire_flatbridge_add: Vec<Call>,
+    pub wire_flatbridge_del: Vec<Call>,
+    pub wire_reference_add: Vec<Call>,
+    pub wire_reference_del: Vec<Call>,
     pub kernel_del_ms: Vec<f64>,
     /// ADD latency of each pod while a node fills up, in order.
     pub scaling_add_ms: Vec<f64>,
@@ -283,48 +313,85 @@ fn measure_here(
     scale_to: usize,
     with_reference: bool,
 ) -> anyhow::Result<CniCost> {
-    let flatbridge = CniNode::new("cni-fb", plugin.to_path_buf(), true, "10.10.1.101")?;
-    let reference = CniNode::new("cni-ref", "/usr/lib/cni/bridge".into(), false, "10.10.1.101")?;
+    let flatbridge = CniNode::new("cni-fb", plugin.to_path_buf(), true, "10.10.1.101", false)?;
+    let reference = CniNode::new(
+        "cni-ref",
+        "/usr/lib/cni/bridge".into(),
+        false,
+        "10.10.1.101",
+        false,
+    )?;
+    let wire_flatbridge = CniNode::new("cni-fbw", plugin.to_path_buf(), true, "10.10.1.101", true)?;
+    let wire_reference = CniNode::new(
+        "cni-refw",
+        "/usr/lib/cni/bridge".into(),
+        false,
+        "10.10.1.101",
+        true,
+    )?;
     let mut cost = CniCost {
         flatbridge_add: Vec::new(),
         flatbridge_del: Vec::new(),
         reference_add: Vec::new(),
         reference_del: Vec::new(),
+        wire_flatbridge_add: Vec::new(),
+        wire_flatbridge_del: Vec::new(),
+        wire_reference_add: Vec::new(),
+        wire_reference_del: Vec::new(),
         kernel_del_ms: Vec::new(),
         scaling_add_ms: Vec::new(),
         reference_scaling_add_ms: Vec::new(),
         agent: Vec::new(),
     };
-    // The first flatbridge ADD loads the datapath: do it once before timing.
+    // The first flatbridge ADD of a node loads the datapath (and, on the wire, probes its
+    // address and waits, as nothing is probed ahead yet): once before timing.
     let warm = Pod::new("warm");
-    flatbridge.add(&warm)?;
-    flatbridge.del(&warm)?;
+    for node in [&flatbridge, &wire_flatbridge] {
+        node.add(&warm)?;
+        node.del(&warm)?;
+    }
+    const TURNS: usize = 5;
     for round in 0..calls {
         crate::util::interrupt::check()?;
         let pod = Pod::new("cost");
-        // The three take turns at going first: a DEL's cost depends on what the kernel is
-        // still busy with (RCU grace periods, the previous pod's IPv6 work).
-        for turn in 0..3 {
-            match (round + turn) % 3 {
-                0 => {
-                    cost.flatbridge_add.push(flatbridge.add(&pod)?);
-                    cost.flatbridge_del.push(flatbridge.del(&pod)?);
+        // They take turns at going first: a DEL's cost depends on what the kernel is still
+        // busy with (RCU grace periods, the previous pod's IPv6 work).
+        for turn in 0..TURNS {
+            let (node, add, del) = match (round + turn) % TURNS {
+                0 => (&flatbridge, &mut cost.flatbridge_add, &mut cost.flatbridge_del),
+                1 => (
+                    &wire_flatbridge,
+                    &mut cost.wire_flatbridge_add,
+                    &mut cost.wire_flatbridge_del,
+                ),
+                2 if with_reference => (&reference, &mut cost.reference_add, &mut cost.reference_del),
+                3 if with_reference => (
+                    &wire_reference,
+                    &mut cost.wire_reference_add,
+                    &mut cost.wire_reference_del,
+                ),
+                4 => {
+                    cost.kernel_del_ms.push(kernel_veth_delete(&flatbridge, &pod)?);
+                    continue;
                 }
-                1 if with_reference => {
-                    cost.reference_add.push(reference.add(&pod)?);
-                    cost.reference_del.push(reference.del(&pod)?);
-                }
-                1 => {}
-                _ => cost.kernel_del_ms.push(kernel_veth_delete(&flatbridge, &pod)?),
-            }
+                _ => continue,
+            };
+            add.push(node.add(&pod)?);
+            del.push(node.del(&pod)?);
         }
         if round % 10 == 9 {
             eprintln!("bench: CNI calls {}/{calls}", round + 1);
         }
     }
     // Two nodes fill up in step, one pod each in turn, so that both see the same machine.
-    let filling = CniNode::new("cni-scale", plugin.to_path_buf(), true, "10.10.4.254")?;
-    let reference_filling = CniNode::new("cni-rscale", "/usr/lib/cni/bridge".into(), false, "10.10.4.254")?;
+    let filling = CniNode::new("cni-scale", plugin.to_path_buf(), true, "10.10.4.254", false)?;
+    let reference_filling = CniNode::new(
+        "cni-rscale",
+        "/usr/lib/cni/bridge".into(),
+        false,
+        "10.10.4.254",
+        false,
+    )?;
     let mut pods = Vec::new();
     let mut reference_pods = Vec::new();
     for index in 0..scale_to {

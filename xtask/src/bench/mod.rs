@@ -147,7 +147,20 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         elapsed_s: started.elapsed().as_secs_f64(),
     };
     print!("{}", result.table());
-    let (json_path, svg_path) = result.write(&root())?;
+    // Published results are a full run's; a smoke check's go where nothing reads them.
+    let dir = if quick {
+        root().join("target/bench")
+    } else {
+        root().join("bench/results")
+    };
+    std::fs::create_dir_all(&dir)?;
+    let (json_path, svg_path) = result.write(&dir)?;
+    let clean = report::source()["clean"] == serde_json::Value::Bool(true);
+    if !quick && !clean {
+        eprintln!(
+            "bench: the tree has uncommitted changes: these figures are not HEAD's; publish only a clean tree's"
+        );
+    }
     eprintln!(
         "bench: raw samples in {}, chart in {}",
         json_path.display(),

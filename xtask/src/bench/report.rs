@@ -1,5 +1,7 @@
 //! The bench's output: a table for the terminal, the raw samples as JSON in
-//! bench/results/<date>.json, and an SVG chart for the README (bench/results/latest.svg).
+//! bench/results/<date>.json (with the commit measured and whether the tree was clean), and
+//! an SVG chart for the README (bench/results/latest.svg); `--quick` writes them under
+//! target/bench instead, so that a smoke check never replaces published figures.
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
@@ -80,6 +82,27 @@ fn shell(argv: &[&str]) -> String {
         .output()
         .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+/// The commit measured and whether the tree was clean: only a clean tree's figures are
+/// the commit's.
+pub fn source() -> Value {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "HEAD"]);
+    let changes = git(&["status", "--porcelain", "--untracked-files=no"]);
+    json!({
+        "commit": commit,
+        "clean": changes.as_deref().map(str::is_empty),
+    })
 }
 
 fn millis(calls: &[super::cni::Call]) -> Vec<f64> {
@@ -171,6 +194,18 @@ impl Report {
                 &cni.reference_del,
             ));
         }
+        rows.push((
+            "flatbridge on a wire (uplink, probes on)",
+            &cni.wire_flatbridge_add,
+            &cni.wire_flatbridge_del,
+        ));
+        if !cni.wire_reference_add.is_empty() {
+            rows.push((
+                "reference on a wire (uplink, no probes)",
+                &cni.wire_reference_add,
+                &cni.wire_reference_del,
+            ));
+        }
         for (name, add_calls, del_calls) in rows {
             let (add, del_ms) = (millis(add_calls), millis(del_calls));
             let _ = writeln!(
@@ -228,6 +263,7 @@ impl Report {
     /// The targets of the bench issue, each with its figure and whether it is met.
     fn targets(&self) -> String {
         let mut out = String::from("\nTARGETS\n");
+        let mut info = String::new();
         let mut line = |what: &str, value: f64, limit: f64, lower_is_better: bool| {
             let met = if lower_is_better {
                 value <= limit
@@ -279,11 +315,38 @@ impl Report {
                 );
             }
         }
+        if let (Some(cross), Some(cross_nf)) = (
+            self.samples_of("cross_fastpath"),
+            self.samples_of("cross_bridge_nf"),
+        ) {
+            let _ = writeln!(
+                info,
+                "  [info] across two nodes, fast path / bridge + netfilter: RTT {}, no-GSO throughput {}",
+                format_ratio(ratio(&cross.rtt_us, &cross_nf.rtt_us)),
+                format_ratio(ratio(&cross.tcp_gbits, &cross_nf.tcp_gbits)),
+            );
+            if let Some(reference) = self.samples_of("cross_reference") {
+                let _ = writeln!(
+                    info,
+                    "  [info] across two nodes, fast path / reference plugins: RTT {}, no-GSO throughput {}",
+                    format_ratio(ratio(&cross.rtt_us, &reference.rtt_us)),
+                    format_ratio(ratio(&cross.tcp_gbits, &reference.tcp_gbits)),
+                );
+            }
+        }
         let cni = &self.cni;
         if !cni.reference_add.is_empty() {
             line(
                 "ADD p50 / reference ADD p50",
                 median(&millis(&cni.flatbridge_add)) / median(&millis(&cni.reference_add)),
+                0.5,
+                true,
+            );
+        }
+        if !cni.wire_reference_add.is_empty() {
+            line(
+                "ADD p50 on a wire / reference ADD p50 on a wire",
+                median(&millis(&cni.wire_flatbridge_add)) / median(&millis(&cni.wire_reference_add)),
                 0.5,
                 true,
             );
@@ -309,6 +372,7 @@ impl Report {
                 last / first
             );
         }
+        out.push_str(&info);
         out
     }
 
@@ -326,6 +390,7 @@ impl Report {
                 "cpu": shell(&["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]),
                 "cpus": shell(&["nproc"]),
             },
+            "source": source(),
             "versions": {
                 "flatbridge": shell(&["git", "-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"]),
                 "iperf3": shell(&["sh", "-c", "iperf3 --version | head -1"]),
@@ -340,6 +405,8 @@ impl Report {
             "cni": {
                 "flatbridge_add": calls(&self.cni.flatbridge_add), "flatbridge_del": calls(&self.cni.flatbridge_del),
                 "reference_add": calls(&self.cni.reference_add), "reference_del": calls(&self.cni.reference_del),
+                "wire_flatbridge_add": calls(&self.cni.wire_flatbridge_add), "wire_flatbridge_del": calls(&self.cni.wire_flatbridge_del),
+                "wire_reference_add": calls(&self.cni.wire_reference_add), "wire_reference_del": calls(&self.cni.wire_reference_del),
                 "kernel_veth_delete_ms": self.cni.kernel_del_ms, "scaling_add_ms": self.cni.scaling_add_ms,
                 "reference_scaling_add_ms": self.cni.reference_scaling_add_ms,
                 "agent": self.cni.agent.iter().map(|agent| json!({
@@ -392,13 +459,14 @@ impl Report {
             for (i, ((key, label), s)) in self.labels.iter().zip(&self.samples).enumerate() {
                 let y = y0 + top + i as f64 * row;
                 let bar = 420.0 * value(s) / max;
-                let color = if key.starts_with("fastpath") || key == "uplink_fastpath" {
-                    "#2b8a3e"
-                } else if key == "veth" {
-                    "#868e96"
-                } else {
-                    "#1c7ed6"
-                };
+                let color =
+                    if key.starts_with("fastpath") || key == "uplink_fastpath" || key == "cross_fastpath" {
+                        "#2b8a3e"
+                    } else if key == "veth" {
+                        "#868e96"
+                    } else {
+                        "#1c7ed6"
+                    };
                 let label = label
                     .replace('&', "&amp;")
                     .replace('<', "&lt;")
@@ -427,11 +495,10 @@ impl Report {
         svg
     }
 
-    /// Writes bench/results/<date>.json and bench/results/latest.svg; returns their paths.
-    pub fn write(&self, root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    /// Writes <date>.json and latest.svg into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         let date = shell(&["date", "-u", "+%Y-%m-%d"]);
-        let dir = root.join("bench/results");
-        std::fs::create_dir_all(&dir)?;
+
         let json_path = dir.join(format!("{date}.json"));
         std::fs::write(&json_path, serde_json::to_string_pretty(&self.json(&date))?)?;
         let svg_path = dir.join("latest.svg");

@@ -1,7 +1,9 @@
 //! The paths under test, each in namespaces of its own, built once and measured in turns:
 //! a bare veth pair (the limit), the plain bridge with and without netfilter, flatbridge's
-//! fast path in its two modes, Debian's reference bridge + host-local plugins, and a pod
-//! reached from an external host through the uplink with the fast path on and off.
+//! fast path in its two modes, Debian's reference bridge + host-local plugins, a pod
+//! reached from an external host through the uplink with the fast path on and off, and a
+//! pod reaching a pod on another node through both nodes' uplinks and a switch, with the
+//! fast path, with bridge + netfilter and with the reference plugins.
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -13,7 +15,9 @@ use serde_json::{Value, json};
 enum Place {
     Client,
     Server,
-    Node,
+    /// The world's nodes, by index.
+    Node(usize),
+    Switch,
 }
 
 pub struct World {
@@ -22,8 +26,10 @@ pub struct World {
     client: Netns,
     server: Netns,
     pub server_ip: String,
-    /// The simulated node (none for the bare veth pair).
-    pub node: Option<Node>,
+    /// The simulated nodes (none for the bare veth pair, two across a switch).
+    pub nodes: Vec<Node>,
+    /// The switch between the nodes, when there are two.
+    switch: Option<Netns>,
     devices: Vec<(Place, String)>,
     /// Keeps pods alive (their namespaces are `client` and `server` when they are pods).
     _pods: Vec<Pod>,
@@ -44,54 +50,57 @@ impl World {
             let netns = match place {
                 Place::Client => &self.client,
                 Place::Server => &self.server,
-                Place::Node => &self.node.as_ref().expect("a node").netns,
+                Place::Node(index) => &self.nodes[*index].netns,
+                Place::Switch => self.switch.as_ref().expect("a switch"),
             };
             super::measure::offloads(netns, device, on);
         }
     }
 
-    /// Packets and bytes netfilter's FORWARD chain accepted on this node so far.
+    /// Bytes netfilter's FORWARD chain accepted on this world's nodes so far.
     pub fn netfilter_bytes(&self) -> u64 {
-        let Some(node) = &self.node else {
-            return 0;
-        };
-        let listing = node
-            .netns
-            .run(&["iptables", "-w", "-L", "KUBE-FORWARD", "-v", "-x", "-n"]);
-        String::from_utf8_lossy(&listing.stdout)
-            .lines()
-            .filter(|line| line.contains("ACCEPT"))
-            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum()
+        self.nodes.iter().map(netfilter_bytes).sum()
     }
 
-    /// Bytes the fast path redirected on this node so far.
+    /// Bytes the fast path redirected on this world's nodes so far.
     pub fn fast_path_bytes(&self) -> u64 {
-        let Some(node) = &self.node else {
-            return 0;
-        };
-        let output = node
-            .command(&node.plugin_path())
-            .args(["status", "--json"])
-            .output();
-        let Ok(output) = output else {
-            return 0;
-        };
-        let status: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-        status["networks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|network| network["counters"].as_array().cloned().unwrap_or_default())
-            .filter(|counter| {
-                matches!(
-                    counter["verdict"].as_str(),
-                    Some("pod_to_pod" | "pod_to_uplink" | "uplink_to_pod")
-                )
-            })
-            .filter_map(|counter| counter["bytes"].as_u64())
-            .sum()
+        self.nodes.iter().map(fast_path_bytes).sum()
     }
+}
+
+fn netfilter_bytes(node: &Node) -> u64 {
+    let listing = node
+        .netns
+        .run(&["iptables", "-w", "-L", "KUBE-FORWARD", "-v", "-x", "-n"]);
+    String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|line| line.contains("ACCEPT"))
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+fn fast_path_bytes(node: &Node) -> u64 {
+    let output = node
+        .command(&node.plugin_path())
+        .args(["status", "--json"])
+        .output();
+    let Ok(output) = output else {
+        return 0;
+    };
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    status["networks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|network| network["counters"].as_array().cloned().unwrap_or_default())
+        .filter(|counter| {
+            matches!(
+                counter["verdict"].as_str(),
+                Some("pod_to_pod" | "pod_to_uplink" | "uplink_to_pod")
+            )
+        })
+        .filter_map(|counter| counter["bytes"].as_u64())
+        .sum()
 }
 
 /// What kube-proxy leaves in FORWARD on a node with Services: ~50 rules that match nothing
@@ -121,19 +130,30 @@ struct NodeSpec {
     config: Option<Value>,
     netfilter: bool,
     rules: bool,
-    uplink: bool,
+    /// Where the client is: a pod on the same node, a host on the node's uplink, or a pod
+    /// on another node across a switch.
+    client: Client,
 }
 
-fn bridge_node(spec: &NodeSpec, plugin: &Path) -> anyhow::Result<World> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Client {
+    LocalPod,
+    ExternalHost,
+    OtherNode,
+}
+
+/// A node with its bridge (holding the gateway of range `range`, 10.10.<range>.0/16), its
+/// netfilter as `spec` says, and the config that hands out 10.10.<range>.1-101.
+fn prepare_node(spec: &NodeSpec, plugin: &Path, tag: &str, range: u8) -> (Node, Value) {
     let binary: PathBuf = if spec.config.is_some() {
         plugin.to_path_buf()
     } else {
         "/usr/lib/cni/bridge".into()
     };
-    let node = Node::with_plugin(spec.key, binary);
+    let node = Node::with_plugin(tag, binary);
     node.netns.ok(&["ip", "link", "add", "cni0", "type", "bridge"]);
     node.netns
-        .ok(&["ip", "addr", "add", "10.10.1.0/16", "dev", "cni0"]);
+        .ok(&["ip", "addr", "add", &format!("10.10.{range}.0/16"), "dev", "cni0"]);
     node.netns.ok(&["ip", "link", "set", "cni0", "up"]);
     node.netns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     node.netns
@@ -152,29 +172,43 @@ fn bridge_node(spec: &NodeSpec, plugin: &Path) -> anyhow::Result<World> {
         reference["type"] = json!("bridge");
         reference
     });
-    // No wire to probe in this world but the uplink's, which the measurement owns.
+    config["ipam"]["ranges"][0][0]["rangeStart"] = json!(format!("10.10.{range}.1"));
+    config["ipam"]["ranges"][0][0]["rangeEnd"] = json!(format!("10.10.{range}.101"));
+    config["ipam"]["ranges"][0][0]["gateway"] = json!(format!("10.10.{range}.0"));
+    // The worlds' wires hold nobody to probe for; ADD's cost is measured elsewhere.
     config["arpProbeMs"] = json!(0);
+    (node, config)
+}
+
+/// ADDs `pod` on `node`; returns the pod's host veth.
+fn add_pod(node: &Node, config: &Value, pod: &Pod, key: &str) -> anyhow::Result<String> {
+    let mut env = pod.env("eth0");
+    env.path = "/usr/lib/cni".into();
+    let reply = node.cni("ADD", &env, config);
+    anyhow::ensure!(reply.success, "ADD in {key} failed: {}", reply.stdout);
+    Ok(reply.json["interfaces"][1]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+fn bridge_node(spec: &NodeSpec, plugin: &Path) -> anyhow::Result<World> {
+    if spec.client == Client::OtherNode {
+        return two_nodes(spec, plugin);
+    }
+    let (node, config) = prepare_node(spec, plugin, spec.key, 1);
     let mut devices = vec![
         (Place::Client, "eth0".to_owned()),
-        (Place::Node, "cni0".to_owned()),
+        (Place::Node(0), "cni0".to_owned()),
     ];
-    let add = |pod: &Pod| -> anyhow::Result<String> {
-        let mut env = pod.env("eth0");
-        env.path = "/usr/lib/cni".into();
-        let reply = node.cni("ADD", &env, &config);
-        anyhow::ensure!(reply.success, "ADD in {} failed: {}", spec.key, reply.stdout);
-        Ok(reply.json["interfaces"][1]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned())
-    };
-    let (client, server, server_ip, pods) = if spec.uplink {
+    let add = |pod: &Pod| add_pod(&node, &config, pod, spec.key);
+    let (client, server, server_ip, pods) = if spec.client == Client::ExternalHost {
         let external = Netns::new(&format!("{}-ext", spec.key));
         node.add_veth_to_bridge("uplink0", &external, "eth0");
         external.ok(&["ip", "addr", "add", "10.10.0.1/16", "dev", "eth0"]);
-        devices.push((Place::Node, "uplink0".into()));
+        devices.push((Place::Node(0), "uplink0".into()));
         let pod = Pod::new(&format!("{}-pod", spec.key));
-        devices.push((Place::Node, add(&pod)?));
+        devices.push((Place::Node(0), add(&pod)?));
         devices.push((Place::Server, "eth0".into()));
         let ip = pod.ipv4("eth0").context("pod address")?;
         let server = Netns::open_existing(pod.netns.name());
@@ -182,8 +216,8 @@ fn bridge_node(spec: &NodeSpec, plugin: &Path) -> anyhow::Result<World> {
     } else {
         let a = Pod::new(&format!("{}-a", spec.key));
         let b = Pod::new(&format!("{}-b", spec.key));
-        devices.push((Place::Node, add(&a)?));
-        devices.push((Place::Node, add(&b)?));
+        devices.push((Place::Node(0), add(&a)?));
+        devices.push((Place::Node(0), add(&b)?));
         devices.push((Place::Server, "eth0".into()));
         let ip = b.ipv4("eth0").context("pod address")?;
         let client = Netns::open_existing(a.netns.name());
@@ -196,7 +230,46 @@ fn bridge_node(spec: &NodeSpec, plugin: &Path) -> anyhow::Result<World> {
         client,
         server,
         server_ip,
-        node: Some(node),
+        nodes: vec![node],
+        switch: None,
+        devices,
+        _pods: pods,
+    })
+}
+
+/// Two nodes, each with its uplink in its bridge and on a plain switch; the client is a
+/// pod on the first, the server a pod on the second.
+fn two_nodes(spec: &NodeSpec, plugin: &Path) -> anyhow::Result<World> {
+    let switch = Netns::new(&format!("{}-sw", spec.key));
+    switch.ok(&["ip", "link", "add", "sw0", "type", "bridge"]);
+    switch.ok(&["ip", "link", "set", "sw0", "up"]);
+    let mut devices = vec![(Place::Client, "eth0".to_owned())];
+    let mut nodes = Vec::new();
+    let mut pods = Vec::new();
+    for (index, range) in [1u8, 2].into_iter().enumerate() {
+        let (node, config) = prepare_node(spec, plugin, &format!("{}-n{range}", spec.key), range);
+        let port = format!("swp{range}");
+        node.add_veth_to_bridge("uplink0", &switch, &port);
+        switch.ok(&["ip", "link", "set", &port, "master", "sw0"]);
+        let pod = Pod::new(&format!("{}-p{range}", spec.key));
+        let veth = add_pod(&node, &config, &pod, spec.key)?;
+        for device in ["cni0", "uplink0", veth.as_str()] {
+            devices.push((Place::Node(index), device.to_owned()));
+        }
+        devices.push((Place::Switch, port));
+        nodes.push(node);
+        pods.push(pod);
+    }
+    devices.push((Place::Server, "eth0".into()));
+    let server_ip = pods[1].ipv4("eth0").context("pod address")?;
+    Ok(World {
+        key: spec.key,
+        label: spec.label,
+        client: Netns::open_existing(pods[0].netns.name()),
+        server: Netns::open_existing(pods[1].netns.name()),
+        server_ip,
+        nodes,
+        switch: Some(switch),
         devices,
         _pods: pods,
     })
@@ -214,7 +287,8 @@ fn veth_pair() -> World {
         client,
         server,
         server_ip: "10.99.0.2".into(),
-        node: None,
+        nodes: Vec::new(),
+        switch: None,
         devices: vec![(Place::Client, "eth0".into()), (Place::Server, "eth0".into())],
         _pods: Vec::new(),
     }
@@ -235,7 +309,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
             config: Some(with("fastPath", json!(false))),
             netfilter: true,
             rules: true,
-            uplink: false,
+            client: Client::LocalPod,
         },
         NodeSpec {
             key: "bridge",
@@ -243,7 +317,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
             config: Some(with("fastPath", json!(false))),
             netfilter: false,
             rules: false,
-            uplink: false,
+            client: Client::LocalPod,
         },
         NodeSpec {
             key: "fastpath",
@@ -251,7 +325,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
             config: Some(seed.clone()),
             netfilter: true,
             rules: true,
-            uplink: false,
+            client: Client::LocalPod,
         },
         NodeSpec {
             key: "fastpath_always",
@@ -259,7 +333,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
             config: Some(with("fastPathMode", json!("always"))),
             netfilter: true,
             rules: true,
-            uplink: false,
+            client: Client::LocalPod,
         },
     ];
     if with_reference {
@@ -269,7 +343,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
             config: None,
             netfilter: true,
             rules: true,
-            uplink: false,
+            client: Client::LocalPod,
         });
     }
     specs.push(NodeSpec {
@@ -278,7 +352,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
         config: Some(seed.clone()),
         netfilter: true,
         rules: true,
-        uplink: true,
+        client: Client::ExternalHost,
     });
     specs.push(NodeSpec {
         key: "uplink_bridge_nf",
@@ -286,8 +360,34 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
         config: Some(with("fastPath", json!(false))),
         netfilter: true,
         rules: true,
-        uplink: true,
+        client: Client::ExternalHost,
     });
+    specs.push(NodeSpec {
+        key: "cross_fastpath",
+        label: "pod -> pod on another node, fast path",
+        config: Some(seed.clone()),
+        netfilter: true,
+        rules: true,
+        client: Client::OtherNode,
+    });
+    specs.push(NodeSpec {
+        key: "cross_bridge_nf",
+        label: "pod -> pod on another node, bridge + nf",
+        config: Some(with("fastPath", json!(false))),
+        netfilter: true,
+        rules: true,
+        client: Client::OtherNode,
+    });
+    if with_reference {
+        specs.push(NodeSpec {
+            key: "cross_reference",
+            label: "pod -> pod on another node, reference",
+            config: None,
+            netfilter: true,
+            rules: true,
+            client: Client::OtherNode,
+        });
+    }
     let mut worlds = vec![veth_pair()];
     for spec in &specs {
         eprintln!("bench: building {}", spec.label);
