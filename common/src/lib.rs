@@ -78,6 +78,11 @@ pub mod program_name {
     /// tc egress of the uplink: frames the bridge sends to the wire, after netfilter.
     pub const TO_UPLINK: &str = "to_uplink";
 
+    /// Attached nowhere: run with BPF_PROG_TEST_RUN to send a frame the plugin built out
+    /// of a device (`cb[0]` of the context), instead of a packet socket.
+    pub const INJECT: &str = "inject";
+
+    /// The attached programs.
     pub const ALL: [&str; 4] = [FROM_POD, FROM_UPLINK, TO_POD, TO_UPLINK];
     /// The programs on each pod's host veth.
     pub const POD: [&str; 2] = [FROM_POD, TO_POD];

@@ -129,6 +129,20 @@ pub fn may_confirm(
         && time.wrapping_sub(seen.seen_ns) <= revalidate_ns
 }
 
+/// True when the confirmation `old` already says what `new` would, and is younger than
+/// `refresh_ns`: writing it again would change nothing the ingress check reads but the time.
+/// Pairing is not compared: the reverse direction's own confirmation pairs both. Called only
+/// with an entry that exists (see `differs`).
+#[inline(never)]
+pub fn still_confirmed(old: &FlowConfirmed, new: &FlowConfirmed, refresh_ns: u64) -> bool {
+    old.out_ifindex == new.out_ifindex
+        && old.out_kind == new.out_kind
+        && old.in_ifindex == new.in_ifindex
+        && same_mac(&old.src_mac, &new.src_mac)
+        && same_mac(&old.dst_mac, &new.dst_mac)
+        && new.confirmed_ns.wrapping_sub(old.confirmed_ns) <= refresh_ns
+}
+
 /// True when the reverse direction mirrors this one: delivered to the port this one comes
 /// from, sent from the port this one was delivered to, open, and confirmed recently. A
 /// function of its own, called only when both entries exist (see `differs`).

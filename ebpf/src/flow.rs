@@ -22,7 +22,7 @@ use flatbridge_common::{
 pub use crate::decide::Flow;
 use crate::{
     counters::count,
-    decide::{confirmation_holds, differs, may_confirm, mirrors, same_mac},
+    decide::{confirmation_holds, differs, may_confirm, mirrors, same_mac, still_confirmed},
     maps::{CONFIRMED, FLOWS, NODE, PORTS},
     parse::{ETH_HLEN, ETH_P_IP, Frame, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TcpHdr, UdpHdr, frame, header},
 };
@@ -96,11 +96,40 @@ pub fn seen(
     dst_mac: &[u8; 6],
 ) -> Option<FlowConfirmed> {
     let time = now_ns();
-    if flow.is_steady()
-        && let Some(out) = confirmed_way(node, flow, in_ifindex, src_mac, dst_mac, time)
-    {
+    if let Some(out) = offloaded(node, flow, in_ifindex, src_mac, dst_mac, time) {
         return Some(out);
     }
+    record(ctx, node, flow, in_ifindex, src_mac, dst_mac, time);
+    None
+}
+
+/// The confirmed way out of this frame, when its direction is established and offloaded.
+#[inline(always)]
+pub fn offloaded(
+    node: &NodeConfig,
+    flow: &Flow,
+    in_ifindex: u32,
+    src_mac: &[u8; 6],
+    dst_mac: &[u8; 6],
+    time: u64,
+) -> Option<FlowConfirmed> {
+    if !flow.is_steady() {
+        return None;
+    }
+    confirmed_way(node, flow, in_ifindex, src_mac, dst_mac, time)
+}
+
+/// Records the sighting of a frame that goes through the bridge (see [`seen`]).
+#[inline(always)]
+pub fn record(
+    ctx: &TcContext,
+    node: &NodeConfig,
+    flow: &Flow,
+    in_ifindex: u32,
+    src_mac: &[u8; 6],
+    dst_mac: &[u8; 6],
+    time: u64,
+) {
     let previous = FLOWS.get_ptr(flow.key);
     // SAFETY (all map reads): the pointers come from lookups and are read at once; the
     // programs write entries whole.
@@ -135,7 +164,6 @@ pub fn seen(
         let _ = CONFIRMED.remove(reverse);
         count(ctx, Verdict::FlowClosed);
     }
-    None
 }
 
 /// The confirmed way out of an established direction, if it is fresh, paired and still
@@ -209,6 +237,25 @@ pub fn confirm(
     if !may_confirm(&seen, out_ifindex, src_mac, dst_mac, time, node.revalidate_ns) {
         return;
     }
+    let mut record = FlowConfirmed {
+        confirmed_ns: time,
+        out_ifindex,
+        out_kind,
+        in_ifindex: seen.in_ifindex,
+        paired: 0,
+        src_mac: *src_mac,
+        dst_mac: *dst_mac,
+        _pad: [0; 4],
+    };
+    // A direction that stays on the bridge (one-way UDP, or one whose reverse is not
+    // confirmed yet) passes here with every frame: its confirmation is written again only
+    // when it changes or a quarter of the revalidation period has passed, as `seen` does.
+    if let Some(old) = CONFIRMED.get_ptr(flow.key)
+        // SAFETY: a pointer from a lookup, read at once.
+        && still_confirmed(unsafe { &*old }, &record, node.revalidate_ns / 4)
+    {
+        return;
+    }
     let reverse = flow.key.reversed();
     let back = CONFIRMED.get_ptr(reverse);
     let back_seen = FLOWS.get_ptr(reverse);
@@ -223,16 +270,7 @@ pub fn confirm(
         ),
         _ => false,
     };
-    let record = FlowConfirmed {
-        confirmed_ns: time,
-        out_ifindex,
-        out_kind,
-        in_ifindex: seen.in_ifindex,
-        paired: u32::from(paired),
-        src_mac: *src_mac,
-        dst_mac: *dst_mac,
-        _pad: [0; 4],
-    };
+    record.paired = u32::from(paired);
     if CONFIRMED.insert(flow.key, record, 0).is_ok() {
         count(ctx, Verdict::FlowConfirmed);
     }

@@ -49,12 +49,20 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, Verdict> {
             let Some(flow) = flow::parse(ctx, &node) else {
                 return pass(ctx);
             };
-            match flow::seen(ctx, &node, &flow, ifindex(ctx), &src, &dst) {
+            let (in_ifindex, time) = (ifindex(ctx), now_ns());
+            match flow::offloaded(&node, &flow, in_ifindex, &src, &dst, time) {
                 Some(out) if out.out_kind == OUT_POD => {
-                    redirect::to_pod(ctx, &node, out.out_ifindex, Verdict::UplinkToPod)
+                    return redirect::to_pod(ctx, &node, out.out_ifindex, Verdict::UplinkToPod);
                 }
-                _ => pass(ctx),
+                _ => {}
             }
+            // Only frames for a local pod are flows to record: the node's own traffic and
+            // unicast the switch floods to every port would only take room in `flows`.
+            // SAFETY: the value is read and not kept.
+            if !same_mac(&dst, &node.bridge_mac) && unsafe { PODS_BY_MAC.get(Mac::new(dst)) }.is_some() {
+                flow::record(ctx, &node, &flow, in_ifindex, &src, &dst, time);
+            }
+            pass(ctx)
         }
         ETH_P_IP if !is_group(&dst) => {
             // "always" mode, for frames with a whole IPv4 header: a truncated one goes to the

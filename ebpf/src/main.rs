@@ -1,4 +1,5 @@
-//! flatbridge's tc programs. One program per file, named by where it is attached; shared
+//! flatbridge's tc programs. One program per file, named by where it is attached (inject,
+//! attached nowhere, sends frames the plugin built); shared
 //! parsing, ARP answering and accounting in their own files; every map in maps.rs.
 #![no_std]
 #![no_main]
@@ -9,6 +10,7 @@ mod decide;
 mod flow;
 mod from_pod;
 mod from_uplink;
+mod inject;
 mod isolation;
 mod maps;
 mod parse;

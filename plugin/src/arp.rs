@@ -15,7 +15,7 @@ use std::{
 };
 
 const ETH_P_ARP: u16 = 0x0806;
-const ARP_FRAME_LEN: usize = 42;
+pub const ARP_FRAME_LEN: usize = 42;
 
 /// An Ethernet frame carrying ARP for IPv4.
 fn arp_frame(
@@ -37,6 +37,18 @@ fn arp_frame(
     frame[32..38].copy_from_slice(&tha);
     frame[38..42].copy_from_slice(&tpa.octets());
     frame
+}
+
+/// An RFC 5227 probe for `ip` from `own_mac`: who has `ip`, asked with sender address
+/// 0.0.0.0, broadcast.
+pub fn probe_frame(own_mac: [u8; 6], ip: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
+    arp_frame([0xff; 6], 1, own_mac, Ipv4Addr::UNSPECIFIED, [0; 6], ip)
+}
+
+/// RFC 5227's ARP Announcement that `ip` is at `mac`: a broadcast request whose sender and
+/// target are both `ip`, sent as if `mac` had sent it.
+pub fn announcement_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
+    arp_frame([0xff; 6], 1, mac, ip, [0; 6], ip)
 }
 
 /// A raw ARP socket bound to one device.
@@ -91,7 +103,8 @@ impl ArpSocket {
         address
     }
 
-    fn send(&self, frame: &[u8; ARP_FRAME_LEN]) -> io::Result<()> {
+    /// Sends one frame built by [`probe_frame`] or [`announcement_frame`].
+    pub fn send(&self, frame: &[u8; ARP_FRAME_LEN]) -> io::Result<()> {
         let mut dst = [0u8; 6];
         dst.copy_from_slice(&frame[0..6]);
         let address = self.address(dst);
@@ -149,7 +162,7 @@ impl ArpSocket {
     /// Announces that `ip` is at `mac` (RFC 5227's ARP Announcement: a broadcast request
     /// whose sender and target are both `ip`), twice, as if the pod had sent it.
     pub fn announce(&self, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
-        let frame = arp_frame([0xff; 6], 1, mac, ip, [0; 6], ip);
+        let frame = announcement_frame(mac, ip);
         self.send(&frame)?;
         self.send(&frame)
     }
@@ -157,17 +170,13 @@ impl ArpSocket {
     /// One RFC 5227 probe for `ip`, waiting for no answer (the uplink program remembers
     /// answers).
     pub fn send_probe(&self, ip: Ipv4Addr) -> io::Result<()> {
-        self.send(&self.probe_frame(ip))
-    }
-
-    fn probe_frame(&self, ip: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
-        arp_frame([0xff; 6], 1, self.own_mac, Ipv4Addr::UNSPECIFIED, [0; 6], ip)
+        self.send(&probe_frame(self.own_mac, ip))
     }
 
     /// RFC 5227 probe: asks, with sender address 0.0.0.0, who has `ip`, twice within
     /// `wait`. Returns the MAC of whoever answers, or `None` when nobody does in time.
     pub fn probe(&self, ip: Ipv4Addr, wait: Duration) -> io::Result<Option<[u8; 6]>> {
-        let frame = self.probe_frame(ip);
+        let frame = probe_frame(self.own_mac, ip);
         let started = Instant::now();
         let mut probes_sent = 0;
         loop {

@@ -1408,3 +1408,54 @@ fn a_deleted_pods_flows_are_never_followed() {
         "to B's replacement",
     );
 }
+
+#[test]
+fn inject_sends_the_frame_it_is_given_out_of_the_device_it_is_told_and_nowhere_else() {
+    use flatbridge_tests::raw::{Capture, contains};
+    let world = World::default();
+    let wire = Netns::new("inject");
+    world.node.add_veth("injq", &wire, "eth0");
+    let ifindex = world.node.ifindex("injq");
+    let capture = Capture::start(&wire, "eth0");
+    let probe = arp(1, MAC_A, [0; 4], [0; 6], IP_OUTSIDE);
+    let inject = |ifindex: u32| {
+        let datapath = &world.datapath;
+        let frame = probe.clone();
+        let netns = world.node.path();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    PluginNetns::open(&netns)
+                        .expect("node netns")
+                        .run(|| {
+                            datapath
+                                .inject(ifindex, &frame)
+                                .map_err(|error| error.to_string())
+                        })
+                        .expect("enter the node netns")
+                })
+                .join()
+                .expect("inject thread")
+        })
+    };
+    inject(ifindex).expect("inject out of the veth");
+    assert!(
+        capture.wait_for(&probe, std::time::Duration::from_secs(2)),
+        "the frame never came out of the veth"
+    );
+    // No device: refused, and nothing is sent.
+    let refused = inject(0);
+    assert!(refused.is_err(), "inject without a device succeeded");
+    let missing = inject(999_999);
+    assert!(
+        missing.is_err(),
+        "inject to a device that does not exist succeeded"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let frames = capture.stop();
+    assert_eq!(
+        frames.iter().filter(|frame| contains(frame, &probe)).count(),
+        1,
+        "one frame injected, one seen"
+    );
+}

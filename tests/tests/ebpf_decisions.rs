@@ -185,6 +185,40 @@ fn a_sighting_is_rewritten_only_when_it_changed_or_needs_refreshing() {
 }
 
 #[test]
+fn a_confirmation_is_rewritten_only_when_it_changed_or_needs_refreshing() {
+    let refresh = SECOND / 2;
+    let old = confirmed(7, 9, 10 * SECOND, 0);
+    assert!(still_confirmed(
+        &old,
+        &confirmed(7, 9, 10 * SECOND + refresh, 0),
+        refresh
+    ));
+    // Pairing is the reverse direction's to write: not a reason to write this one.
+    assert!(still_confirmed(&old, &confirmed(7, 9, 10 * SECOND, 1), refresh));
+    assert!(
+        !still_confirmed(&old, &confirmed(7, 9, 10 * SECOND + refresh + 1, 0), refresh),
+        "old enough"
+    );
+    assert!(
+        !still_confirmed(&old, &confirmed(8, 9, 10 * SECOND, 0), refresh),
+        "another sender port"
+    );
+    assert!(
+        !still_confirmed(&old, &confirmed(7, 8, 10 * SECOND, 0), refresh),
+        "another way out"
+    );
+    let mut uplink = confirmed(7, 9, 10 * SECOND, 0);
+    uplink.out_kind = 1;
+    assert!(
+        !still_confirmed(&old, &uplink, refresh),
+        "another kind of way out"
+    );
+    let mut other_mac = confirmed(7, 9, 10 * SECOND, 0);
+    other_mac.dst_mac = MAC_A;
+    assert!(!still_confirmed(&old, &other_mac, refresh), "another MAC");
+}
+
+#[test]
 fn the_reverse_mirrors_only_through_the_same_two_ports_while_open_and_recent() {
     // This direction came in on 7 and goes out of 9; its reverse must come in on 9 and have
     // been delivered to 7.

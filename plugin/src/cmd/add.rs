@@ -12,7 +12,6 @@ use super::{
     wire::{self, LateCheck, Outcome, Wire},
 };
 use crate::{
-    arp::ArpSocket,
     cni::{
         CniError, Request, code,
         result::{CniResult, Interface, Route},
@@ -180,10 +179,10 @@ impl Steps<'_> {
         if let Some(datapath) = datapath {
             datapath_steps::ensure_uplink_programs(datapath, self.node, &uplink).await?;
         }
-        let wire = Self::wire(bridge, uplink.link.as_ref())?.map(|socket| Wire {
-            socket,
-            memory: datapath,
-        });
+        let wire = uplink
+            .link
+            .as_ref()
+            .map(|_| Wire::new(bridge.index, bridge.mac.unwrap_or_default(), datapath));
         Ok((uplink, wire))
     }
 
@@ -299,7 +298,7 @@ impl Steps<'_> {
         fault::point("add:gateway")?;
         if let Some(wire) = wire {
             for ip in result.ipv4s() {
-                if let Err(error) = wire.socket.announce(pod_mac, ip) {
+                if let Err(error) = wire.announce(pod_mac, ip) {
                     log::warn!("gratuitous ARP for {ip} failed: {error}");
                 }
             }
@@ -370,21 +369,6 @@ impl Steps<'_> {
             }
         }
         Ok(())
-    }
-
-    /// A socket for ARP on the wire, when the bridge has an uplink (without one there is no
-    /// wire to probe or announce on).
-    fn wire(bridge: &Link, uplink: Option<&Link>) -> Result<Option<ArpSocket>, CniError> {
-        if uplink.is_none() {
-            return Ok(None);
-        }
-        let socket = ArpSocket::open(bridge.index, bridge.mac.unwrap_or_default()).map_err(|error| {
-            CniError::new(
-                code::IO_FAILURE,
-                format!("failed to open an ARP socket on {}: {error}", bridge.name),
-            )
-        })?;
-        Ok(Some(socket))
     }
 
     /// Leases the pod's addresses. On a wire, each IPv4 address is checked first (RFC 5227,

@@ -16,7 +16,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use flatbridge_common::{ArpClaim, ArpProbe};
 
 use crate::{
-    arp::ArpSocket,
+    arp::{ARP_FRAME_LEN, ArpSocket, announcement_frame, probe_frame},
     cni::{CniError, code},
     datapath::Datapath,
     kernel::monotonic_ns,
@@ -80,11 +80,16 @@ pub fn judge(probe: Option<ArpProbe>, claim: Option<ArpClaim>, now_ns: u64, wait
     }
 }
 
-/// The wire as ADD sees it: a socket on the bridge to probe and announce with and, with
-/// the datapath, the uplink program's memory of claims.
+/// The wire as ADD sees it: the bridge to send probes and announcements out of and, with
+/// the datapath, the uplink program's memory of claims. With the datapath, frames go out
+/// through it (`Datapath::inject`) and answers are read from the memory; a packet socket
+/// on the bridge is opened only without it (or when the pins predate the inject program):
+/// closing one waits for an RCU grace period, which would cost every ADD 8 to 16 ms.
 pub struct Wire<'a> {
-    pub socket: ArpSocket,
+    pub bridge_ifindex: u32,
+    pub bridge_mac: [u8; 6],
     pub memory: Option<&'a Datapath>,
+    socket: std::cell::OnceCell<ArpSocket>,
 }
 
 /// An address handed out on the strength of an earlier probe: a claim after `since_ns`
@@ -110,7 +115,43 @@ fn probe_error(ip: Ipv4Addr, error: impl std::fmt::Display) -> CniError {
     )
 }
 
-impl Wire<'_> {
+impl<'a> Wire<'a> {
+    pub fn new(bridge_ifindex: u32, bridge_mac: [u8; 6], memory: Option<&'a Datapath>) -> Self {
+        Self {
+            bridge_ifindex,
+            bridge_mac,
+            memory,
+            socket: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn socket(&self) -> std::io::Result<&ArpSocket> {
+        if let Some(socket) = self.socket.get() {
+            return Ok(socket);
+        }
+        let socket = ArpSocket::open(self.bridge_ifindex, self.bridge_mac)?;
+        Ok(self.socket.get_or_init(|| socket))
+    }
+
+    /// Sends one frame out of the bridge: through the datapath when there is one, over the
+    /// socket otherwise. Returns whether the datapath sent it.
+    fn send(&self, frame: &[u8; ARP_FRAME_LEN]) -> std::io::Result<bool> {
+        if let Some(memory) = self.memory {
+            match memory.inject(self.bridge_ifindex, frame) {
+                Ok(()) => return Ok(true),
+                Err(error) => log::debug!("sending through the datapath failed, using a socket: {error}"),
+            }
+        }
+        self.socket()?.send(frame).map(|()| false)
+    }
+
+    /// Announces that `ip` is at `mac` (RFC 5227's ARP Announcement), twice.
+    pub fn announce(&self, mac: [u8; 6], ip: Ipv4Addr) -> std::io::Result<()> {
+        let frame = announcement_frame(mac, ip);
+        self.send(&frame)?;
+        self.send(&frame).map(drop)
+    }
+
     /// Marks each of `upcoming` as wanted by this ADD (one stamp for all: the agent keeps
     /// the latest ADD's fresh) and sends one probe for each not probed within
     /// [`REPROBE_AFTER`], waiting for nothing. Failures cost the next pods a wait, nothing
@@ -142,11 +183,39 @@ impl Wire<'_> {
     /// One probe for `ip`, recorded.
     fn probe_once(&self, memory: &Datapath, ip: Ipv4Addr) -> Result<u64, CniError> {
         let sent = monotonic_ns();
-        self.socket
-            .send_probe(ip)
+        self.send(&probe_frame(self.bridge_mac, ip))
             .map_err(|error| probe_error(ip, error))?;
         memory.record_arp_probe(ip, sent)?;
         Ok(sent)
+    }
+
+    /// RFC 5227's probe, waited for: two probes within `wait`, then whether anybody
+    /// claimed `ip` since the first. Through the datapath and its memory when both work,
+    /// over the socket (which reads the answers itself) otherwise.
+    fn probe_and_wait(&self, ip: Ipv4Addr, wait: Duration) -> Result<Option<[u8; 6]>, CniError> {
+        let probed_at = monotonic_ns();
+        let frame = probe_frame(self.bridge_mac, ip);
+        if let Some(memory) = self.memory
+            && self.send(&frame).map_err(|error| probe_error(ip, error))?
+        {
+            let _ = memory.record_arp_probe(ip, probed_at);
+            std::thread::sleep(wait / 2);
+            self.send(&frame).map_err(|error| probe_error(ip, error))?;
+            let ready = probed_at.saturating_add(ns(wait));
+            std::thread::sleep(Duration::from_nanos(ready.saturating_sub(monotonic_ns())));
+            return Ok(memory
+                .arp_claim(ip)?
+                .filter(|claim| claim.seen_ns >= probed_at)
+                .map(|claim| claim.mac));
+        }
+        let answer = self
+            .socket()
+            .and_then(|socket| socket.probe(ip, wait))
+            .map_err(|error| probe_error(ip, error))?;
+        if let Some(memory) = self.memory {
+            let _ = memory.record_arp_probe(ip, probed_at);
+        }
+        Ok(answer)
     }
 
     /// Checks each of `ips` (the IPv4 addresses of one lease) before it is handed out.
@@ -197,15 +266,7 @@ impl Wire<'_> {
                 }
             }
         }
-        let probed_at = monotonic_ns();
-        let answer = self
-            .socket
-            .probe(ip, wait)
-            .map_err(|error| probe_error(ip, error))?;
-        if let Some(memory) = self.memory {
-            let _ = memory.record_arp_probe(ip, probed_at);
-        }
-        Ok(answer.map(Checked::InUse))
+        Ok(self.probe_and_wait(ip, wait)?.map(Checked::InUse))
     }
 
     /// The end of ADD: a claim of an address handed out without a wait that came after

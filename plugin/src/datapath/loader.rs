@@ -216,7 +216,7 @@ fn load_each(
     let mut ebpf = loader
         .load(BPF_OBJECT)
         .map_err(|error| DatapathError::Load(Box::new(error)))?;
-    for name in program_name::ALL {
+    for name in program_name::ALL.into_iter().chain([program_name::INJECT]) {
         let program: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or(DatapathError::MissingProgram(name))?

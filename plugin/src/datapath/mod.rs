@@ -1,7 +1,9 @@
 //! The eBPF datapath seen from userspace: where it is pinned (`pins`), loading and
 //! upgrading the embedded object once per network (`loader`), attaching its programs to
-//! devices (`attach`) and reading and writing its maps (`maps`). Knows nothing of CNI.
+//! devices (`attach`), reading and writing its maps (`maps`) and sending frames through it
+//! (`inject`). Knows nothing of CNI.
 mod attach;
+mod inject;
 mod loader;
 mod maps;
 mod pins;
