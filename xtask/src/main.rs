@@ -40,7 +40,7 @@ enum Task {
         nodes: usize,
     },
     /// Measure the datapath and the CNI calls side by side (a table, bench/results/<date>.json
-    /// and bench/results/latest.svg). About 7 minutes; --quick about 1.
+    /// and bench/results/latest.svg). About 11 minutes; --quick (under target/bench) about 2.5.
     Bench {
         /// One short round and fewer CNI calls: a smoke check.
         #[arg(long)]

@@ -154,8 +154,9 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         root().join("bench/results")
     };
     std::fs::create_dir_all(&dir)?;
-    let (json_path, svg_path) = result.write(&dir)?;
+    // Before writing: the results themselves are files of the tree.
     let clean = report::source()["clean"] == serde_json::Value::Bool(true);
+    let (json_path, svg_path) = result.write(&dir)?;
     if !quick && !clean {
         eprintln!(
             "bench: the tree has uncommitted changes: these figures are not HEAD's; publish only a clean tree's"
