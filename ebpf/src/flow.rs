@@ -103,22 +103,6 @@ pub fn seen(
     None
 }
 
-/// The confirmed way out of this frame, when its direction is established and offloaded.
-#[inline(always)]
-pub fn offloaded(
-    node: &NodeConfig,
-    flow: &Flow,
-    in_ifindex: u32,
-    src_mac: &[u8; 6],
-    dst_mac: &[u8; 6],
-    time: u64,
-) -> Option<FlowConfirmed> {
-    if !flow.is_steady() {
-        return None;
-    }
-    confirmed_way(node, flow, in_ifindex, src_mac, dst_mac, time)
-}
-
 /// Records the sighting of a frame that goes through the bridge (see [`seen`]).
 #[inline(always)]
 pub fn record(
@@ -166,10 +150,10 @@ pub fn record(
     }
 }
 
-/// The confirmed way out of an established direction, if it is fresh, paired and still
-/// valid for this very frame.
+/// The confirmed way out of this frame: its direction is established, and its
+/// confirmation fresh, paired and still valid for this very frame.
 #[inline(always)]
-fn confirmed_way(
+pub fn offloaded(
     node: &NodeConfig,
     flow: &Flow,
     in_ifindex: u32,
@@ -177,6 +161,9 @@ fn confirmed_way(
     dst_mac: &[u8; 6],
     time: u64,
 ) -> Option<FlowConfirmed> {
+    if !flow.is_steady() {
+        return None;
+    }
     // SAFETY: the value is copied out of the map.
     let out: FlowConfirmed = unsafe { CONFIRMED.get(flow.key) }.copied()?;
     // The reverse direction must mirror this one (worked out by `confirm`), and the frame

@@ -202,14 +202,14 @@ pub async fn find_uplink(
 /// Whether "no uplink", seen at `seen` (Unix ns, 0 = never), still holds at `now`. A clock
 /// that went back makes it stale, not eternal.
 fn still_believed(seen: u64, now: u64) -> bool {
-    let window = u64::try_from(NO_UPLINK_RECHECK.as_nanos()).unwrap_or(u64::MAX);
+    let window = crate::kernel::nanos(NO_UPLINK_RECHECK);
     seen != 0 && (seen..seen.saturating_add(window)).contains(&now)
 }
 
 fn unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+        .map_or(0, crate::kernel::nanos)
 }
 
 /// What `flatbridge node setup` changed, for teardown and for a setup that resumes after a

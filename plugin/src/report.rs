@@ -451,11 +451,8 @@ async fn network_report(netlink: &Netlink, datapath: &Datapath) -> Result<Networ
     // Pins older than the probe map have none: nothing is probed ahead.
     let probed_ahead = datapath.arp_probes().map_or(0, |probes| {
         // The latest ADD's next addresses (the agent keeps only those fresh).
-        let latest = probes.iter().map(|(_, probe)| probe.wanted_ns).max().unwrap_or(0);
-        probes
-            .iter()
-            .filter(|(_, probe)| probe.wanted_ns == latest && latest != 0)
-            .count()
+        let of_latest_add = crate::cmd::wire::of_latest_add(&probes);
+        probes.iter().filter(|(_, probe)| of_latest_add(probe)).count()
     });
     let from_pod_id = datapath.program_id(program_name::FROM_POD);
     let endpoints = endpoints
@@ -530,7 +527,7 @@ pub fn wire_conflicts(
         return Vec::new();
     };
     let now = kernel::monotonic_ns();
-    let memory = u64::try_from(crate::cmd::wire::CLAIM_MEMORY.as_nanos()).unwrap_or(u64::MAX);
+    let memory = kernel::nanos(crate::cmd::wire::CLAIM_MEMORY);
     let pods: HashMap<Ipv4Addr, &Endpoint> = endpoints
         .iter()
         .flat_map(|(endpoint, addresses)| addresses.iter().map(move |address| (*address, endpoint)))

@@ -269,7 +269,8 @@ impl Reconciler {
             Ok(endpoints) => endpoints,
             Err(error) => return self.failed(&format!("network {network}: endpoints"), &error),
         };
-        let mut socket = None;
+        // Opened once, at the first frame to send (most passes send none).
+        let socket = std::cell::OnceCell::new();
         let open = || -> Option<ArpSocket> {
             match ArpSocket::open(settings.bridge_ifindex, settings.bridge_mac) {
                 Ok(socket) => Some(socket),
@@ -299,14 +300,11 @@ impl Reconciler {
                 .get(&(network.clone(), conflict.address))
                 .copied()
                 .unwrap_or(0);
-            let interval = u64::try_from(DEFEND_INTERVAL.as_nanos()).unwrap_or(u64::MAX);
+            let interval = kernel::nanos(DEFEND_INTERVAL);
             if (last != 0 && now.saturating_sub(last) < interval) || claimed_ns <= last {
                 continue;
             }
-            if socket.is_none() {
-                socket = open();
-            }
-            let Some(socket) = &socket else {
+            let Some(socket) = socket.get_or_init(open) else {
                 return;
             };
             match socket.announce(conflict.pod_mac.0, conflict.address) {
@@ -340,10 +338,7 @@ impl Reconciler {
         }
         let mut probed = 0;
         for ip in reprobe {
-            if socket.is_none() {
-                socket = open();
-            }
-            let Some(socket) = &socket else {
+            let Some(socket) = socket.get_or_init(open) else {
                 return;
             };
             let sent = kernel::monotonic_ns();

@@ -19,7 +19,7 @@ use crate::{
     arp::{ARP_FRAME_LEN, ArpSocket, announcement_frame, probe_frame},
     cni::{CniError, code},
     datapath::Datapath,
-    kernel::monotonic_ns,
+    kernel::{monotonic_ns, nanos as ns},
     mac::Mac,
 };
 
@@ -35,10 +35,6 @@ pub const REPROBE_AFTER: Duration = Duration::from_secs(60);
 /// A claim older than this no longer says the address is in use; a younger one that
 /// predates every probe sends the address to a probe that is waited for.
 pub const CLAIM_MEMORY: Duration = Duration::from_secs(10 * 60);
-
-fn ns(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-}
 
 /// What the wire's memory says of an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,12 +197,7 @@ impl<'a> Wire<'a> {
             let _ = memory.record_arp_probe(ip, probed_at);
             std::thread::sleep(wait / 2);
             self.send(&frame).map_err(|error| probe_error(ip, error))?;
-            let ready = probed_at.saturating_add(ns(wait));
-            std::thread::sleep(Duration::from_nanos(ready.saturating_sub(monotonic_ns())));
-            return Ok(memory
-                .arp_claim(ip)?
-                .filter(|claim| claim.seen_ns >= probed_at)
-                .map(|claim| claim.mac));
+            return claim_after_wait(memory, ip, probed_at, wait);
         }
         let answer = self
             .socket()
@@ -254,13 +245,7 @@ impl<'a> Wire<'a> {
                     }
                     Judgement::InUse { mac } => return Ok(Some(Checked::InUse(mac))),
                     Judgement::Pending { since_ns } => {
-                        let ready = since_ns.saturating_add(ns(wait));
-                        std::thread::sleep(Duration::from_nanos(ready.saturating_sub(monotonic_ns())));
-                        let claim = memory.arp_claim(ip)?;
-                        return Ok(match claim {
-                            Some(claim) if claim.seen_ns >= since_ns => Some(Checked::InUse(claim.mac)),
-                            _ => None,
-                        });
+                        return Ok(claim_after_wait(memory, ip, since_ns, wait)?.map(Checked::InUse));
                     }
                     Judgement::Unknown => {}
                 }
@@ -300,6 +285,13 @@ impl<'a> Wire<'a> {
     }
 }
 
+/// Whether an entry of `probes` was named by the latest ADD that named any (the addresses
+/// the next ADDs hand out; one stamp per ADD, see [`Wire::probe_ahead`]).
+pub fn of_latest_add(probes: &[(Ipv4Addr, ArpProbe)]) -> impl Fn(&ArpProbe) -> bool {
+    let latest = probes.iter().map(|(_, probe)| probe.wanted_ns).max().unwrap_or(0);
+    move |probe| latest != 0 && probe.wanted_ns == latest
+}
+
 /// The agent's upkeep of `arp_probes` at `now_ns`: the addresses to forget (taken by a pod,
 /// or named by an earlier ADD only and stale) and the ones to probe again (named by the
 /// latest ADD and probed [`REPROBE_AFTER`] ago or more). Only the latest ADD's next
@@ -309,12 +301,12 @@ pub fn upkeep(
     pods: &std::collections::HashSet<Ipv4Addr>,
     now_ns: u64,
 ) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
-    let latest = probes.iter().map(|(_, probe)| probe.wanted_ns).max().unwrap_or(0);
+    let of_latest_add = of_latest_add(probes);
     let age = |at: u64| now_ns.saturating_sub(at);
     let mut forget = Vec::new();
     let mut reprobe = Vec::new();
     for &(ip, probe) in probes {
-        let wanted = probe.wanted_ns == latest && latest != 0;
+        let wanted = of_latest_add(&probe);
         if pods.contains(&ip) || (!wanted && age(probe.last_ns) >= ns(PROBE_FRESH)) {
             forget.push(ip);
         } else if wanted && age(probe.last_ns) >= ns(REPROBE_AFTER) {
@@ -322,6 +314,22 @@ pub fn upkeep(
         }
     }
     (forget, reprobe)
+}
+
+/// Waits until `wait` after the probe of `ip` at `probed_ns`, then says who claimed `ip`
+/// since the probe, if anybody did.
+fn claim_after_wait(
+    memory: &Datapath,
+    ip: Ipv4Addr,
+    probed_ns: u64,
+    wait: Duration,
+) -> Result<Option<[u8; 6]>, CniError> {
+    let ready = probed_ns.saturating_add(ns(wait));
+    std::thread::sleep(Duration::from_nanos(ready.saturating_sub(monotonic_ns())));
+    Ok(memory
+        .arp_claim(ip)?
+        .filter(|claim| claim.seen_ns >= probed_ns)
+        .map(|claim| claim.mac))
 }
 
 enum Checked {

@@ -427,78 +427,55 @@ impl Datapath {
 impl Datapath {
     /// The last claim of `ip` seen on the wire.
     pub fn arp_claim(&self, ip: Ipv4Addr) -> Result<Option<ArpClaim>, DatapathError> {
-        let claims = self.lru_map::<Ipv4, ArpClaim>(map_name::ARP_CLAIMS)?;
-        match claims.get(&ipv4_key(ip), 0) {
-            Ok(claim) => Ok(Some(claim)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(error) => Err(self.map_error(map_name::ARP_CLAIMS, error)),
-        }
+        self.ipv4_entry(map_name::ARP_CLAIMS, ip)
     }
 
     /// Every remembered claim.
     pub fn arp_claims(&self) -> Result<Vec<(Ipv4Addr, ArpClaim)>, DatapathError> {
-        let claims = self.lru_map::<Ipv4, ArpClaim>(map_name::ARP_CLAIMS)?;
-        Ok(claims
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(ip, claim)| (Ipv4Addr::from(ip.addr), claim))
-            .collect())
+        self.ipv4_entries(map_name::ARP_CLAIMS)
     }
 
     /// Forgets the claims of `ip` (a pod took it: only later claims are conflicts).
     pub fn forget_arp_claim(&self, ip: Ipv4Addr) -> Result<(), DatapathError> {
-        let mut claims = self.lru_map::<Ipv4, ArpClaim>(map_name::ARP_CLAIMS)?;
-        match claims.remove(&ipv4_key(ip)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(error) => Err(self.map_error(map_name::ARP_CLAIMS, error)),
-        }
+        self.forget_ipv4_entry::<ArpClaim>(map_name::ARP_CLAIMS, ip)
     }
 
     /// When `ip` was probed, if it was.
     pub fn arp_probe(&self, ip: Ipv4Addr) -> Result<Option<ArpProbe>, DatapathError> {
-        let probes = self.lru_map::<Ipv4, ArpProbe>(map_name::ARP_PROBES)?;
-        match probes.get(&ipv4_key(ip), 0) {
-            Ok(probe) => Ok(Some(probe)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(error) => Err(self.map_error(map_name::ARP_PROBES, error)),
-        }
+        self.ipv4_entry(map_name::ARP_PROBES, ip)
     }
 
     /// Every probed address.
     pub fn arp_probes(&self) -> Result<Vec<(Ipv4Addr, ArpProbe)>, DatapathError> {
-        let probes = self.lru_map::<Ipv4, ArpProbe>(map_name::ARP_PROBES)?;
-        Ok(probes
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(ip, probe)| (Ipv4Addr::from(ip.addr), probe))
-            .collect())
+        self.ipv4_entries(map_name::ARP_PROBES)
     }
 
     /// Records that `ip` was probed at `now_ns`; the probe before stays as the previous one.
     /// Concurrent writers may lose one's record: it then looks probed less, never more.
     pub fn record_arp_probe(&self, ip: Ipv4Addr, now_ns: u64) -> Result<ArpProbe, DatapathError> {
-        let name = map_name::ARP_PROBES;
-        let mut probes = self.lru_map::<Ipv4, ArpProbe>(name)?;
-        let key = ipv4_key(ip);
-        let known = match probes.get(&key, 0) {
-            Ok(probe) => probe,
-            Err(MapError::KeyNotFound) => ArpProbe::default(),
-            Err(error) => return Err(self.map_error(name, error)),
-        };
-        let probe = ArpProbe {
-            last_ns: now_ns,
-            previous_ns: known.last_ns,
-            wanted_ns: known.wanted_ns,
-        };
-        probes
-            .insert(key, probe, 0)
-            .map_err(|error| self.map_error(name, error))?;
-        Ok(probe)
+        self.update_arp_probe(ip, |probe| {
+            probe.previous_ns = probe.last_ns;
+            probe.last_ns = now_ns;
+        })
     }
 
     /// Records that an ADD at `stamp_ns` named `ip` among the next addresses to hand out;
     /// returns what is known of its probes.
     pub fn want_arp_probe(&self, ip: Ipv4Addr, stamp_ns: u64) -> Result<ArpProbe, DatapathError> {
+        self.update_arp_probe(ip, |probe| probe.wanted_ns = stamp_ns)
+    }
+
+    /// Forgets the probes of `ip` (handed out, or found in use).
+    pub fn forget_arp_probe(&self, ip: Ipv4Addr) -> Result<(), DatapathError> {
+        self.forget_ipv4_entry::<ArpProbe>(map_name::ARP_PROBES, ip)
+    }
+
+    /// Reads the probes of `ip` (none yet: all zero), changes them and writes them back.
+    fn update_arp_probe(
+        &self,
+        ip: Ipv4Addr,
+        change: impl FnOnce(&mut ArpProbe),
+    ) -> Result<ArpProbe, DatapathError> {
         let name = map_name::ARP_PROBES;
         let mut probes = self.lru_map::<Ipv4, ArpProbe>(name)?;
         let key = ipv4_key(ip);
@@ -507,19 +484,39 @@ impl Datapath {
             Err(MapError::KeyNotFound) => ArpProbe::default(),
             Err(error) => return Err(self.map_error(name, error)),
         };
-        probe.wanted_ns = stamp_ns;
+        change(&mut probe);
         probes
             .insert(key, probe, 0)
             .map_err(|error| self.map_error(name, error))?;
         Ok(probe)
     }
 
-    /// Forgets the probes of `ip` (handed out, or found in use).
-    pub fn forget_arp_probe(&self, ip: Ipv4Addr) -> Result<(), DatapathError> {
-        let mut probes = self.lru_map::<Ipv4, ArpProbe>(map_name::ARP_PROBES)?;
-        match probes.remove(&ipv4_key(ip)) {
+    /// The entry of `ip` in the IPv4-keyed LRU map `name`, if there is one.
+    fn ipv4_entry<V: aya::Pod>(&self, name: &str, ip: Ipv4Addr) -> Result<Option<V>, DatapathError> {
+        let map = self.lru_map::<Ipv4, V>(name)?;
+        match map.get(&ipv4_key(ip), 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(self.map_error(name, error)),
+        }
+    }
+
+    /// Every entry of the IPv4-keyed LRU map `name`.
+    fn ipv4_entries<V: aya::Pod>(&self, name: &str) -> Result<Vec<(Ipv4Addr, V)>, DatapathError> {
+        let map = self.lru_map::<Ipv4, V>(name)?;
+        Ok(map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(ip, value)| (Ipv4Addr::from(ip.addr), value))
+            .collect())
+    }
+
+    /// Removes the entry of `ip` from the IPv4-keyed LRU map `name`; none is success.
+    fn forget_ipv4_entry<V: aya::Pod>(&self, name: &str, ip: Ipv4Addr) -> Result<(), DatapathError> {
+        let mut map = self.lru_map::<Ipv4, V>(name)?;
+        match map.remove(&ipv4_key(ip)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(error) => Err(self.map_error(map_name::ARP_PROBES, error)),
+            Err(error) => Err(self.map_error(name, error)),
         }
     }
 }
