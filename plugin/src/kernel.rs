@@ -47,13 +47,13 @@ pub fn keeps_pkt_type_on_redirect_peer() -> bool {
     true
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which the flow map's
-/// times are in.
 /// `duration` in nanoseconds, saturating (what the kernel's u64 clocks compare with).
 pub fn nanos(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which the flow map's
+/// times are in.
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|time| {

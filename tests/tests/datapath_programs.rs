@@ -1408,3 +1408,66 @@ fn a_deleted_pods_flows_are_never_followed() {
         "to B's replacement",
     );
 }
+
+#[test]
+fn inject_sends_the_frame_it_is_given_out_of_the_device_it_is_told_and_nowhere_else() {
+    use flatbridge_tests::raw::{Capture, contains};
+    let world = World::default();
+    // Both pairs in the node's namespace: the guests of `cargo xtask test-kernel` run these
+    // tests there too.
+    for (end, peer) in [("injq", "injq-p"), ("injr", "injr-p")] {
+        world
+            .node
+            .ok(&["ip", "link", "add", end, "type", "veth", "peer", "name", peer]);
+        world.node.ok(&["ip", "link", "set", end, "up"]);
+        world.node.ok(&["ip", "link", "set", peer, "up"]);
+    }
+    let ifindex = world.node.ifindex("injq");
+    let capture = Capture::start(&world.node, "injq-p");
+    let elsewhere = Capture::start(&world.node, "injr-p");
+    let probe = arp(1, MAC_A, [0; 4], [0; 6], IP_OUTSIDE);
+    let inject = |ifindex: u32| {
+        let datapath = &world.datapath;
+        let frame = probe.clone();
+        let netns = world.node.path();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    PluginNetns::open(&netns)
+                        .expect("node netns")
+                        .run(|| {
+                            datapath
+                                .inject(ifindex, &frame)
+                                .map_err(|error| error.to_string())
+                        })
+                        .expect("enter the node netns")
+                })
+                .join()
+                .expect("inject thread")
+        })
+    };
+    inject(ifindex).expect("inject out of the veth");
+    assert!(
+        capture.wait_for(&probe, std::time::Duration::from_secs(2)),
+        "the frame never came out of the veth"
+    );
+    // No device, or one that does not exist: refused, and nothing is sent.
+    assert!(inject(0).is_err(), "inject without a device succeeded");
+    assert!(
+        inject(999_999).is_err(),
+        "inject to a device that does not exist succeeded"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let frames = capture.stop();
+    assert_eq!(
+        frames.iter().filter(|frame| contains(frame, &probe)).count(),
+        1,
+        "one frame injected, one seen"
+    );
+    let others = elsewhere.stop();
+    assert_eq!(
+        others.iter().filter(|frame| contains(frame, &probe)).count(),
+        0,
+        "the frame also came out of another device"
+    );
+}

@@ -246,6 +246,9 @@ fn initramfs(
         ("tc", "/usr/local/bin/tc"),
         ("iperf3", "/usr/local/bin/iperf3"),
         ("date", "/usr/local/bin/date"),
+        // The tests' helpers run `nsenter --net=... ip ...`: busybox's nsenter would run
+        // busybox's own `ip` applet (it prefers applets), which cannot make veth pairs.
+        ("nsenter", "/usr/local/bin/nsenter"),
     ] {
         copy_binary(&image_root, &which(program)?, at)?;
     }

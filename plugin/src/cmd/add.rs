@@ -276,14 +276,26 @@ impl Steps<'_> {
         if let Some(wire) = wire
             && let Err((ip, mac)) = wire.finish(late, pod_mac, result.ipv4s())
         {
-            log::warn!(
-                "address {ip} was claimed on the wire by {} while the pod was being added: marked as conflicting in IPAM",
-                Mac(mac)
-            );
-            if let Some(ipam) = self.ipam {
-                ipam.mark_conflict(self.request, IpAddr::V4(ip), mac)?;
+            // As when a probe is answered: marked only where IPAM can hand out another (not
+            // a requested address, not another plugin's), and a marker that cannot be
+            // written leaves the conflict what it is.
+            let mut marked = false;
+            if let Some(ipam) = self.ipam.filter(|ipam| ipam.can_reallocate()) {
+                match ipam.mark_conflict(self.request, IpAddr::V4(ip), mac) {
+                    Ok(()) => marked = true,
+                    Err(error) => log::error!("marking {ip} as conflicting failed: {error}"),
+                }
             }
-            return Err(wire::late_conflict(ip, mac));
+            log::warn!(
+                "address {ip} was claimed on the wire by {} while the pod was being added{}",
+                Mac(mac),
+                if marked {
+                    ": marked as conflicting in IPAM"
+                } else {
+                    ""
+                }
+            );
+            return Err(wire::late_conflict(ip, mac, marked));
         }
         if config.is_gateway() {
             for ip in &result.ips {
@@ -397,7 +409,7 @@ impl Steps<'_> {
                 return Ok((result, Vec::new()));
             };
             // First, so that the wait for this lease's probe (if any) ages these too.
-            wire.probe_ahead(&upcoming);
+            wire.probe_ahead(&upcoming, wait);
             let (ip, mac) = match wire.check(result.ipv4s(), wait)? {
                 Outcome::Free(late) => return Ok((result, late)),
                 Outcome::InUse { ip, mac } => (ip, mac),

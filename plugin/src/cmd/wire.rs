@@ -39,40 +39,66 @@ pub const CLAIM_MEMORY: Duration = Duration::from_secs(10 * 60);
 /// What the wire's memory says of an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Judgement {
-    /// Probed at `since_ns`, at least the probe time ago, and claimed by nobody since.
+    /// Probed twice, first at `since_ns` (at least the probe time ago), the second time at
+    /// least half the probe time ago, and claimed by nobody since the first.
     Free { since_ns: u64 },
     /// Somebody claimed it after it was probed.
     InUse { mac: [u8; 6] },
-    /// First probed at `since_ns`, too recently: ask again once the probe time has passed.
-    Pending { since_ns: u64 },
+    /// First probed at `since_ns`, and second at `second_ns` if it was: not long enough
+    /// ago yet. Ask again once the probe time has passed (sending the second probe first
+    /// when there is none).
+    Pending { since_ns: u64, second_ns: Option<u64> },
     /// Never probed, probed too long ago, or claimed before its probe: probe and wait.
     Unknown,
 }
 
+/// The probes of an address that still say something at `now_ns`, oldest first.
+fn fresh_probes(probe: Option<ArpProbe>, now_ns: u64) -> (Option<u64>, Option<u64>) {
+    let fresh = |at: u64| at != 0 && at <= now_ns && now_ns - at <= ns(PROBE_FRESH);
+    let Some(probe) = probe else {
+        return (None, None);
+    };
+    match (fresh(probe.previous_ns), fresh(probe.last_ns)) {
+        (true, true) => (
+            Some(probe.previous_ns.min(probe.last_ns)),
+            Some(probe.previous_ns.max(probe.last_ns)),
+        ),
+        (true, false) => (Some(probe.previous_ns), None),
+        (false, true) => (Some(probe.last_ns), None),
+        (false, false) => (None, None),
+    }
+}
+
 /// Judges an address from its probes and its last claim at `now_ns`, `wait` being the
-/// probe time (`arpProbeMs`).
+/// probe time (`arpProbeMs`). As RFC 5227's probe that is waited for, two probes: the
+/// first at least `wait` ago, the second at least `wait / 2` ago.
 pub fn judge(probe: Option<ArpProbe>, claim: Option<ArpClaim>, now_ns: u64, wait: Duration) -> Judgement {
     let age = |at: u64| now_ns.saturating_sub(at);
-    let probes = probe
-        .map(|probe| [probe.previous_ns, probe.last_ns])
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|&at| at != 0 && at <= now_ns && age(at) <= ns(PROBE_FRESH));
-    let first_probe = probes.clone().min();
+    let (first, second) = fresh_probes(probe, now_ns);
     let claim = claim.filter(|claim| age(claim.seen_ns) <= ns(CLAIM_MEMORY));
     if let Some(claim) = claim {
-        return match first_probe {
+        return match first {
             Some(probed) if claim.seen_ns >= probed => Judgement::InUse { mac: claim.mac },
             _ => Judgement::Unknown,
         };
     }
-    // The oldest probe that is old enough: claims since it include claims since later ones.
-    if let Some(since_ns) = probes.clone().filter(|&at| age(at) >= ns(wait)).min() {
-        return Judgement::Free { since_ns };
+    match (first, second) {
+        (None, _) => Judgement::Unknown,
+        (Some(since_ns), Some(second)) if age(since_ns) >= ns(wait) && age(second) >= ns(wait / 2) => {
+            Judgement::Free { since_ns }
+        }
+        (Some(since_ns), second_ns) => Judgement::Pending { since_ns, second_ns },
     }
-    match first_probe {
-        Some(since_ns) => Judgement::Pending { since_ns },
-        None => Judgement::Unknown,
+}
+
+/// Whether an address to hand out soon, with `probe`, gets a probe ahead at `now_ns`: none
+/// yet (or none fresh), only one that is at least half the probe time old, or the last
+/// [`REPROBE_AFTER`] ago.
+pub fn wants_probe_ahead(probe: ArpProbe, now_ns: u64, wait: Duration) -> bool {
+    match fresh_probes(Some(probe), now_ns) {
+        (None, _) => true,
+        (Some(first), None) => now_ns - first >= ns(wait / 2),
+        (Some(_), Some(last)) => now_ns - last >= ns(REPROBE_AFTER),
     }
 }
 
@@ -88,8 +114,8 @@ pub struct Wire<'a> {
     socket: std::cell::OnceCell<ArpSocket>,
 }
 
-/// An address handed out on the strength of an earlier probe: a claim after `since_ns`
-/// (the probe sent with it) is checked at the end of ADD.
+/// An address checked before it was handed out: a claim after `since_ns` (its first probe)
+/// is checked again at the end of ADD, when the pod is about to be announced.
 #[derive(Clone, Copy, Debug)]
 pub struct LateCheck {
     pub ip: Ipv4Addr,
@@ -98,7 +124,7 @@ pub struct LateCheck {
 
 /// What the wire said of the addresses of one lease.
 pub enum Outcome {
-    /// Nobody uses them; the ones handed out without a wait are to be checked again.
+    /// Nobody uses them (the datapath's memory is to be asked again at the end of ADD).
     Free(Vec<LateCheck>),
     /// `ip` is in use by `mac`.
     InUse { ip: Ipv4Addr, mac: [u8; 6] },
@@ -149,24 +175,21 @@ impl<'a> Wire<'a> {
     }
 
     /// Marks each of `upcoming` as wanted by this ADD (one stamp for all: the agent keeps
-    /// the latest ADD's fresh) and sends one probe for each not probed within
-    /// [`REPROBE_AFTER`], waiting for nothing. Failures cost the next pods a wait, nothing
-    /// else.
-    pub fn probe_ahead(&self, upcoming: &[Ipv4Addr]) {
+    /// the latest ADD's fresh) and probes the ones that want it ([`wants_probe_ahead`]),
+    /// waiting for nothing. Failures cost the next pods a wait, nothing else.
+    pub fn probe_ahead(&self, upcoming: &[Ipv4Addr], wait: Duration) {
         let Some(memory) = self.memory else {
             return;
         };
-        let stamp = monotonic_ns();
-        for &ip in upcoming {
-            let probe = match memory.want_arp_probe(ip, stamp) {
-                Ok(probe) => probe,
-                Err(error) => {
-                    log::debug!("marking {ip} to probe ahead failed: {error}");
-                    return;
-                }
-            };
-            let now = monotonic_ns();
-            if probe.last_ns != 0 && now.saturating_sub(probe.last_ns) < ns(REPROBE_AFTER) {
+        let probes = match memory.want_arp_probes(upcoming, monotonic_ns()) {
+            Ok(probes) => probes,
+            Err(error) => {
+                log::debug!("marking the next addresses to probe ahead failed: {error}");
+                return;
+            }
+        };
+        for (ip, probe) in probes {
+            if !wants_probe_ahead(probe, monotonic_ns(), wait) {
                 continue;
             }
             if let Err(error) = self.probe_once(memory, ip) {
@@ -186,9 +209,10 @@ impl<'a> Wire<'a> {
     }
 
     /// RFC 5227's probe, waited for: two probes within `wait`, then whether anybody
-    /// claimed `ip` since the first. Through the datapath and its memory when both work,
-    /// over the socket (which reads the answers itself) otherwise.
-    fn probe_and_wait(&self, ip: Ipv4Addr, wait: Duration) -> Result<Option<[u8; 6]>, CniError> {
+    /// claimed `ip` since the first. Through the datapath and its memory when both work
+    /// (the memory is asked again at the end of ADD), over the socket (which reads the
+    /// answers itself) otherwise.
+    fn probe_and_wait(&self, ip: Ipv4Addr, wait: Duration) -> Result<Option<Checked>, CniError> {
         let probed_at = monotonic_ns();
         let frame = probe_frame(self.bridge_mac, ip);
         if let Some(memory) = self.memory
@@ -196,8 +220,16 @@ impl<'a> Wire<'a> {
         {
             let _ = memory.record_arp_probe(ip, probed_at);
             std::thread::sleep(wait / 2);
+            let second = monotonic_ns();
             self.send(&frame).map_err(|error| probe_error(ip, error))?;
-            return claim_after_wait(memory, ip, probed_at, wait);
+            let _ = memory.record_arp_probe(ip, second);
+            return Ok(Some(match claim_after_wait(memory, ip, probed_at, wait)? {
+                Some(mac) => Checked::InUse(mac),
+                None => Checked::Late(LateCheck {
+                    ip,
+                    since_ns: probed_at,
+                }),
+            }));
         }
         let answer = self
             .socket()
@@ -206,7 +238,7 @@ impl<'a> Wire<'a> {
         if let Some(memory) = self.memory {
             let _ = memory.record_arp_probe(ip, probed_at);
         }
-        Ok(answer)
+        Ok(answer.map(Checked::InUse))
     }
 
     /// Checks each of `ips` (the IPv4 addresses of one lease) before it is handed out.
@@ -238,25 +270,37 @@ impl<'a> Wire<'a> {
                 .arp_probe(ip)
                 .and_then(|probe| Ok((probe, memory.arp_claim(ip)?)));
             if let Ok((probe, claim)) = remembered {
+                let late = |since_ns| Checked::Late(LateCheck { ip, since_ns });
                 match judge(probe, claim, monotonic_ns(), wait) {
-                    Judgement::Free { .. } => {
-                        let since_ns = self.probe_once(memory, ip)?;
-                        return Ok(Some(Checked::Late(LateCheck { ip, since_ns })));
+                    Judgement::Free { since_ns } => {
+                        // One more, whose answer the end of ADD may still see.
+                        self.probe_once(memory, ip)?;
+                        return Ok(Some(late(since_ns)));
                     }
                     Judgement::InUse { mac } => return Ok(Some(Checked::InUse(mac))),
-                    Judgement::Pending { since_ns } => {
-                        return Ok(claim_after_wait(memory, ip, since_ns, wait)?.map(Checked::InUse));
+                    Judgement::Pending { since_ns, second_ns } => {
+                        let second_ns = match second_ns {
+                            Some(second_ns) => second_ns,
+                            None => {
+                                sleep_until(since_ns.saturating_add(ns(wait / 2)));
+                                self.probe_once(memory, ip)?
+                            }
+                        };
+                        sleep_until(second_ns.saturating_add(ns(wait / 2)));
+                        let claim = claim_after_wait(memory, ip, since_ns, wait)?;
+                        return Ok(Some(claim.map_or_else(|| late(since_ns), Checked::InUse)));
                     }
                     Judgement::Unknown => {}
                 }
             }
         }
-        Ok(self.probe_and_wait(ip, wait)?.map(Checked::InUse))
+        self.probe_and_wait(ip, wait)
     }
 
-    /// The end of ADD: a claim of an address handed out without a wait that came after
-    /// its last probe, by another MAC than the pod's, is a conflict. Then every address of
-    /// the pod is forgotten by the memory: a later claim of it is the pod's conflict.
+    /// The end of ADD: a claim of a checked address since its first probe, by another MAC
+    /// than the pod's, is a conflict (an answer that came after the check, or a holder that
+    /// spoke up while the pod was plugged in). Then every address of the pod is forgotten
+    /// by the memory: a later claim of it is the pod's conflict.
     pub fn finish(
         &self,
         late: &[LateCheck],
@@ -324,12 +368,16 @@ fn claim_after_wait(
     probed_ns: u64,
     wait: Duration,
 ) -> Result<Option<[u8; 6]>, CniError> {
-    let ready = probed_ns.saturating_add(ns(wait));
-    std::thread::sleep(Duration::from_nanos(ready.saturating_sub(monotonic_ns())));
+    sleep_until(probed_ns.saturating_add(ns(wait)));
     Ok(memory
         .arp_claim(ip)?
         .filter(|claim| claim.seen_ns >= probed_ns)
         .map(|claim| claim.mac))
+}
+
+/// Sleeps until CLOCK_MONOTONIC reads `at_ns` (not at all if it is past).
+fn sleep_until(at_ns: u64) {
+    std::thread::sleep(Duration::from_nanos(at_ns.saturating_sub(monotonic_ns())));
 }
 
 enum Checked {
@@ -337,12 +385,18 @@ enum Checked {
     InUse([u8; 6]),
 }
 
-/// The error of an ADD whose address was claimed on the wire while it ran.
-pub fn late_conflict(ip: Ipv4Addr, mac: [u8; 6]) -> CniError {
+/// The error of an ADD whose address was claimed on the wire while it ran; `marked`: IPAM
+/// marked it as conflicting, so that a retried ADD takes another.
+pub fn late_conflict(ip: Ipv4Addr, mac: [u8; 6], marked: bool) -> CniError {
+    let then = if marked {
+        "it is marked as conflicting, a retried ADD takes another"
+    } else {
+        "the address was requested or comes from another IPAM plugin: free it on the network or ask for another"
+    };
     CniError::new(
         code::ADDRESS_CONFLICT,
         format!(
-            "address {ip} was claimed on the wire by {} while the pod was being added: it is marked as conflicting, a retried ADD takes another",
+            "address {ip} was claimed on the wire by {} while the pod was being added: {then}",
             Mac(mac)
         ),
     )
@@ -399,26 +453,70 @@ mod tests {
     }
 
     #[test]
-    fn an_address_probed_long_enough_ago_and_unclaimed_is_free() {
+    fn an_address_probed_twice_long_enough_ago_and_unclaimed_is_free() {
         assert_eq!(
-            judge(probe(150, None), None, NOW, WAIT),
+            judge(probe(60, Some(150)), None, NOW, WAIT),
             Judgement::Free {
                 since_ns: NOW - 150 * MS
             }
         );
-        // A re-probe does not make it look new: the older probe counts.
+        // Claims since the older probe count, whatever order the two are stored in.
         assert_eq!(
-            judge(probe(5, Some(70_000)), None, NOW, WAIT),
+            judge(probe(150, Some(60)), None, NOW, WAIT),
             Judgement::Free {
-                since_ns: NOW - 70_000 * MS
+                since_ns: NOW - 150 * MS
             }
         );
     }
 
     #[test]
+    fn one_probe_or_a_second_too_recent_is_pending() {
+        // One probe, however old, is not enough: the second is sent and waited for.
+        assert_eq!(
+            judge(probe(150, None), None, NOW, WAIT),
+            Judgement::Pending {
+                since_ns: NOW - 150 * MS,
+                second_ns: None
+            }
+        );
+        // A second probe that has had less than half the probe time to be answered.
+        assert_eq!(
+            judge(probe(10, Some(70_000)), None, NOW, WAIT),
+            Judgement::Pending {
+                since_ns: NOW - 70_000 * MS,
+                second_ns: Some(NOW - 10 * MS)
+            }
+        );
+        // The first probe too recent.
+        assert_eq!(
+            judge(probe(40, Some(90)), None, NOW, WAIT),
+            Judgement::Pending {
+                since_ns: NOW - 90 * MS,
+                second_ns: Some(NOW - 40 * MS)
+            }
+        );
+    }
+
+    #[test]
+    fn addresses_ahead_are_probed_when_unprobed_once_and_old_enough_or_stale() {
+        let at = |probe: Option<ArpProbe>| wants_probe_ahead(probe.unwrap_or_default(), NOW, WAIT);
+        assert!(at(None));
+        assert!(
+            !at(probe(20, None)),
+            "the second probe only after half the probe time"
+        );
+        assert!(at(probe(60, None)));
+        assert!(!at(probe(60, Some(150))), "probed twice lately");
+        let reprobe = u64::try_from(REPROBE_AFTER.as_millis()).expect("ms");
+        assert!(at(probe(reprobe, Some(reprobe + 100))));
+        let stale = u64::try_from(PROBE_FRESH.as_millis()).expect("ms") + 1;
+        assert!(at(probe(stale, None)), "a stale probe is no probe");
+    }
+
+    #[test]
     fn a_claim_after_a_probe_is_in_use() {
         assert_eq!(
-            judge(probe(150, None), claim(149), NOW, WAIT),
+            judge(probe(60, Some(150)), claim(149), NOW, WAIT),
             Judgement::InUse {
                 mac: [2, 0, 0, 0, 0, 7]
             }
@@ -436,13 +534,7 @@ mod tests {
     }
 
     #[test]
-    fn too_recent_too_old_never_or_claimed_before_the_probe_is_not_free() {
-        assert_eq!(
-            judge(probe(40, None), None, NOW, WAIT),
-            Judgement::Pending {
-                since_ns: NOW - 40 * MS
-            }
-        );
+    fn too_old_never_or_claimed_before_the_probe_is_not_free() {
         let stale = u64::try_from(PROBE_FRESH.as_millis()).expect("ms") + 1;
         assert_eq!(judge(probe(stale, None), None, NOW, WAIT), Judgement::Unknown);
         assert_eq!(judge(None, None, NOW, WAIT), Judgement::Unknown);
@@ -454,7 +546,7 @@ mod tests {
         // A claim older than the memory says nothing.
         let forgotten = u64::try_from(CLAIM_MEMORY.as_millis()).expect("ms") + 1;
         assert!(matches!(
-            judge(probe(150, None), claim(forgotten), NOW, WAIT),
+            judge(probe(60, Some(150)), claim(forgotten), NOW, WAIT),
             Judgement::Free { .. }
         ));
         // A probe "in the future" (another clock) is no probe.

@@ -1,10 +1,10 @@
 //! Attaching the programs to devices: pods' as clsact filters on their host veths, the
 //! uplink's over TCX links where the kernel has TCX and as clsact filters of the network's
 //! own where it has not; upgrading each attachment in place; asking the kernel what runs.
-use std::fs;
+use std::{fs, os::fd::AsFd};
 
 use aya::programs::{
-    LinkOrder, SchedClassifier, TcAttachType,
+    LinkOrder, ProgramError, SchedClassifier, TcAttachType,
     links::{FdLink, Link, PinnedLink},
     tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact},
 };
@@ -253,18 +253,26 @@ impl Datapath {
             other => other
                 .map_err(|error| program_error("add the clsact qdisc for", program_name::FROM_POD, error))?,
         }
+        let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(|error| {
+            program_error(
+                "find the device for",
+                program_name::FROM_POD,
+                ProgramError::from(std::io::Error::from(error)),
+            )
+        })?;
         for (program, hook) in POD_PROGRAMS {
-            let mut classifier = SchedClassifier::from_pin(self.layout.program(program))
-                .map_err(|error| program_error("open pinned", program, error))?;
-            let link_id = classifier
-                .attach_with_options(ifname, hook, TcAttachOptions::Netlink(pod_filter()))
-                .map_err(|error| program_error("attach as a tc filter", program, error))?;
-            // Dropping the handle would delete the filter; it must outlive this process.
-            std::mem::forget(
-                classifier
-                    .take_link(link_id)
-                    .map_err(|error| program_error("take the link of", program, error))?,
-            );
+            // Not through aya's `from_pin`: see `sys`.
+            let fd = super::sys::obj_get(&self.layout.program(program))
+                .map_err(|error| program_error("open pinned", program, ProgramError::from(error)))?;
+            super::sys::add_tc_filter(
+                ifindex,
+                matches!(hook, TcAttachType::Ingress),
+                fd.as_fd(),
+                program,
+                POD_FILTER_PRIORITY,
+                POD_FILTER_HANDLE,
+            )
+            .map_err(|error| program_error("attach as a tc filter", program, ProgramError::from(error)))?;
         }
         Ok(())
     }

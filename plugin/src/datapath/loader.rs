@@ -27,6 +27,8 @@ use super::{
 pub struct Datapath {
     pub(super) layout: PinLayout,
     pub(super) network: String,
+    /// The inject program, once a frame was sent (see `inject`).
+    pub(super) inject: std::sync::OnceLock<std::os::fd::OwnedFd>,
 }
 
 impl Datapath {
@@ -38,6 +40,7 @@ impl Datapath {
         let datapath = Self {
             layout: PinLayout::new(bpf_root, network),
             network: network.to_owned(),
+            inject: std::sync::OnceLock::new(),
         };
         let progs = datapath.layout.dir().join("progs");
         create_dir(&progs)?;
@@ -54,6 +57,7 @@ impl Datapath {
         let datapath = Self {
             layout: PinLayout::new(bpf_root, network),
             network: network.to_owned(),
+            inject: std::sync::OnceLock::new(),
         };
         if datapath.has_programs() {
             Ok(datapath)
@@ -181,8 +185,8 @@ impl Datapath {
 
     /// The id of a pinned program, as `bpftool prog show` prints it.
     pub fn program_id(&self, program: &str) -> Option<u32> {
-        let pinned = SchedClassifier::from_pin(self.layout.program(program)).ok()?;
-        pinned.info().ok().map(|info| info.id())
+        // Not through aya's `from_pin`: see `sys`.
+        super::sys::pinned_program_id(&self.layout.program(program)).ok()
     }
 
     /// Detaches every program and removes every pin of this network.

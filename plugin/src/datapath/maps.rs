@@ -459,10 +459,25 @@ impl Datapath {
         })
     }
 
-    /// Records that an ADD at `stamp_ns` named `ip` among the next addresses to hand out;
-    /// returns what is known of its probes.
-    pub fn want_arp_probe(&self, ip: Ipv4Addr, stamp_ns: u64) -> Result<ArpProbe, DatapathError> {
-        self.update_arp_probe(ip, |probe| probe.wanted_ns = stamp_ns)
+    /// Records that an ADD at `stamp_ns` named each of `ips` among the next addresses to
+    /// hand out (a later stamp of a concurrent ADD stays); returns what is known of their
+    /// probes. One open of the map for all of them.
+    pub fn want_arp_probes(
+        &self,
+        ips: &[Ipv4Addr],
+        stamp_ns: u64,
+    ) -> Result<Vec<(Ipv4Addr, ArpProbe)>, DatapathError> {
+        let name = map_name::ARP_PROBES;
+        let mut probes = self.lru_map::<Ipv4, ArpProbe>(name)?;
+        ips.iter()
+            .map(|&ip| {
+                let probe = change_arp_probe(&mut probes, ip, |probe| {
+                    probe.wanted_ns = probe.wanted_ns.max(stamp_ns);
+                })
+                .map_err(|error| self.map_error(name, error))?;
+                Ok((ip, probe))
+            })
+            .collect()
     }
 
     /// Forgets the probes of `ip` (handed out, or found in use).
@@ -478,17 +493,7 @@ impl Datapath {
     ) -> Result<ArpProbe, DatapathError> {
         let name = map_name::ARP_PROBES;
         let mut probes = self.lru_map::<Ipv4, ArpProbe>(name)?;
-        let key = ipv4_key(ip);
-        let mut probe = match probes.get(&key, 0) {
-            Ok(probe) => probe,
-            Err(MapError::KeyNotFound) => ArpProbe::default(),
-            Err(error) => return Err(self.map_error(name, error)),
-        };
-        change(&mut probe);
-        probes
-            .insert(key, probe, 0)
-            .map_err(|error| self.map_error(name, error))?;
-        Ok(probe)
+        change_arp_probe(&mut probes, ip, change).map_err(|error| self.map_error(name, error))
     }
 
     /// The entry of `ip` in the IPv4-keyed LRU map `name`, if there is one.
@@ -519,6 +524,24 @@ impl Datapath {
             Err(error) => Err(self.map_error(name, error)),
         }
     }
+}
+
+/// Reads the probes of `ip` in `probes` (none yet: all zero), changes them and writes them
+/// back.
+fn change_arp_probe(
+    probes: &mut HashMap<MapData, Ipv4, ArpProbe>,
+    ip: Ipv4Addr,
+    change: impl FnOnce(&mut ArpProbe),
+) -> Result<ArpProbe, MapError> {
+    let key = ipv4_key(ip);
+    let mut probe = match probes.get(&key, 0) {
+        Ok(probe) => probe,
+        Err(MapError::KeyNotFound) => ArpProbe::default(),
+        Err(error) => return Err(error),
+    };
+    change(&mut probe);
+    probes.insert(key, probe, 0)?;
+    Ok(probe)
 }
 
 /// Removes every entry of `map` that points at port `ifindex`.

@@ -7,6 +7,7 @@ mod inject;
 mod loader;
 mod maps;
 mod pins;
+mod sys;
 
 #[cfg(feature = "fault-injection")]
 pub use crate::kernel::pretend_no_tcx;

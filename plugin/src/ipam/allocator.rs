@@ -198,6 +198,9 @@ pub fn upcoming(
     count: usize,
     now: SystemTime,
 ) -> Result<Vec<IpAddr>, IpamError> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
     let leases = store.leases()?;
     let mut upcoming = Vec::new();
     for (index, set) in config.range_sets.iter().enumerate() {
