@@ -355,15 +355,19 @@ fn an_address_taken_silently_after_its_probe_fails_the_add_that_hands_it_out() {
     let fabric = Fabric::new(1, None);
     let one = &fabric.nodes[0];
     let config = with_probe_ms(one, 300);
-    let first = Pod::new("silent0");
-    let (result, _) = timed_add(&one.node, &first, &config);
-    assert_eq!(result["ips"][0]["address"], "10.10.1.1/16");
-    std::thread::sleep(Duration::from_millis(400));
-    // 10.10.1.2 was probed ahead and nobody answered; now the external host takes it
-    // without a word (Linux sends no ARP when an address is added).
+    // The first ADD probes the next addresses once, the second (after half the probe
+    // time) a second time: 10.10.1.3 is then handed out without a wait.
+    let earlier = [Pod::new("silent0"), Pod::new("silent00")];
+    for (pod, address) in earlier.iter().zip(["10.10.1.1/16", "10.10.1.2/16"]) {
+        let (result, _) = timed_add(&one.node, pod, &config);
+        assert_eq!(result["ips"][0]["address"], address);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // Nobody answered 10.10.1.3's probes; now the external host takes it without a word
+    // (Linux sends no ARP when an address is added).
     fabric
         .external
-        .ok(&["ip", "addr", "add", "10.10.1.2/16", "dev", "eth0"]);
+        .ok(&["ip", "addr", "add", "10.10.1.3/16", "dev", "eth0"]);
     let external_mac = fabric.external.mac("eth0");
     let veths_before = one.node.host_veths();
     let second = Pod::new("silent1");
@@ -372,13 +376,13 @@ fn an_address_taken_silently_after_its_probe_fails_the_add_that_hands_it_out() {
         .cni("ADD", &second.env("eth0"), &config)
         .error("ADD handing out an address taken after its probe", 102);
     assert!(
-        msg.contains("10.10.1.2") && msg.contains(&external_mac),
+        msg.contains("10.10.1.3") && msg.contains(&external_mac),
         "the error names neither the address nor its holder: {msg}"
     );
     assert_eq!(one.node.host_veths(), veths_before, "the failed ADD left a veth");
-    // 10.10.1.2's file is now the conflict marker, nobody's lease.
-    assert_eq!(one.node.leases(NET), ["10.10.1.1", "10.10.1.2"]);
-    let marker = std::fs::read_to_string(one.node.ipam_dir(NET).join("10.10.1.2")).expect("marker");
+    // 10.10.1.3's file is now the conflict marker, nobody's lease.
+    assert_eq!(one.node.leases(NET), ["10.10.1.1", "10.10.1.2", "10.10.1.3"]);
+    let marker = std::fs::read_to_string(one.node.ipam_dir(NET).join("10.10.1.3")).expect("marker");
     assert!(
         !marker.contains(&second.container_id),
         "the failed ADD left its lease: {marker}"
@@ -388,10 +392,10 @@ fn an_address_taken_silently_after_its_probe_fails_the_add_that_hands_it_out() {
     assert!(
         conflicts
             .iter()
-            .any(|conflict| conflict["address"] == "10.10.1.2" && conflict["mac"] == external_mac.as_str()),
+            .any(|conflict| conflict["address"] == "10.10.1.3" && conflict["mac"] == external_mac.as_str()),
         "{report}"
     );
     // The runtime's retry takes the next address.
     let (result, _) = timed_add(&one.node, &second, &config);
-    assert_eq!(result["ips"][0]["address"], "10.10.1.3/16");
+    assert_eq!(result["ips"][0]["address"], "10.10.1.4/16");
 }

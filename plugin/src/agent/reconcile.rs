@@ -12,8 +12,10 @@ use flatbridge_common::{NODE_ENABLED, NODE_TCP_OFFLOAD};
 
 use super::Shared;
 use crate::{
-    arp::ArpSocket,
-    cmd::{host_veth_name, sweep, wire},
+    cmd::{
+        host_veth_name, sweep,
+        wire::{self, Wire},
+    },
     datapath::{Datapath, DatapathError, Detached},
     ipam::{DiskStore, Store},
     kernel,
@@ -46,6 +48,50 @@ type WireConflict = (String, Ipv4Addr, [u8; 6]);
 
 /// RFC 5227's DEFEND_INTERVAL: a pod's address is defended at most once per 10 s.
 pub const DEFEND_INTERVAL: Duration = Duration::from_secs(10);
+/// How many times a pod's address is defended against one claimer: one that keeps
+/// claiming it (another defender: a host with the address configured, a node with an
+/// overlapping range) would otherwise flip its neighbours' caches every DEFEND_INTERVAL
+/// for ever. After that, the conflict is only reported.
+pub const DEFENCES: u32 = 2;
+
+/// The defences of one pod address: the last one (CLOCK_MONOTONIC ns), against whom, and
+/// how many against that claimer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Defence {
+    pub at_ns: u64,
+    pub claimer: [u8; 6],
+    pub count: u32,
+}
+
+/// What to do about a claim of a pod's address by `claimer` at `claimed_ns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Defend {
+    /// Announce the pod's MAC now.
+    Now,
+    /// Nothing yet: the claim predates the last defence, or DEFEND_INTERVAL has not passed.
+    NotYet,
+    /// This claimer was answered [`DEFENCES`] times and claims still: report only.
+    GaveUp,
+}
+
+/// RFC 5227 section 2.4 for an address that cannot be given up: defend at most once per
+/// [`DEFEND_INTERVAL`], only a claim newer than the last defence, and at most [`DEFENCES`]
+/// times against the same claimer.
+pub fn defend(last: Option<Defence>, claimer: [u8; 6], claimed_ns: u64, now_ns: u64) -> Defend {
+    let Some(last) = last else {
+        return Defend::Now;
+    };
+    if claimed_ns <= last.at_ns {
+        return Defend::NotYet;
+    }
+    if last.claimer == claimer && last.count >= DEFENCES {
+        return Defend::GaveUp;
+    }
+    if now_ns.saturating_sub(last.at_ns) < kernel::nanos(DEFEND_INTERVAL) {
+        return Defend::NotYet;
+    }
+    Defend::Now
+}
 
 pub struct Reconciler {
     shared: Arc<Shared>,
@@ -53,8 +99,8 @@ pub struct Reconciler {
     missing: Missing,
     /// Conflicts logged already (each is logged once while it lasts).
     conflicts_logged: HashSet<WireConflict>,
-    /// When each address was last defended (CLOCK_MONOTONIC ns), by network.
-    defended: HashMap<(String, Ipv4Addr), u64>,
+    /// How each address was last defended, by network.
+    defended: HashMap<(String, Ipv4Addr), Defence>,
 }
 
 impl Reconciler {
@@ -269,17 +315,8 @@ impl Reconciler {
             Ok(endpoints) => endpoints,
             Err(error) => return self.failed(&format!("network {network}: endpoints"), &error),
         };
-        // Opened once, at the first frame to send (most passes send none).
-        let socket = std::cell::OnceCell::new();
-        let open = || -> Option<ArpSocket> {
-            match ArpSocket::open(settings.bridge_ifindex, settings.bridge_mac) {
-                Ok(socket) => Some(socket),
-                Err(error) => {
-                    log::warn!("reconcile: network {network}: no ARP socket on the bridge: {error}");
-                    None
-                }
-            }
-        };
+        // Frames go out through the datapath (a packet socket only where it cannot send).
+        let wire = Wire::new(settings.bridge_ifindex, settings.bridge_mac, Some(datapath));
         let now = kernel::monotonic_ns();
         for conflict in report::wire_conflicts(datapath, &endpoints) {
             let key = (network.clone(), conflict.address, conflict.claimed_by.0);
@@ -295,19 +332,28 @@ impl Reconciler {
                 self.shared.stats.count("wire_conflict");
             }
             let claimed_ns = now.saturating_sub(conflict.seen_ms_ago * 1_000_000);
-            let last = self
-                .defended
-                .get(&(network.clone(), conflict.address))
-                .copied()
-                .unwrap_or(0);
-            let interval = kernel::nanos(DEFEND_INTERVAL);
-            if (last != 0 && now.saturating_sub(last) < interval) || claimed_ns <= last {
-                continue;
+            let address = (network.clone(), conflict.address);
+            let last = self.defended.get(&address).copied();
+            match defend(last, conflict.claimed_by.0, claimed_ns, now) {
+                Defend::NotYet => continue,
+                Defend::GaveUp => {
+                    if let Some(last) = self.defended.get_mut(&address)
+                        && last.count == DEFENCES
+                    {
+                        // Once: the count goes past DEFENCES.
+                        last.count += 1;
+                        log::warn!(
+                            "reconcile: network {network}: {} keeps claiming {} after {DEFENCES} defences: no longer defended, only reported",
+                            conflict.claimed_by,
+                            conflict.address
+                        );
+                        self.shared.stats.count("defence_given_up");
+                    }
+                    continue;
+                }
+                Defend::Now => {}
             }
-            let Some(socket) = socket.get_or_init(open) else {
-                return;
-            };
-            match socket.announce(conflict.pod_mac.0, conflict.address) {
+            match wire.announce(conflict.pod_mac.0, conflict.address) {
                 Ok(()) => {
                     log::info!(
                         "reconcile: network {network}: defended {} ({}) against {}",
@@ -315,7 +361,18 @@ impl Reconciler {
                         conflict.pod_mac,
                         conflict.claimed_by
                     );
-                    self.defended.insert((network.clone(), conflict.address), now);
+                    let count = match last {
+                        Some(last) if last.claimer == conflict.claimed_by.0 => last.count + 1,
+                        _ => 1,
+                    };
+                    self.defended.insert(
+                        address,
+                        Defence {
+                            at_ns: now,
+                            claimer: conflict.claimed_by.0,
+                            count,
+                        },
+                    );
                     self.shared.stats.count("defend_address");
                 }
                 Err(error) => self.failed(&format!("defending {}", conflict.address), &error),
@@ -338,16 +395,8 @@ impl Reconciler {
         }
         let mut probed = 0;
         for ip in reprobe {
-            let Some(socket) = socket.get_or_init(open) else {
-                return;
-            };
-            let sent = kernel::monotonic_ns();
-            match socket
-                .send_probe(ip)
-                .map(|()| datapath.record_arp_probe(ip, sent))
-            {
-                Ok(Ok(_)) => probed += 1,
-                Ok(Err(error)) => return self.failed(&format!("recording the probe of {ip}"), &error),
+            match wire.probe(ip) {
+                Ok(_) => probed += 1,
                 Err(error) => return self.failed(&format!("probing {ip}"), &error),
             }
         }
@@ -459,5 +508,49 @@ impl Reconciler {
                 Err(error) => self.failed(&format!("freeing {ip} of {network}"), &error),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod defence_tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+    const HOST: [u8; 6] = [2, 0, 0, 0, 0, 7];
+    const OTHER: [u8; 6] = [2, 0, 0, 0, 0, 8];
+
+    fn after(at_s: u64, claimer: [u8; 6], count: u32) -> Option<Defence> {
+        Some(Defence {
+            at_ns: at_s * S,
+            claimer,
+            count,
+        })
+    }
+
+    #[test]
+    fn a_claim_is_defended_once_per_interval_and_only_when_newer_than_the_defence() {
+        assert_eq!(defend(None, HOST, 100 * S, 100 * S), Defend::Now);
+        // The claim we answered, seen again.
+        assert_eq!(defend(after(100, HOST, 1), HOST, 99 * S, 200 * S), Defend::NotYet);
+        // A new claim within DEFEND_INTERVAL.
+        assert_eq!(
+            defend(after(100, HOST, 1), HOST, 105 * S, 105 * S),
+            Defend::NotYet
+        );
+        // After it.
+        assert_eq!(defend(after(100, HOST, 1), HOST, 111 * S, 111 * S), Defend::Now);
+    }
+
+    #[test]
+    fn a_claimer_that_keeps_claiming_is_only_reported_after_the_last_defence() {
+        assert_eq!(
+            defend(after(100, HOST, DEFENCES), HOST, 200 * S, 200 * S),
+            Defend::GaveUp
+        );
+        // Another claimer is defended against.
+        assert_eq!(
+            defend(after(100, HOST, DEFENCES), OTHER, 200 * S, 200 * S),
+            Defend::Now
+        );
     }
 }

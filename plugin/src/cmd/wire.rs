@@ -199,6 +199,19 @@ impl<'a> Wire<'a> {
         }
     }
 
+    /// One probe for `ip`, recorded in the memory when there is one; when it was sent.
+    pub fn probe(&self, ip: Ipv4Addr) -> Result<u64, CniError> {
+        match self.memory {
+            Some(memory) => self.probe_once(memory, ip),
+            None => {
+                let sent = monotonic_ns();
+                self.send(&probe_frame(self.bridge_mac, ip))
+                    .map_err(|error| probe_error(ip, error))?;
+                Ok(sent)
+            }
+        }
+    }
+
     /// One probe for `ip`, recorded.
     fn probe_once(&self, memory: &Datapath, ip: Ipv4Addr) -> Result<u64, CniError> {
         let sent = monotonic_ns();
