@@ -156,6 +156,10 @@ impl Reconciler {
         self.missing.retain(|key, _| seen.contains(key));
         // A conflict that went away and comes back is logged again.
         self.conflicts_logged.retain(|key| wire_seen.contains(key));
+        // And is defended again: a claimer given up on that went quiet starts afresh.
+        self.defended.retain(|(network, address), defence| {
+            wire_seen.contains(&(network.clone(), *address, defence.claimer))
+        });
         self.netlink = Some(node);
     }
 

@@ -279,17 +279,20 @@ impl Steps<'_> {
             // As when a probe is answered: marked only where IPAM can hand out another (not
             // a requested address, not another plugin's), and a marker that cannot be
             // written leaves the conflict what it is.
-            let mut marked = false;
-            if let Some(ipam) = self.ipam.filter(|ipam| ipam.can_reallocate()) {
-                match ipam.mark_conflict(self.request, IpAddr::V4(ip), mac) {
-                    Ok(()) => marked = true,
-                    Err(error) => log::error!("marking {ip} as conflicting failed: {error}"),
-                }
-            }
+            let marked = match self.ipam.filter(|ipam| ipam.can_reallocate()) {
+                None => wire::Marked::NotReallocatable,
+                Some(ipam) => match ipam.mark_conflict(self.request, IpAddr::V4(ip), mac) {
+                    Ok(()) => wire::Marked::Yes,
+                    Err(error) => {
+                        log::error!("marking {ip} as conflicting failed: {error}");
+                        wire::Marked::Failed
+                    }
+                },
+            };
             log::warn!(
                 "address {ip} was claimed on the wire by {} while the pod was being added{}",
                 Mac(mac),
-                if marked {
+                if marked == wire::Marked::Yes {
                     ": marked as conflicting in IPAM"
                 } else {
                     ""

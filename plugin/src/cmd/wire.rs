@@ -4,12 +4,14 @@
 //! The uplink program remembers the sender of every ARP frame from the wire
 //! (`arp_claims`): a host that uses an address names it whenever it ARPs, and answers a
 //! probe for it. Each ADD probes the addresses IPAM will hand out next, without waiting
-//! (`arp_probes` keeps when). An address probed at least `arpProbeMs` ago and claimed by
-//! nobody since is handed out at once; one more probe goes out with it, and a claim that
-//! answers it by the end of ADD fails the ADD (the address is marked as conflicting, so
-//! the retry takes another). An address probed too recently waits only for the rest of
-//! the probe time; one never probed (the first ADD on a node), probed too long ago, or
-//! claimed before its probe is probed and waited for as without the datapath. The agent
+//! (`arp_probes` keeps when), and a second time once half the probe time has passed. An
+//! address probed twice so (the first time at least `arpProbeMs` ago) and claimed by
+//! nobody since is handed out at once, with one more probe. An address probed too
+//! recently, or only once, waits for the rest of the probe time (sending its second probe
+//! first); one never probed (the first ADD on a node), probed too long ago, or claimed
+//! before its probe is probed and waited for as without the datapath. A claim of any
+//! address checked so that comes by the end of ADD fails the ADD (the address is marked
+//! as conflicting where IPAM can hand out another, so that the retry does). The agent
 //! keeps the next addresses of the latest ADD fresh.
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -52,17 +54,20 @@ pub enum Judgement {
     Unknown,
 }
 
-/// The probes of an address that still say something at `now_ns`, oldest first.
-fn fresh_probes(probe: Option<ArpProbe>, now_ns: u64) -> (Option<u64>, Option<u64>) {
+/// The probes of an address that still say something at `now_ns`, oldest first. Two sent
+/// less than half the probe time `wait` apart (two ADDs probing ahead at once) count as
+/// one: the second is there for the first's frame or answer that got lost.
+fn fresh_probes(probe: Option<ArpProbe>, now_ns: u64, wait: Duration) -> (Option<u64>, Option<u64>) {
     let fresh = |at: u64| at != 0 && at <= now_ns && now_ns - at <= ns(PROBE_FRESH);
     let Some(probe) = probe else {
         return (None, None);
     };
     match (fresh(probe.previous_ns), fresh(probe.last_ns)) {
-        (true, true) => (
-            Some(probe.previous_ns.min(probe.last_ns)),
-            Some(probe.previous_ns.max(probe.last_ns)),
-        ),
+        (true, true) => {
+            let first = probe.previous_ns.min(probe.last_ns);
+            let second = probe.previous_ns.max(probe.last_ns);
+            (Some(first), (second - first >= ns(wait / 2)).then_some(second))
+        }
         (true, false) => (Some(probe.previous_ns), None),
         (false, true) => (Some(probe.last_ns), None),
         (false, false) => (None, None),
@@ -74,7 +79,7 @@ fn fresh_probes(probe: Option<ArpProbe>, now_ns: u64) -> (Option<u64>, Option<u6
 /// first at least `wait` ago, the second at least `wait / 2` ago.
 pub fn judge(probe: Option<ArpProbe>, claim: Option<ArpClaim>, now_ns: u64, wait: Duration) -> Judgement {
     let age = |at: u64| now_ns.saturating_sub(at);
-    let (first, second) = fresh_probes(probe, now_ns);
+    let (first, second) = fresh_probes(probe, now_ns, wait);
     let claim = claim.filter(|claim| age(claim.seen_ns) <= ns(CLAIM_MEMORY));
     if let Some(claim) = claim {
         return match first {
@@ -95,7 +100,7 @@ pub fn judge(probe: Option<ArpProbe>, claim: Option<ArpClaim>, now_ns: u64, wait
 /// yet (or none fresh), only one that is at least half the probe time old, or the last
 /// [`REPROBE_AFTER`] ago.
 pub fn wants_probe_ahead(probe: ArpProbe, now_ns: u64, wait: Duration) -> bool {
-    match fresh_probes(Some(probe), now_ns) {
+    match fresh_probes(Some(probe), now_ns, wait) {
         (None, _) => true,
         (Some(first), None) => now_ns - first >= ns(wait / 2),
         (Some(_), Some(last)) => now_ns - last >= ns(REPROBE_AFTER),
@@ -248,10 +253,19 @@ impl<'a> Wire<'a> {
             .socket()
             .and_then(|socket| socket.probe(ip, wait))
             .map_err(|error| probe_error(ip, error))?;
-        if let Some(memory) = self.memory {
-            let _ = memory.record_arp_probe(ip, probed_at);
-        }
-        Ok(answer.map(Checked::InUse))
+        let Some(memory) = self.memory else {
+            return Ok(answer.map(Checked::InUse));
+        };
+        // The datapath could not send (pins of before the inject program): its memory of
+        // claims is still asked at the end of ADD.
+        let _ = memory.record_arp_probe(ip, probed_at);
+        Ok(Some(answer.map_or(
+            Checked::Late(LateCheck {
+                ip,
+                since_ns: probed_at,
+            }),
+            Checked::InUse,
+        )))
     }
 
     /// Checks each of `ips` (the IPv4 addresses of one lease) before it is handed out.
@@ -398,13 +412,25 @@ enum Checked {
     InUse([u8; 6]),
 }
 
-/// The error of an ADD whose address was claimed on the wire while it ran; `marked`: IPAM
-/// marked it as conflicting, so that a retried ADD takes another.
-pub fn late_conflict(ip: Ipv4Addr, mac: [u8; 6], marked: bool) -> CniError {
-    let then = if marked {
-        "it is marked as conflicting, a retried ADD takes another"
-    } else {
-        "the address was requested or comes from another IPAM plugin: free it on the network or ask for another"
+/// What IPAM made of an address found in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marked {
+    /// Marked as conflicting: a retried ADD takes another.
+    Yes,
+    /// Requested, or another IPAM plugin's: nothing to mark.
+    NotReallocatable,
+    /// Writing the marker failed (logged).
+    Failed,
+}
+
+/// The error of an ADD whose address was claimed on the wire while it ran.
+pub fn late_conflict(ip: Ipv4Addr, mac: [u8; 6], marked: Marked) -> CniError {
+    let then = match marked {
+        Marked::Yes => "it is marked as conflicting, a retried ADD takes another",
+        Marked::NotReallocatable => {
+            "the address was requested or comes from another IPAM plugin: free it on the network or ask for another"
+        }
+        Marked::Failed => "marking it as conflicting failed (see the log): a retried ADD may take it again",
     };
     CniError::new(
         code::ADDRESS_CONFLICT,
@@ -500,6 +526,19 @@ mod tests {
                 second_ns: Some(NOW - 10 * MS)
             }
         );
+        // Two probes at once (two ADDs probing ahead together) are one.
+        assert_eq!(
+            judge(probe(149, Some(150)), None, NOW, WAIT),
+            Judgement::Pending {
+                since_ns: NOW - 150 * MS,
+                second_ns: None
+            }
+        );
+        assert!(wants_probe_ahead(
+            probe(149, Some(150)).expect("probe"),
+            NOW,
+            WAIT
+        ));
         // The first probe too recent.
         assert_eq!(
             judge(probe(40, Some(90)), None, NOW, WAIT),

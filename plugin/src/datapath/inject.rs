@@ -40,6 +40,7 @@ struct TestRun {
     ctx_in: u64,
     ctx_out: u64,
 }
+const _: () = assert!(std::mem::size_of::<TestRun>() == 64);
 
 fn io_error(action: &'static str, error: std::io::Error) -> DatapathError {
     program_error(action, program_name::INJECT, ProgramError::from(error))
@@ -71,7 +72,9 @@ impl Datapath {
             ctx_in: ctx.as_ptr() as u64,
             ..TestRun::default()
         };
-        bpf(BPF_PROG_TEST_RUN, &mut attr).map_err(|error| io_error("run", error))?;
+        // SAFETY: a TEST_RUN attr whose frame and context, of the sizes given, outlive the
+        // call; no output buffers.
+        unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }.map_err(|error| io_error("run", error))?;
         if attr.retval == TC_ACT_OK {
             Ok(())
         } else {

@@ -18,11 +18,17 @@ struct ObjGet {
     bpf_fd: u32,
     file_flags: u32,
 }
+const _: () = assert!(std::mem::size_of::<ObjGet>() == 16);
 
 /// bpf(2) with `attr`, a prefix of `union bpf_attr` for `command`.
-pub fn bpf<T>(command: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, initialised `union bpf_attr` prefix for `command` of the
-    // size passed; the kernel reads (and for test runs writes) only that many bytes.
+///
+/// # Safety
+/// `attr` must have the layout of `union bpf_attr` for `command` up to its size, and every
+/// pointer in it must be valid for what the kernel reads or writes through it until this
+/// returns.
+pub unsafe fn bpf<T>(command: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+    // SAFETY: the caller's contract; the kernel reads (and for test runs writes) no more
+    // than the size passed.
     let result = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -46,7 +52,8 @@ pub fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
         bpf_fd: 0,
         file_flags: 0,
     };
-    let fd = i32::try_from(bpf(BPF_OBJ_GET, &mut attr)?).map_err(std::io::Error::other)?;
+    // SAFETY: an OBJ_GET attr whose path outlives the call.
+    let fd = i32::try_from(unsafe { bpf(BPF_OBJ_GET, &mut attr) }?).map_err(std::io::Error::other)?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -103,7 +110,9 @@ pub fn add_tc_filter(
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
+    set_receive_timeout(&socket, std::time::Duration::from_secs(5))?;
     socket.send(&buffer, 0)?;
+    // The kernel answers with one ACK or error for our sequence number (NLM_F_ACK).
     loop {
         let (reply, _) = socket.recv_from_full()?;
         let mut offset = 0;
@@ -111,17 +120,44 @@ pub fn add_tc_filter(
             let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[offset..])
                 .map_err(std::io::Error::other)?;
             let length = usize::try_from(message.header.length).map_err(std::io::Error::other)?;
-            if let NetlinkPayload::Error(error) = message.payload {
+            if length == 0 {
+                return Err(std::io::Error::other("a netlink message of length 0"));
+            }
+            if message.header.sequence_number == 1
+                && let NetlinkPayload::Error(error) = message.payload
+            {
                 return match error.code {
                     None => Ok(()),
                     Some(code) => Err(std::io::Error::from_raw_os_error(-code.get())),
                 };
             }
-            if length == 0 {
-                break;
-            }
-            offset += length;
+            // NLMSG_ALIGN.
+            offset += length.next_multiple_of(4);
         }
+    }
+}
+
+/// SO_RCVTIMEO: a reply that never comes is an error, not a hung ADD.
+fn set_receive_timeout(socket: &rtnetlink::sys::Socket, timeout: std::time::Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: 0,
+    };
+    // SAFETY: a valid socket and a timeval of the size passed, alive across the call.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::from_ref(&value).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>()).unwrap_or(0),
+        )
+    };
+    if set == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -134,6 +170,7 @@ struct InfoByFd {
     info_len: u32,
     info: u64,
 }
+const _: () = assert!(std::mem::size_of::<InfoByFd>() == 16);
 
 /// The id of the program pinned at `path`, as `bpftool prog show` prints it.
 pub fn pinned_program_id(path: &Path) -> std::io::Result<u32> {
@@ -146,6 +183,7 @@ pub fn pinned_program_id(path: &Path) -> std::io::Result<u32> {
         info_len: u32::try_from(std::mem::size_of_val(&info)).map_err(std::io::Error::other)?,
         info: info.as_mut_ptr() as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: an INFO_BY_FD attr whose buffer, of the length given, outlives the call.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     Ok(info[1])
 }
