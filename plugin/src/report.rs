@@ -214,6 +214,9 @@ impl From<Option<Attachment>> for AttachMode {
 #[serde(deny_unknown_fields)]
 pub struct EndpointReport {
     pub addresses: Vec<Ipv4Addr>,
+    /// The IPv6 addresses IPAM leased to the pod (its link-local is not listed).
+    #[serde(default)]
+    pub ipv6_addresses: Vec<std::net::Ipv6Addr>,
     pub mac: Mac,
     /// The pod's host-side veth, `(gone #N)` when no device has its index.
     pub host_veth: String,
@@ -455,10 +458,12 @@ async fn network_report(netlink: &Netlink, datapath: &Datapath) -> Result<Networ
         probes.iter().filter(|(_, probe)| of_latest_add(probe)).count()
     });
     let from_pod_id = datapath.program_id(program_name::FROM_POD);
+    let mut ipv6_by_port = datapath.ipv6_addresses_by_port()?;
     let endpoints = endpoints
         .into_iter()
         .map(|(endpoint, addresses)| EndpointReport {
             addresses,
+            ipv6_addresses: ipv6_by_port.remove(&endpoint.ifindex).unwrap_or_default(),
             mac: Mac(endpoint.mac),
             host_veth: ifname(endpoint.ifindex),
             ifindex: endpoint.ifindex,

@@ -209,3 +209,115 @@ fn libcni_drives_a_conflist_through_add_check_del() {
         assert!(node.host_veths().is_empty());
     }
 }
+
+/// The seed recipe, dual-stack: an IPv6 range set beside the IPv4 one, and its default
+/// route (host-local's semantics: one address per range set).
+fn dual_stack_config(version: &str) -> Value {
+    let mut config = seed_config(version);
+    config["ipam"]["ranges"]
+        .as_array_mut()
+        .expect("ranges")
+        .push(json!([{"subnet": "fd10:10::/64", "rangeStart": "fd10:10::1:1",
+                      "rangeEnd": "fd10:10::1:65", "gateway": "fd10:10::1:0"}]));
+    config["ipam"]["routes"]
+        .as_array_mut()
+        .expect("routes")
+        .push(json!({"dst": "::/0"}));
+    config
+}
+
+/// The pod's global IPv6 addresses on `ifname`, with the flags `ip` prints after each.
+fn ipv6_lines(pod: &Pod, ifname: &str) -> Vec<String> {
+    pod.netns
+        .ok(&["ip", "-6", "-o", "addr", "show", "dev", ifname, "scope", "global"])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn dual_stack_seed_config_in_every_version_gives_both_families_ready_at_once() {
+    require_root();
+    for version in VERSIONS {
+        let node = Node::with_gateway("dual");
+        let config = dual_stack_config(version);
+        let a = Pod::new("da");
+        let b = Pod::new("db");
+        let result_a = node.cni("ADD", &a.env("eth0"), &config).ok("ADD a");
+        let result_b = node.cni("ADD", &b.env("eth0"), &config).ok("ADD b");
+        for result in [&result_a, &result_b] {
+            let ips = result["ips"].as_array().expect("ips");
+            assert_eq!(ips.len(), 2, "{version}: one address per range set: {result}");
+            assert!(
+                ips[0]["address"]
+                    .as_str()
+                    .is_some_and(|ip| ip.starts_with("10.10.1.")),
+                "{result}"
+            );
+            assert!(
+                ips[1]["address"]
+                    .as_str()
+                    .is_some_and(|ip| ip.starts_with("fd10:10::1:")),
+                "{result}"
+            );
+            assert_eq!(ips[1]["gateway"], "fd10:10::1:0");
+            if version < "1.0.0" {
+                assert_eq!(ips[0]["version"], "4", "{version}: {result}");
+                assert_eq!(ips[1]["version"], "6", "{version}: {result}");
+            }
+            assert!(
+                result["routes"]
+                    .as_array()
+                    .is_some_and(|routes| routes.contains(&json!({"dst": "::/0"}))),
+                "{result}"
+            );
+        }
+        let v6 = |result: &Value| {
+            result["ips"][1]["address"]
+                .as_str()
+                .and_then(|cidr| cidr.split('/').next())
+                .expect("an IPv6 address")
+                .to_owned()
+        };
+        let (a6, b6) = (v6(&result_a), v6(&result_b));
+        assert_ne!(a6, b6);
+        // On the pod as the result says, and usable at once: no duplicate address
+        // detection holding it tentative.
+        for (pod, address) in [(&a, &a6), (&b, &b6)] {
+            let lines = ipv6_lines(pod, "eth0");
+            assert_eq!(lines.len(), 1, "{version}: {lines:?}");
+            assert!(lines[0].contains(&format!("{address}/64")), "{lines:?}");
+            assert!(!lines[0].contains("tentative"), "{version}: {lines:?}");
+            let default = pod.netns.ok(&["ip", "-6", "route", "show", "default"]);
+            assert!(default.contains("via fd10:10::1:0 dev eth0"), "{default}");
+        }
+        assert!(a.ping(&b6), "{version}: a cannot reach b over IPv6");
+        assert!(b.ping(&a6), "{version}: b cannot reach a over IPv6");
+        let b4 = b.ipv4("eth0").expect("b's IPv4");
+        assert!(a.ping(&b4), "{version}: a cannot reach b over IPv4");
+        // `flatbridge status` shows each pod's IPv6 lease beside its IPv4 one.
+        let report = node.status();
+        let endpoints = report["networks"][0]["endpoints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut shown: Vec<String> = endpoints
+            .iter()
+            .flat_map(|endpoint| endpoint["ipv6_addresses"].as_array().cloned().unwrap_or_default())
+            .filter_map(|ip| ip.as_str().map(str::to_owned))
+            .collect();
+        shown.sort();
+        let mut expected = vec![a6.clone(), b6.clone()];
+        expected.sort();
+        assert_eq!(shown, expected, "{report}");
+        assert!(node.status_text().contains(&b6), "{}", node.status_text());
+        // Four leases, and none after DEL.
+        assert_eq!(node.leases("data").len(), 4, "{:?}", node.leases("data"));
+        for (pod, result) in [(&a, &result_a), (&b, &result_b)] {
+            let del_config = with_prev_result(&config, result);
+            assert!(node.cni("DEL", &pod.env("eth0"), &del_config).ok("DEL").is_null());
+        }
+        assert!(node.leases("data").is_empty(), "{:?}", node.leases("data"));
+        assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    }
+}

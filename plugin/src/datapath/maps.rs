@@ -310,6 +310,24 @@ impl Datapath {
         Ok(endpoints)
     }
 
+    /// The leased IPv6 addresses of each port's pod, in order.
+    pub fn ipv6_addresses_by_port(
+        &self,
+    ) -> Result<std::collections::BTreeMap<u32, Vec<Ipv6Addr>>, DatapathError> {
+        let by_ipv6 = self.hash_map::<Ipv6, Endpoint>(map_name::PODS_BY_IPV6)?;
+        let mut found: std::collections::BTreeMap<u32, Vec<Ipv6Addr>> = std::collections::BTreeMap::new();
+        for (ip, endpoint) in by_ipv6.iter().filter_map(Result::ok) {
+            found
+                .entry(endpoint.ifindex)
+                .or_default()
+                .push(Ipv6Addr::from(ip.addr));
+        }
+        for addresses in found.values_mut() {
+            addresses.sort();
+        }
+        Ok(found)
+    }
+
     /// The ports every entry of every pod map points at, for sweeping the ones whose veth
     /// is gone (entries by IP or MAC whose port entry is gone count too).
     pub fn endpoint_ports(&self) -> Result<BTreeSet<u32>, DatapathError> {

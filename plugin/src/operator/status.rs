@@ -124,7 +124,13 @@ pub fn render(report: &NodeReport) -> String {
             ));
         }
         for endpoint in &network.endpoints {
-            let addresses: Vec<String> = endpoint.addresses.iter().map(ToString::to_string).collect();
+            // Both families, IPv4 first.
+            let addresses: Vec<String> = endpoint
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .chain(endpoint.ipv6_addresses.iter().map(ToString::to_string))
+                .collect();
             out.push_str(&format!(
                 "    {:<18} {:<18} {:<16} {}\n",
                 addresses.join(","),
