@@ -123,17 +123,11 @@ pub fn ipv4(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Ve
         return Ok(());
     }
     let l4 = ETH_HLEN + usize::from(version_ihl & 0x0f) * 4;
-    let l4_read = match protocol {
-        IPPROTO_TCP => core::mem::size_of::<TcpHdr>(),
-        IPPROTO_UDP => core::mem::size_of::<UdpHdr>(),
-        IPPROTO_ICMP => 4,
-        _ => 0,
-    };
-    if l4_read != 0 {
-        readable(ctx, l4 + l4_read)?;
-    }
     match protocol {
+        // Nothing to check; readable for flow tracking.
+        IPPROTO_TCP => readable(ctx, l4 + core::mem::size_of::<TcpHdr>())?,
         IPPROTO_ICMP => {
+            readable(ctx, l4 + 4)?;
             // Type, code and checksum: a one-byte read would be compiled into a bounds
             // check the verifier cannot follow.
             let icmp: *mut [u8; 4] = checked_header(ctx, l4)?;
@@ -143,6 +137,7 @@ pub fn ipv4(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Ve
             }
         }
         IPPROTO_UDP => {
+            readable(ctx, l4 + core::mem::size_of::<UdpHdr>())?;
             let ports: *mut [u8; 4] = checked_header(ctx, l4)?;
             // SAFETY: bounds-checked by `checked_header`.
             let ports = unsafe { *ports };

@@ -197,7 +197,7 @@ impl<'a> Wire<'a> {
             if !wants_probe_ahead(probe, monotonic_ns(), wait) {
                 continue;
             }
-            if let Err(error) = self.probe_once(memory, ip) {
+            if let Err(error) = self.probe(ip) {
                 log::debug!("probing {ip} ahead failed: {error}");
                 return;
             }
@@ -206,23 +206,12 @@ impl<'a> Wire<'a> {
 
     /// One probe for `ip`, recorded in the memory when there is one; when it was sent.
     pub fn probe(&self, ip: Ipv4Addr) -> Result<u64, CniError> {
-        match self.memory {
-            Some(memory) => self.probe_once(memory, ip),
-            None => {
-                let sent = monotonic_ns();
-                self.send(&probe_frame(self.bridge_mac, ip))
-                    .map_err(|error| probe_error(ip, error))?;
-                Ok(sent)
-            }
-        }
-    }
-
-    /// One probe for `ip`, recorded.
-    fn probe_once(&self, memory: &Datapath, ip: Ipv4Addr) -> Result<u64, CniError> {
         let sent = monotonic_ns();
         self.send(&probe_frame(self.bridge_mac, ip))
             .map_err(|error| probe_error(ip, error))?;
-        memory.record_arp_probe(ip, sent)?;
+        if let Some(memory) = self.memory {
+            memory.record_arp_probe(ip, sent)?;
+        }
         Ok(sent)
     }
 
@@ -241,13 +230,8 @@ impl<'a> Wire<'a> {
             let second = monotonic_ns();
             self.send(&frame).map_err(|error| probe_error(ip, error))?;
             let _ = memory.record_arp_probe(ip, second);
-            return Ok(Some(match claim_after_wait(memory, ip, probed_at, wait)? {
-                Some(mac) => Checked::InUse(mac),
-                None => Checked::Late(LateCheck {
-                    ip,
-                    since_ns: probed_at,
-                }),
-            }));
+            let claim = claim_after_wait(memory, ip, probed_at, wait)?;
+            return Ok(Some(Checked::after(claim, ip, probed_at)));
         }
         let answer = self
             .socket()
@@ -259,13 +243,7 @@ impl<'a> Wire<'a> {
         // The datapath could not send (pins of before the inject program): its memory of
         // claims is still asked at the end of ADD.
         let _ = memory.record_arp_probe(ip, probed_at);
-        Ok(Some(answer.map_or(
-            Checked::Late(LateCheck {
-                ip,
-                since_ns: probed_at,
-            }),
-            Checked::InUse,
-        )))
+        Ok(Some(Checked::after(answer, ip, probed_at)))
     }
 
     /// Checks each of `ips` (the IPv4 addresses of one lease) before it is handed out.
@@ -297,12 +275,11 @@ impl<'a> Wire<'a> {
                 .arp_probe(ip)
                 .and_then(|probe| Ok((probe, memory.arp_claim(ip)?)));
             if let Ok((probe, claim)) = remembered {
-                let late = |since_ns| Checked::Late(LateCheck { ip, since_ns });
                 match judge(probe, claim, monotonic_ns(), wait) {
                     Judgement::Free { since_ns } => {
                         // One more, whose answer the end of ADD may still see.
-                        self.probe_once(memory, ip)?;
-                        return Ok(Some(late(since_ns)));
+                        self.probe(ip)?;
+                        return Ok(Some(Checked::after(None, ip, since_ns)));
                     }
                     Judgement::InUse { mac } => return Ok(Some(Checked::InUse(mac))),
                     Judgement::Pending { since_ns, second_ns } => {
@@ -310,12 +287,12 @@ impl<'a> Wire<'a> {
                             Some(second_ns) => second_ns,
                             None => {
                                 sleep_until(since_ns.saturating_add(ns(wait / 2)));
-                                self.probe_once(memory, ip)?
+                                self.probe(ip)?
                             }
                         };
                         sleep_until(second_ns.saturating_add(ns(wait / 2)));
                         let claim = claim_after_wait(memory, ip, since_ns, wait)?;
-                        return Ok(Some(claim.map_or_else(|| late(since_ns), Checked::InUse)));
+                        return Ok(Some(Checked::after(claim, ip, since_ns)));
                     }
                     Judgement::Unknown => {}
                 }
@@ -410,6 +387,17 @@ fn sleep_until(at_ns: u64) {
 enum Checked {
     Late(LateCheck),
     InUse([u8; 6]),
+}
+
+impl Checked {
+    /// `ip`, first probed at `since_ns`, after its check: in use by whoever claimed it, or
+    /// to be asked again at the end of ADD.
+    fn after(claimed_by: Option<[u8; 6]>, ip: Ipv4Addr, since_ns: u64) -> Self {
+        match claimed_by {
+            Some(mac) => Checked::InUse(mac),
+            None => Checked::Late(LateCheck { ip, since_ns }),
+        }
+    }
 }
 
 /// What IPAM made of an address found in use.

@@ -9,7 +9,7 @@ use std::{
 
 /// bpf(2) commands (include/uapi/linux/bpf.h).
 const BPF_OBJ_GET: libc::c_long = 7;
-pub const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
 /// `union bpf_attr` for BPF_OBJ_GET, up to `file_flags`; the kernel zeroes what follows.
 #[repr(C)]
@@ -26,7 +26,7 @@ const _: () = assert!(std::mem::size_of::<ObjGet>() == 16);
 /// `attr` must have the layout of `union bpf_attr` for `command` up to its size, and every
 /// pointer in it must be valid for what the kernel reads or writes through it until this
 /// returns.
-pub unsafe fn bpf<T>(command: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+unsafe fn bpf<T>(command: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // SAFETY: the caller's contract; the kernel reads (and for test runs writes) no more
     // than the size passed.
     let result = unsafe {
@@ -56,6 +56,44 @@ pub fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
     let fd = i32::try_from(unsafe { bpf(BPF_OBJ_GET, &mut attr) }?).map_err(std::io::Error::other)?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `union bpf_attr` for BPF_PROG_TEST_RUN, up to `ctx_out`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRun {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+}
+const _: () = assert!(std::mem::size_of::<TestRun>() == 64);
+
+/// Runs the program `fd` once on `data` with the context `ctx` (BPF_PROG_TEST_RUN, no
+/// output copied back); returns the program's return value.
+pub fn prog_test_run(fd: std::os::fd::BorrowedFd<'_>, data: &[u8], ctx: &[u8]) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let length = |bytes: usize| u32::try_from(bytes).map_err(std::io::Error::other);
+    let mut attr = TestRun {
+        prog_fd: fd.as_raw_fd().cast_unsigned(),
+        data_size_in: length(data.len())?,
+        data_in: data.as_ptr() as u64,
+        ctx_size_in: length(ctx.len())?,
+        ctx_in: ctx.as_ptr() as u64,
+        ..TestRun::default()
+    };
+    // SAFETY: a TEST_RUN attr whose data and context, of the sizes given, outlive the
+    // call; no output buffers.
+    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
+    Ok(attr.retval)
 }
 
 /// Adds the program `fd` (named `name`) to the clsact hook of device `ifindex` (ingress, or
