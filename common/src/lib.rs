@@ -31,8 +31,12 @@ pub mod map_name {
     pub const PODS_BY_IPV6: &str = "pods_by_ipv6";
     /// Local pods by the ifindex of their host-side veth: who sits behind a port.
     pub const PORTS: &str = "ports";
-    /// Addresses of the node that pods use as their gateway, and the MAC to answer with.
+    /// IPv4 addresses of the node that pods use as their gateway, and the MAC to answer
+    /// ARP with.
     pub const GATEWAYS: &str = "gateways";
+    /// IPv6 addresses of the node that pods use as their gateway, and the MAC to answer
+    /// neighbour solicitations with.
+    pub const GATEWAYS_V6: &str = "gateways_v6";
     /// One [`super::NodeConfig`] at index 0.
     pub const NODE: &str = "node";
     /// Per flow direction, what the ingress programs saw ([`super::FlowSeen`]).
@@ -50,13 +54,14 @@ pub mod map_name {
     pub const ARP_PROBES: &str = "arp_probes";
 
     /// Every map, for loading, pinning and removal.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         COUNTERS,
         PODS_BY_MAC,
         PODS_BY_IP,
         PODS_BY_IPV6,
         PORTS,
         GATEWAYS,
+        GATEWAYS_V6,
         NODE,
         FLOWS,
         CONFIRMED,
@@ -165,11 +170,17 @@ pub enum Verdict {
     /// with another MAC (an address conflict, RFC 5227 section 2.4). The frame goes on to
     /// the bridge.
     UplinkArpConflict = 22,
+    /// from_pod: a neighbour solicitation for a local pod's IPv6 address or the gateway's,
+    /// answered by the program.
+    PodNdAnswered = 23,
+    /// from_uplink: a neighbour solicitation from the wire for a local pod's IPv6 address,
+    /// answered by the program.
+    UplinkNdAnswered = 24,
 }
 
 impl Verdict {
     /// Every verdict, in counter order.
-    pub const ALL: [Verdict; 22] = [
+    pub const ALL: [Verdict; 24] = [
         Verdict::PodToBridge,
         Verdict::PodToPod,
         Verdict::PodToUplink,
@@ -192,6 +203,8 @@ impl Verdict {
         Verdict::DropSpoofedIpv6,
         Verdict::DropSpoofedNd,
         Verdict::UplinkArpConflict,
+        Verdict::PodNdAnswered,
+        Verdict::UplinkNdAnswered,
     ];
 
     /// Name used by `flatbridge status` and the metrics.
@@ -219,6 +232,8 @@ impl Verdict {
             Verdict::DropSpoofedIpv6 => "drop_spoofed_ipv6",
             Verdict::DropSpoofedNd => "drop_spoofed_nd",
             Verdict::UplinkArpConflict => "uplink_arp_conflict",
+            Verdict::PodNdAnswered => "pod_nd_answered",
+            Verdict::UplinkNdAnswered => "uplink_nd_answered",
         }
     }
 }
@@ -283,7 +298,7 @@ pub const fn link_local(mac: [u8; 6]) -> [u8; 16] {
     ]
 }
 
-/// A gateway address the node owns, as the ARP answers need it.
+/// A gateway address the node owns, as the ARP and neighbour discovery answers need it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Gateway {

@@ -1,20 +1,23 @@
 //! tc ingress of a pod's host-side veth: every frame the pod sends passes here first.
 //! With anti-spoofing on (the default), or without the node's settings, every frame is
-//! checked first (isolation.rs): what fails a check is dropped and counted. ARP requests for local pods and the gateway are
-//! answered here. IPv4 unicast of a flow netfilter accepted (flow.rs) goes straight into
+//! checked first (isolation.rs): what fails a check is dropped and counted. ARP requests
+//! and IPv6 neighbour solicitations for local pods and the gateway are answered here (arp.rs,
+//! ndp.rs). IPv4 unicast of a flow netfilter accepted (flow.rs) goes straight into
 //! the target pod or out of the uplink; in "always" mode every IPv4 unicast frame for a
 //! local pod's MAC does. Everything else — broadcast, multicast, IPv6, for the node, not
 //! (yet) confirmed — goes to the bridge as it is.
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use flatbridge_common::{
-    Endpoint, Ipv4, Mac, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NodeConfig, OFFLOADED_MARK, OUT_POD, Verdict,
+    Endpoint, Ipv4, Ipv6, Mac, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NodeConfig, OFFLOADED_MARK, OUT_POD,
+    Verdict,
 };
 
 use crate::{
     arp,
     counters::{count, finish},
     flow, isolation,
-    maps::{GATEWAYS, PODS_BY_IP, PODS_BY_MAC, enabled_node},
+    maps::{GATEWAYS, GATEWAYS_V6, PODS_BY_IP, PODS_BY_IPV6, PODS_BY_MAC, enabled_node},
+    ndp,
     parse::{ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Frame, ethernet, ifindex, is_group, mark, same_mac},
     redirect,
 };
@@ -66,7 +69,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, Verdict> {
             if let Some(pod) = &pod {
                 isolation::ipv6(ctx, pod, port_ifindex)?;
             }
-            pass(ctx)
+            nd_from_pod(ctx, port_ifindex)
         }
         _ if pod.is_some() => Err(Verdict::DropUnknownL3),
         _ => pass(ctx),
@@ -111,6 +114,27 @@ fn arp_from_pod(
     };
     match answer {
         Some(mac) => arp::answer(ctx, eth, request, &mac, port_ifindex, Verdict::PodArpAnswered),
+        None => pass(ctx),
+    }
+}
+
+/// Answers a neighbour solicitation for a local pod or the gateway (the gateway's answer
+/// says it is a router); passes the rest of IPv6, checked already, to the bridge.
+#[inline(always)]
+fn nd_from_pod(ctx: &TcContext, port_ifindex: u32) -> Result<i32, Verdict> {
+    let Some(asked) = ndp::solicitation(ctx) else {
+        return pass(ctx);
+    };
+    let target = Ipv6 { addr: asked.target };
+    // SAFETY: values are copied out of the maps.
+    let answer = match unsafe { PODS_BY_IPV6.get(target) } {
+        // A pod asking for its own address is not told it is there.
+        Some(pod) if pod.ifindex == port_ifindex => None,
+        Some(pod) => Some((pod.mac, false)),
+        None => unsafe { GATEWAYS_V6.get(target) }.map(|gateway| (gateway.mac, true)),
+    };
+    match answer {
+        Some((mac, router)) => ndp::answer(ctx, &asked, &mac, router, port_ifindex, Verdict::PodNdAnswered),
         None => pass(ctx),
     }
 }

@@ -1,19 +1,21 @@
 //! tc ingress of the uplink: frames from the wire. The sender of every ARP frame is
 //! remembered (`arp_claims`: what ADD's address probes and the conflict report read); ARP
-//! requests for a local pod's address are answered from the map, out of the uplink. IPv4 unicast of a flow netfilter accepted
+//! requests and IPv6 neighbour solicitations for a local pod's address are answered from the
+//! maps, out of the uplink. IPv4 unicast of a flow netfilter accepted
 //! (flow.rs) goes straight into its pod; in "always" mode every IPv4 unicast frame for a
 //! local pod's MAC does. Everything else goes to the bridge as it is.
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use flatbridge_common::{ArpClaim, Ipv4, Mac, NODE_CONFIRM_FLOWS, OUT_POD, Verdict};
+use flatbridge_common::{ArpClaim, Ipv4, Ipv6, Mac, NODE_CONFIRM_FLOWS, OUT_POD, Verdict};
 
 use crate::{
     arp,
     counters::{count, finish},
     flow::{self, now_ns},
-    maps::{ARP_CLAIMS, PODS_BY_IP, PODS_BY_MAC, enabled_node},
+    maps::{ARP_CLAIMS, PODS_BY_IP, PODS_BY_IPV6, PODS_BY_MAC, enabled_node},
+    ndp,
     parse::{
-        ARPOP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, Frame, Ipv4Hdr, ethernet, header, ifindex,
-        is_group, same_mac,
+        ARPOP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Frame, Ipv4Hdr, ethernet, header,
+        ifindex, is_group, same_mac,
     },
     redirect,
 };
@@ -76,7 +78,29 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, Verdict> {
                 None => pass(ctx),
             }
         }
+        ETH_P_IPV6 => nd_from_wire(ctx),
         _ => pass(ctx),
+    }
+}
+
+/// Answers a neighbour solicitation from the wire for a local pod's address, out of the
+/// uplink.
+#[inline(always)]
+fn nd_from_wire(ctx: &TcContext) -> Result<i32, Verdict> {
+    let Some(asked) = ndp::solicitation(ctx) else {
+        return pass(ctx);
+    };
+    // SAFETY: the value is copied out of the map.
+    match unsafe { PODS_BY_IPV6.get(Ipv6 { addr: asked.target }) }.copied() {
+        Some(pod) => ndp::answer(
+            ctx,
+            &asked,
+            &pod.mac,
+            false,
+            ifindex(ctx),
+            Verdict::UplinkNdAnswered,
+        ),
+        None => pass(ctx),
     }
 }
 

@@ -17,7 +17,10 @@ use aya_ebpf::programs::TcContext;
 use flatbridge_common::{Endpoint, Ipv4, Ipv6, Verdict, link_local};
 
 use crate::{
-    decide::{IPV6_AUTH, IPV6_FRAGMENT, is_dhcp_server_message, is_extension},
+    decide::{
+        ICMPV6_NEIGHBOR_ADVERT, ICMPV6_NEIGHBOR_SOLICIT, IPV6_AUTH, IPV6_FRAGMENT, ND_OPT_SOURCE_LLADDR,
+        ND_OPT_TARGET_LLADDR, is_dhcp_server_message, is_extension,
+    },
     maps::{PODS_BY_IP, PODS_BY_IPV6, PORTS},
     parse::{
         ArpIpv4, ETH_HLEN, ETH_P_IP, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr,
@@ -35,13 +38,8 @@ const IPV4_FIXED: usize = ETH_HLEN + 20;
 const ICMP_REDIRECT: u8 = 5;
 const ICMPV6_ROUTER_SOLICIT: u8 = 133;
 const ICMPV6_ROUTER_ADVERT: u8 = 134;
-const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
-const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
 const ICMPV6_REDIRECT: u8 = 137;
 const ICMPV6_ROUTER_RENUMBERING: u8 = 138;
-/// Neighbour discovery options naming a link-layer address (RFC 4861 §4.6.1).
-const ND_OPT_SOURCE_LLADDR: u8 = 1;
-const ND_OPT_TARGET_LLADDR: u8 = 2;
 /// IPv6 extension headers followed to find the upper-layer header; a chain longer than
 /// this is dropped (RFC 7112 wants the whole chain in the first fragment, RFC 7113 says an
 /// RA guard must not be evaded by one).

@@ -1,6 +1,6 @@
 //! flatbridge's tc programs. One program per file, named by where it is attached (inject,
-//! attached nowhere, sends frames the plugin built); shared
-//! parsing, ARP answering and accounting in their own files; every map in maps.rs.
+//! attached nowhere, sends frames the plugin built); shared parsing, ARP and neighbour
+//! discovery answering and accounting in their own files; every map in maps.rs.
 #![no_std]
 #![no_main]
 
@@ -13,6 +13,7 @@ mod from_uplink;
 mod inject;
 mod isolation;
 mod maps;
+mod ndp;
 mod parse;
 mod redirect;
 mod to_pod;

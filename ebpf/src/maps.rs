@@ -32,9 +32,13 @@ pub static PODS_BY_IPV6: HashMap<Ipv6, Endpoint, { MAX_PODS as usize }> = HashMa
 #[btf_map(name = "ports")]
 pub static PORTS: HashMap<u32, Endpoint, { MAX_PODS as usize }> = HashMap::new();
 
-/// Gateway addresses the node owns, with the MAC that answers for them.
+/// IPv4 gateway addresses the node owns, with the MAC that answers for them.
 #[btf_map(name = "gateways")]
 pub static GATEWAYS: HashMap<Ipv4, Gateway, { MAX_GATEWAYS as usize }> = HashMap::new();
+
+/// IPv6 gateway addresses the node owns, with the MAC that answers for them.
+#[btf_map(name = "gateways_v6")]
+pub static GATEWAYS_V6: HashMap<Ipv6, Gateway, { MAX_GATEWAYS as usize }> = HashMap::new();
 
 /// The node's settings at index 0.
 #[btf_map(name = "node")]

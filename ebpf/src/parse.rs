@@ -6,7 +6,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::TcContext;
 use flatbridge_common::Verdict;
 
-pub use crate::decide::{IPPROTO_TCP, same_mac};
+pub use crate::decide::{IPPROTO_ICMPV6, IPPROTO_TCP, same_mac};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -22,7 +22,6 @@ pub const ARPOP_REPLY: u16 = 2;
 pub const PACKET_HOST: u32 = 0;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
 
 #[repr(C)]
 pub struct EthHdr {

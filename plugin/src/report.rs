@@ -6,7 +6,7 @@
 //! by the tests), and whatever exports the node's state reads this same value.
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     path::Path,
     time::SystemTime,
 };
@@ -14,7 +14,7 @@ use std::{
 use flatbridge_common::{
     Endpoint, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD, Verdict, program_name,
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -229,10 +229,10 @@ pub struct EndpointReport {
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GatewayReport {
-    pub address: Ipv4Addr,
-    /// The gateway with the pods' prefix, e.g. `10.10.1.0/16`.
+    pub address: IpAddr,
+    /// The gateway with the pods' prefix, e.g. `10.10.1.0/16` or `fd10:10::1:0/64`.
     #[cfg_attr(test, schemars(with = "String"))]
-    pub subnet: Ipv4Network,
+    pub subnet: IpNetwork,
     /// The MAC the programs answer with (the bridge's).
     pub mac: Mac,
 }
@@ -293,7 +293,7 @@ pub struct CounterReport {
 pub enum VerdictKind {
     /// Passed on: to the bridge, a pod or the uplink.
     Forward,
-    /// Answered by the program (ARP).
+    /// Answered by the program (ARP, IPv6 neighbour discovery).
     Answer,
     /// A flow direction confirmed or ended (the frame itself went on through the bridge).
     Flow,
@@ -311,7 +311,10 @@ impl VerdictKind {
             | Verdict::PodToUplink
             | Verdict::UplinkToBridge
             | Verdict::UplinkToPod => VerdictKind::Forward,
-            Verdict::PodArpAnswered | Verdict::UplinkArpAnswered => VerdictKind::Answer,
+            Verdict::PodArpAnswered
+            | Verdict::UplinkArpAnswered
+            | Verdict::PodNdAnswered
+            | Verdict::UplinkNdAnswered => VerdictKind::Answer,
             Verdict::FlowConfirmed | Verdict::FlowClosed => VerdictKind::Flow,
             Verdict::DropSpoofedMac
             | Verdict::DropSpoofedIp

@@ -22,7 +22,7 @@ pub mod traffic;
 pub use bpffs::BpfFs;
 pub use netns::Netns;
 pub use node::{CniEnv, Node, Reply};
-pub use pod::{Pod, VERSIONS, seed_config, with_prev_result};
+pub use pod::{Pod, VERSIONS, dual_stack_config, seed_config, with_prev_result};
 pub use tempdir::TempDir;
 
 use std::{

@@ -36,6 +36,17 @@ impl Pod {
             .map(|cidr| cidr.split('/').next().unwrap_or(cidr).to_owned())
     }
 
+    /// The first global IPv6 address on `ifname`.
+    pub fn ipv6(&self, ifname: &str) -> Option<String> {
+        let out = self
+            .netns
+            .ok(&["ip", "-6", "-o", "addr", "show", "dev", ifname, "scope", "global"]);
+        out.split_whitespace()
+            .skip_while(|word| *word != "inet6")
+            .nth(1)
+            .map(|cidr| cidr.split('/').next().unwrap_or(cidr).to_owned())
+    }
+
     pub fn ping(&self, ip: &str) -> bool {
         self.netns
             .run(&["ping", "-c", "1", "-W", "2", ip])
@@ -52,6 +63,22 @@ pub fn seed_config(version: &str) -> Value {
         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.10.0.0/16", "rangeStart": "10.10.1.1",
                  "rangeEnd": "10.10.1.101", "gateway": "10.10.1.0"}]], "routes": [{"dst": "0.0.0.0/0"}]}
     })
+}
+
+/// The seed config with a second range set, IPv6 (`fd10:10::/64`, gateway `fd10:10::1:0`),
+/// and an IPv6 default route: host-local gives one address of each.
+pub fn dual_stack_config(version: &str) -> Value {
+    let mut config = seed_config(version);
+    config["ipam"]["ranges"]
+        .as_array_mut()
+        .expect("ranges")
+        .push(json!([{"subnet": "fd10:10::/64", "rangeStart": "fd10:10::1:1",
+                      "rangeEnd": "fd10:10::1:65", "gateway": "fd10:10::1:0"}]));
+    config["ipam"]["routes"]
+        .as_array_mut()
+        .expect("routes")
+        .push(json!({"dst": "::/0"}));
+    config
 }
 
 /// Every cniVersion flatbridge supports.

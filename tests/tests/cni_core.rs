@@ -1,6 +1,6 @@
 //! The CNI core on a simulated node: the seed config of the reference bridge recipe, with
 //! only the type changed, in every cniVersion; real pods that ping; CHECK, DEL; libcni.
-use flatbridge_tests::{Node, Pod, VERSIONS, require_root, seed_config, with_prev_result};
+use flatbridge_tests::{Node, Pod, VERSIONS, dual_stack_config, require_root, seed_config, with_prev_result};
 use serde_json::{Value, json};
 
 #[test]
@@ -212,20 +212,6 @@ fn libcni_drives_a_conflist_through_add_check_del() {
 
 /// The seed recipe, dual-stack: an IPv6 range set beside the IPv4 one, and its default
 /// route (host-local's semantics: one address per range set).
-fn dual_stack_config(version: &str) -> Value {
-    let mut config = seed_config(version);
-    config["ipam"]["ranges"]
-        .as_array_mut()
-        .expect("ranges")
-        .push(json!([{"subnet": "fd10:10::/64", "rangeStart": "fd10:10::1:1",
-                      "rangeEnd": "fd10:10::1:65", "gateway": "fd10:10::1:0"}]));
-    config["ipam"]["routes"]
-        .as_array_mut()
-        .expect("routes")
-        .push(json!({"dst": "::/0"}));
-    config
-}
-
 /// The pod's global IPv6 addresses on `ifname`, with the flags `ip` prints after each.
 fn ipv6_lines(pod: &Pod, ifname: &str) -> Vec<String> {
     pod.netns

@@ -102,7 +102,7 @@ impl World {
                 .expect("endpoint");
         }
         let subnet = Ipv4Network::new(Ipv4Addr::from(IP_GATEWAY), 16).expect("subnet");
-        datapath.set_gateway(subnet, BRIDGE_MAC).expect("gateway");
+        datapath.set_gateway(subnet.into(), BRIDGE_MAC).expect("gateway");
         Self {
             node,
             _bpffs: bpffs,
@@ -1469,5 +1469,180 @@ fn inject_sends_the_frame_it_is_given_out_of_the_device_it_is_told_and_nowhere_e
         others.iter().filter(|frame| contains(frame, &probe)).count(),
         0,
         "the frame also came out of another device"
+    );
+}
+
+const IPV6_B: [u8; 16] = [0xfd, 0x10, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2];
+const IPV6_GATEWAY: [u8; 16] = [0xfd, 0x10, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+const IPV6_OUTSIDE: [u8; 16] = [0xfd, 0x10, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// The default world, where B also leased `IPV6_B` and the node owns the IPv6 gateway.
+fn dual_stack_world() -> World {
+    let world = World::default();
+    let b = Endpoint {
+        ifindex: world.host_b,
+        ipv4: IP_B,
+        mac: MAC_B,
+        ipv6s: 1,
+        ..Endpoint::default()
+    };
+    world
+        .datapath
+        .add_endpoint(b, &[Ipv4Addr::from(IP_B)], &[std::net::Ipv6Addr::from(IPV6_B)])
+        .expect("B with IPv6");
+    let subnet =
+        ipnetwork::IpNetwork::new(std::net::Ipv6Addr::from(IPV6_GATEWAY).into(), 64).expect("subnet");
+    world
+        .datapath
+        .set_gateway(subnet, BRIDGE_MAC)
+        .expect("IPv6 gateway");
+    world
+}
+
+/// The advertisement a host would send: `target` at `mac`, to the asker (`to_mac`, `to`).
+fn advertisement(mac: [u8; 6], target: [u8; 16], to_mac: [u8; 6], to: [u8; 16], flags: u8) -> Vec<u8> {
+    let mut frame = frames::neighbor_advertisement(mac, target, to, target, flags, mac);
+    frame[..6].copy_from_slice(&to_mac);
+    frame
+}
+
+/// A solicitation for `target` sent to `group` instead of the target's own group.
+fn solicitation_to(src_mac: [u8; 6], src: [u8; 16], dst: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+    let mut body = vec![0; 4];
+    body.extend_from_slice(&target);
+    body.extend_from_slice(&[1, 1]);
+    body.extend_from_slice(&src_mac);
+    frames::icmpv6(src_mac, frames::ipv6_multicast_mac(dst), src, dst, 135, 0, &body)
+}
+
+#[test]
+fn a_neighbour_solicitation_for_a_local_pod_or_the_gateway_becomes_the_advertisement() {
+    let world = dual_stack_world();
+    let solicited = frames::NA_SOLICITED | frames::NA_OVERRIDE;
+    let answered = [
+        (
+            "for another pod, to its solicited-node group",
+            frames::neighbor_solicitation(MAC_A, ll(MAC_A), IPV6_B, Some(MAC_A)),
+            advertisement(MAC_B, IPV6_B, MAC_A, ll(MAC_A), solicited),
+        ),
+        (
+            "for another pod, to the address itself (a reachability check)",
+            {
+                let mut frame = solicitation_to(MAC_A, ll(MAC_A), IPV6_B, IPV6_B);
+                frame[..6].copy_from_slice(&MAC_B);
+                frame
+            },
+            advertisement(MAC_B, IPV6_B, MAC_A, ll(MAC_A), solicited),
+        ),
+        (
+            "for the gateway: a router",
+            frames::neighbor_solicitation(MAC_A, ll(MAC_A), IPV6_GATEWAY, Some(MAC_A)),
+            advertisement(
+                BRIDGE_MAC,
+                IPV6_GATEWAY,
+                MAC_A,
+                ll(MAC_A),
+                solicited | frames::NA_ROUTER,
+            ),
+        ),
+    ];
+    for (what, frame, expected) in answered {
+        let out = world.expect(
+            FROM_POD,
+            world.host_a,
+            &frame,
+            Verdict::PodNdAnswered,
+            TC_ACT_REDIRECT,
+            what,
+        );
+        assert_eq!(out, expected, "{what}: the advertisement");
+    }
+    // From the wire, for a pod: answered out of the uplink; not for the gateway, which the
+    // node's own stack answers.
+    let out = world.expect(
+        FROM_UPLINK,
+        world.uplink,
+        &frames::neighbor_solicitation(MAC_OUTSIDE, IPV6_OUTSIDE, IPV6_B, Some(MAC_OUTSIDE)),
+        Verdict::UplinkNdAnswered,
+        TC_ACT_REDIRECT,
+        "from the wire",
+    );
+    assert_eq!(
+        out,
+        advertisement(MAC_B, IPV6_B, MAC_OUTSIDE, IPV6_OUTSIDE, solicited),
+        "the advertisement to the wire"
+    );
+    let mut bad_checksum = frames::neighbor_solicitation(MAC_A, ll(MAC_A), IPV6_B, Some(MAC_A));
+    bad_checksum[14 + 40 + 2] ^= 0xff;
+    let mut hop_limit_64 = frames::neighbor_solicitation(MAC_A, ll(MAC_A), IPV6_B, Some(MAC_A));
+    hop_limit_64[14 + 7] = 64;
+    let not_answered = [
+        (
+            "a pod asking for its own address",
+            world.host_b,
+            frames::neighbor_solicitation(MAC_B, ll(MAC_B), IPV6_B, Some(MAC_B)),
+        ),
+        (
+            "its own duplicate address detection",
+            world.host_b,
+            frames::neighbor_solicitation(MAC_B, [0; 16], IPV6_B, None),
+        ),
+        (
+            "without the asker's link-layer address",
+            world.host_a,
+            frames::neighbor_solicitation(MAC_A, ll(MAC_A), IPV6_B, None),
+        ),
+        ("with a wrong checksum", world.host_a, bad_checksum),
+        ("with hop limit 64", world.host_a, hop_limit_64),
+        (
+            "sent to another group",
+            world.host_a,
+            solicitation_to(MAC_A, ll(MAC_A), frames::ALL_NODES, IPV6_B),
+        ),
+        (
+            "for an address no pod has",
+            world.host_a,
+            frames::neighbor_solicitation(MAC_A, ll(MAC_A), IPV6_OUTSIDE, Some(MAC_A)),
+        ),
+        (
+            "for another pod's link-local (not leased: its owner answers)",
+            world.host_a,
+            frames::neighbor_solicitation(MAC_A, ll(MAC_A), ll(MAC_B), Some(MAC_A)),
+        ),
+    ];
+    for (what, port, frame) in not_answered {
+        let out = world.expect(FROM_POD, port, &frame, Verdict::PodToBridge, TC_ACT_OK, what);
+        assert_eq!(out, frame, "{what}: the frame was changed");
+    }
+    for (what, frame) in [
+        (
+            "duplicate address detection from the wire",
+            frames::neighbor_solicitation(MAC_OUTSIDE, [0; 16], IPV6_B, None),
+        ),
+        (
+            "the gateway, from the wire",
+            frames::neighbor_solicitation(MAC_OUTSIDE, IPV6_OUTSIDE, IPV6_GATEWAY, Some(MAC_OUTSIDE)),
+        ),
+    ] {
+        let out = world.expect(
+            FROM_UPLINK,
+            world.uplink,
+            &frame,
+            Verdict::UplinkToBridge,
+            TC_ACT_OK,
+            what,
+        );
+        assert_eq!(out, frame, "{what}: the frame was changed");
+    }
+    // Once B is gone, nobody answers for its address.
+    world.datapath.remove_endpoint(world.host_b).expect("remove B");
+    let frame = frames::neighbor_solicitation(MAC_A, ll(MAC_A), IPV6_B, Some(MAC_A));
+    world.expect(
+        FROM_POD,
+        world.host_a,
+        &frame,
+        Verdict::PodToBridge,
+        TC_ACT_OK,
+        "for a deleted pod",
     );
 }

@@ -271,3 +271,41 @@ fn the_extension_headers_walked_are_exactly_five() {
     let walked: Vec<u8> = (0..=255).filter(|&next| is_extension(next)).collect();
     assert_eq!(walked, [0, 43, 44, 51, 60]);
 }
+
+#[test]
+fn the_neighbour_discovery_checksum_is_the_one_every_host_computes() {
+    use flatbridge_tests::frames;
+    let target = [0xfd, 0x10, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2];
+    let own = frames::link_local_eui64(MAC_A);
+    for frame in [
+        frames::neighbor_solicitation(MAC_A, own, target, Some(MAC_A)),
+        frames::neighbor_advertisement(MAC_B, target, own, target, 0x60, MAC_B),
+    ] {
+        assert_eq!(frame.len(), 14 + 40 + 32);
+        let mut covered: [u8; 64] = frame[22..].try_into().expect("64 bytes");
+        assert!(nd_checksum_valid(&covered), "the test's own checksum is right");
+        let carried = [covered[34], covered[35]];
+        covered[34..36].copy_from_slice(&[0, 0]);
+        assert!(!nd_checksum_valid(&covered), "a zeroed checksum is wrong");
+        assert_eq!(nd_checksum(&covered), carried, "computed as RFC 4443 says");
+        // One bit anywhere the checksum covers makes it wrong.
+        covered[34..36].copy_from_slice(&carried);
+        for byte in [0, 16, 33, 40, 63] {
+            covered[byte] ^= 1;
+            assert!(!nd_checksum_valid(&covered), "byte {byte} flipped");
+            covered[byte] ^= 1;
+        }
+    }
+}
+
+#[test]
+fn a_solicited_node_group_is_the_targets_own() {
+    let target = [0xfd, 0x10, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34, 0x56];
+    let group = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0x12, 0x34, 0x56];
+    assert!(is_solicited_node_of(&group, &target));
+    for byte in [0, 1, 5, 11, 12, 15] {
+        let mut other = group;
+        other[byte] ^= 1;
+        assert!(!is_solicited_node_of(&other, &target), "byte {byte}");
+    }
+}

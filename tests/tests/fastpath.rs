@@ -3,7 +3,7 @@
 //! what the operator sees in `flatbridge status` and `bpftool`.
 use std::process::Command;
 
-use flatbridge_tests::{Netns, Node, Pod, require_root, seed_config};
+use flatbridge_tests::{Netns, Node, Pod, dual_stack_config, require_root, seed_config};
 use serde_json::{Value, json};
 
 const NET: &str = "data";
@@ -327,5 +327,102 @@ fn del_after_the_netns_is_gone_still_forgets_the_pod() {
             .len(),
         1,
         "{report}"
+    );
+}
+
+/// Drops every IPv6 neighbour solicitation that reaches `netns`'s own stack: what still
+/// gets an answer was answered by the programs.
+fn ignore_solicitations(netns: &Netns) {
+    netns.ok(&[
+        "ip6tables",
+        "-A",
+        "INPUT",
+        "-p",
+        "ipv6-icmp",
+        "--icmpv6-type",
+        "neighbour-solicitation",
+        "-j",
+        "DROP",
+    ]);
+}
+
+/// The neighbour entry `netns` has for `address`, as `ip` prints it.
+fn neighbour(netns: &Netns, address: &str) -> String {
+    netns.ok(&["ip", "-6", "neigh", "show", address, "dev", "eth0"])
+}
+
+#[test]
+fn neighbour_solicitations_for_pods_and_the_gateway_are_answered_by_the_programs() {
+    require_root();
+    let node = Node::with_gateway("nd");
+    node.netns.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd10:10::1:0/64",
+        "dev",
+        "cni0",
+        "nodad",
+    ]);
+    let config = dual_stack_config("1.0.0");
+    let (a, b) = (Pod::new("nda"), Pod::new("ndb"));
+    add(&node, &a, &config);
+    let result_b = add(&node, &b, &config);
+    let address_b = b.ipv6("eth0").expect("b's IPv6 address");
+    // Neither b nor the node answer solicitations themselves now: only the programs can.
+    ignore_solicitations(&b.netns);
+    ignore_solicitations(&node.netns);
+    let before = node.counter(NET, "pod_nd_answered");
+    assert!(a.ping(&address_b), "a cannot reach b over IPv6");
+    assert!(a.ping("fd10:10::1:0"), "a cannot reach the gateway over IPv6");
+    let b_mac = pod_mac(&result_b).to_lowercase();
+    let entry = neighbour(&a.netns, &address_b);
+    assert!(
+        entry.contains(&format!("lladdr {b_mac}")) && !entry.contains("router"),
+        "a's neighbour entry for b (MAC {b_mac}): {entry}"
+    );
+    let bridge_mac = node.netns.mac("cni0");
+    let entry = neighbour(&a.netns, "fd10:10::1:0");
+    assert!(
+        entry.contains(&format!("lladdr {bridge_mac}")) && entry.contains("router"),
+        "a's neighbour entry for the gateway (bridge MAC {bridge_mac}, a router): {entry}"
+    );
+    // a asked for b and the gateway; b asked for a, to answer.
+    let answered = node.counter(NET, "pod_nd_answered") - before;
+    assert!(answered >= 3, "{answered} solicitations answered by the programs");
+}
+
+#[test]
+fn a_solicitation_from_the_wire_for_a_pod_is_answered_out_of_the_uplink() {
+    require_root();
+    let external = Netns::new("ndext");
+    let node = node_with_uplink("ndup", &external);
+    external.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd10:10::ff/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let pod = Pod::new("ndpod");
+    add(&node, &pod, &dual_stack_config("1.0.0"));
+    let address = pod.ipv6("eth0").expect("the pod's IPv6 address");
+    ignore_solicitations(&pod.netns);
+    let before = node.counter(NET, "uplink_nd_answered");
+    let out = external.ok(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &address]);
+    assert!(out.contains("2 received"), "{out}");
+    assert!(
+        node.counter(NET, "uplink_nd_answered") > before,
+        "the external host's solicitation was not answered by the program"
+    );
+    let mac = pod.netns.mac("eth0");
+    let entry = neighbour(&external, &address);
+    assert!(
+        entry.contains(&format!("lladdr {mac}")),
+        "external host has {entry}, pod MAC is {mac}"
     );
 }

@@ -193,38 +193,46 @@ impl Collector for Snapshot {
                 gauge(1),
             )],
         )?;
-        // The datapath's per-verdict counters, one family per kind of verdict.
-        for (kind, packets_name, bytes_name, label, help) in [
+        // The datapath's per-verdict counters, one family per kind of verdict (answers: one
+        // per protocol, each verdict's name says which).
+        for ((kind, only), packets_name, bytes_name, label, help) in [
             (
-                VerdictKind::Forward,
+                (VerdictKind::Forward, None),
                 "flatbridge_forward_packets",
                 Some("flatbridge_forward_bytes"),
                 "verdict",
                 "frames the programs passed on (to the bridge, a pod or the uplink)",
             ),
             (
-                VerdictKind::Drop,
+                (VerdictKind::Drop, None),
                 "flatbridge_drop_packets",
                 Some("flatbridge_drop_bytes"),
                 "reason",
                 "frames the programs dropped, by reason",
             ),
             (
-                VerdictKind::Answer,
+                (VerdictKind::Answer, Some("_arp_")),
                 "flatbridge_arp_answered",
                 None,
                 "verdict",
                 "ARP requests the programs answered",
             ),
             (
-                VerdictKind::Flow,
+                (VerdictKind::Answer, Some("_nd_")),
+                "flatbridge_nd_answered",
+                None,
+                "verdict",
+                "IPv6 neighbour solicitations the programs answered",
+            ),
+            (
+                (VerdictKind::Flow, None),
                 "flatbridge_flow_events",
                 None,
                 "event",
                 "flow directions confirmed or closed",
             ),
             (
-                VerdictKind::Conflict,
+                (VerdictKind::Conflict, None),
                 "flatbridge_wire_conflict_frames",
                 None,
                 "verdict",
@@ -239,7 +247,9 @@ impl Collector for Snapshot {
                         network
                             .counters
                             .iter()
-                            .filter(move |counter| counter.kind == kind)
+                            .filter(move |counter| {
+                                counter.kind == kind && only.is_none_or(|part| counter.verdict.contains(part))
+                            })
                             .map(move |counter| {
                                 (
                                     vec![

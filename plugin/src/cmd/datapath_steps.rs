@@ -1,11 +1,11 @@
 //! The fast path's share of ADD, DEL and GC: the node's settings, the pod's endpoint and
 //! the programs on the pod's host veth and on the uplink.
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 
 use flatbridge_common::{
     Endpoint, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_SET_PKT_TYPE, NODE_TCP_OFFLOAD,
@@ -333,7 +333,7 @@ impl EndpointAdded {
 }
 
 /// What is left once the pod is up: the gateways the node owns (their address is on the
-/// bridge) are answered by the programs. `bridge` as it is now; should its MAC have changed
+/// bridge) are answered by the programs (ARP and neighbour solicitations). `bridge` as it is now; should its MAC have changed
 /// when the pod's port joined (a bridge whose MAC was never set), the node's settings
 /// follow.
 pub async fn finish_pod(
@@ -354,12 +354,11 @@ pub async fn finish_pod(
     }
     let bridge_addresses = node.addrs(bridge.index).await?;
     for ip in &result.ips {
-        if let (Some(IpAddr::V4(gateway)), IpNetwork::V4(pod_address)) = (ip.gateway, ip.address)
-            && bridge_addresses
-                .iter()
-                .any(|address| address.ip() == IpAddr::V4(gateway))
+        if let Some(gateway) = ip.gateway
+            && gateway.is_ipv4() == ip.address.is_ipv4()
+            && bridge_addresses.iter().any(|address| address.ip() == gateway)
         {
-            let subnet = Ipv4Network::new(gateway, pod_address.prefix()).map_err(|error| {
+            let subnet = IpNetwork::new(gateway, ip.address.prefix()).map_err(|error| {
                 CniError::new(code::INVALID_CONFIG, format!("gateway {gateway}: {error}"))
             })?;
             datapath.set_gateway(subnet, bridge_mac)?;

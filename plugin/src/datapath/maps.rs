@@ -3,7 +3,7 @@
 //! half-updated endpoint.
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
@@ -11,7 +11,7 @@ use flatbridge_common::{
     ArpClaim, ArpProbe, CniCall, CniCallKey, Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Gateway,
     Ipv4, Ipv6, Mac, NodeConfig, Verdict, map_name,
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use super::{Datapath, DatapathError};
 use crate::netlink::Netlink;
@@ -357,74 +357,118 @@ impl Datapath {
         Ok(found)
     }
 
-    /// Answers ARP for `gateway` (an address the node owns, with the prefix of the pods'
-    /// subnet behind it) with `mac`.
-    pub fn set_gateway(&self, gateway: Ipv4Network, mac: [u8; 6]) -> Result<(), DatapathError> {
-        let mut gateways = self.hash_map::<Ipv4, Gateway>(map_name::GATEWAYS)?;
+    /// Answers ARP (IPv4) or neighbour solicitations (IPv6) for `gateway` (an address the
+    /// node owns, with the prefix of the pods' subnet behind it) with `mac`.
+    pub fn set_gateway(&self, gateway: IpNetwork, mac: [u8; 6]) -> Result<(), DatapathError> {
         let value = Gateway {
             mac,
             prefix_len: gateway.prefix(),
             _pad: 0,
         };
-        gateways
-            .insert(ipv4_key(gateway.ip()), value, 0)
-            .map_err(|error| self.map_error(map_name::GATEWAYS, error))
+        match gateway.ip() {
+            IpAddr::V4(ip) => {
+                let mut gateways = self.hash_map::<Ipv4, Gateway>(map_name::GATEWAYS)?;
+                gateways
+                    .insert(ipv4_key(ip), value, 0)
+                    .map_err(|error| self.map_error(map_name::GATEWAYS, error))
+            }
+            IpAddr::V6(ip) => {
+                let mut gateways = self.hash_map::<Ipv6, Gateway>(map_name::GATEWAYS_V6)?;
+                gateways
+                    .insert(ipv6_key(ip), value, 0)
+                    .map_err(|error| self.map_error(map_name::GATEWAYS_V6, error))
+            }
+        }
     }
 
-    pub fn gateways(&self) -> Result<Vec<(Ipv4Network, [u8; 6])>, DatapathError> {
-        let gateways = self.hash_map::<Ipv4, Gateway>(map_name::GATEWAYS)?;
-        Ok(gateways
+    /// The gateways answered for, IPv4 first. Pins older than the IPv6 gateways' map have
+    /// none of those.
+    pub fn gateways(&self) -> Result<Vec<(IpNetwork, [u8; 6])>, DatapathError> {
+        let ipv4 = self.hash_map::<Ipv4, Gateway>(map_name::GATEWAYS)?;
+        let mut found: Vec<(IpNetwork, [u8; 6])> = ipv4
             .iter()
             .filter_map(Result::ok)
             .filter_map(|(ip, gateway)| {
-                let network = Ipv4Network::new(Ipv4Addr::from(ip.addr), gateway.prefix_len).ok()?;
+                let network = IpNetwork::new(IpAddr::from(ip.addr), gateway.prefix_len).ok()?;
                 Some((network, gateway.mac))
             })
-            .collect())
+            .collect();
+        if self.layout().map(map_name::GATEWAYS_V6).exists() {
+            let ipv6 = self.hash_map::<Ipv6, Gateway>(map_name::GATEWAYS_V6)?;
+            found.extend(ipv6.iter().filter_map(Result::ok).filter_map(|(ip, gateway)| {
+                let network = IpNetwork::new(IpAddr::from(ip.addr), gateway.prefix_len).ok()?;
+                Some((network, gateway.mac))
+            }));
+        }
+        Ok(found)
     }
 
-    /// Stops answering for the gateways `stale` picks, and says so.
-    pub fn forget_gateways(&self, stale: impl Fn(&Ipv4Network) -> bool) -> Result<(), DatapathError> {
+    /// Stops answering for the gateways `stale` picks, and says so. Goes on past a failure
+    /// and returns the first.
+    pub fn forget_gateways(&self, stale: impl Fn(&IpNetwork) -> bool) -> Result<(), DatapathError> {
+        let mut failed = Ok(());
         for (gateway, _) in self.gateways()? {
-            if stale(&gateway) {
-                self.remove_gateway(gateway.ip())?;
-                log::info!(
-                    "network {}: stopped answering ARP for gateway {}",
+            if !stale(&gateway) {
+                continue;
+            }
+            match self.remove_gateway(gateway.ip()) {
+                Ok(()) => log::info!(
+                    "network {}: stopped answering for gateway {}",
                     self.network(),
                     gateway.ip()
-                );
+                ),
+                Err(error) if failed.is_ok() => failed = Err(error),
+                Err(error) => log::error!("{error}"),
             }
         }
-        Ok(())
+        failed
     }
 
     /// Gateways no pod is behind any more, or whose address left the bridge (a teardown, a
     /// config change), are not answered for any more. The caller holds the datapath's lock.
     pub async fn forget_stale_gateways(&self, node: &Netlink) -> Result<(), DatapathError> {
         let bridge = self.node_config()?.bridge_ifindex;
-        let on_bridge: Vec<std::net::IpAddr> = match node.link_by_index(bridge).await? {
-            Some(link) => node
-                .addrs(link.index)
-                .await?
-                .iter()
-                .map(ipnetwork::IpNetwork::ip)
-                .collect(),
+        let on_bridge: Vec<IpAddr> = match node.link_by_index(bridge).await? {
+            Some(link) => node.addrs(link.index).await?.iter().map(IpNetwork::ip).collect(),
             None => Vec::new(),
         };
-        let pods = self.pod_ipv4s()?;
+        let pods: Vec<IpAddr> = self
+            .pod_ipv4s()?
+            .into_iter()
+            .map(IpAddr::V4)
+            .chain(self.pod_ipv6s()?.into_iter().map(IpAddr::V6))
+            .collect();
         self.forget_gateways(|gateway| {
-            !on_bridge.contains(&std::net::IpAddr::V4(gateway.ip()))
-                || !pods.iter().any(|&pod| gateway.contains(pod))
+            !on_bridge.contains(&gateway.ip()) || !pods.iter().any(|&pod| gateway.contains(pod))
         })
     }
 
-    /// Stops answering ARP for `gateway`.
-    pub fn remove_gateway(&self, gateway: Ipv4Addr) -> Result<(), DatapathError> {
-        let mut gateways = self.hash_map::<Ipv4, Gateway>(map_name::GATEWAYS)?;
-        match gateways.remove(&ipv4_key(gateway)) {
-            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
-            Err(error) => Err(self.map_error(map_name::GATEWAYS, error)),
+    /// Stops answering for `gateway`.
+    pub fn remove_gateway(&self, gateway: IpAddr) -> Result<(), DatapathError> {
+        let removed = match gateway {
+            IpAddr::V4(ip) => self
+                .hash_map::<Ipv4, Gateway>(map_name::GATEWAYS)?
+                .remove(&ipv4_key(ip))
+                .map_err(|error| (map_name::GATEWAYS, error)),
+            IpAddr::V6(ip) => self
+                .hash_map::<Ipv6, Gateway>(map_name::GATEWAYS_V6)?
+                .remove(&ipv6_key(ip))
+                .map_err(|error| (map_name::GATEWAYS_V6, error)),
+        };
+        match removed {
+            Err((_, MapError::KeyNotFound)) | Ok(()) => Ok(()),
+            Err((name, error)) => Err(self.map_error(name, error)),
         }
+    }
+
+    /// Every IPv6 address IPAM leased to a pod.
+    pub fn pod_ipv6s(&self) -> Result<Vec<Ipv6Addr>, DatapathError> {
+        let by_ipv6 = self.hash_map::<Ipv6, Endpoint>(map_name::PODS_BY_IPV6)?;
+        Ok(by_ipv6
+            .keys()
+            .filter_map(Result::ok)
+            .map(|ip| Ipv6Addr::from(ip.addr))
+            .collect())
     }
 
     /// Every IPv4 address of every pod.

@@ -145,8 +145,15 @@ pub fn render(report: &NodeReport) -> String {
         }
         for gateway in &network.gateways {
             out.push_str(&format!(
-                "  answers ARP for gateway {} with {} (pods in {})\n",
-                gateway.address, gateway.mac, gateway.subnet
+                "  answers {} for gateway {} with {} (pods in {})\n",
+                if gateway.address.is_ipv4() {
+                    "ARP"
+                } else {
+                    "neighbour solicitations"
+                },
+                gateway.address,
+                gateway.mac,
+                gateway.subnet
             ));
         }
         out.push_str(&format!(
