@@ -103,11 +103,20 @@ impl ArpSocket {
         address
     }
 
-    /// Sends one frame built by [`probe_frame`] or [`announcement_frame`].
-    pub fn send(&self, frame: &[u8; ARP_FRAME_LEN]) -> io::Result<()> {
+    /// Sends `frame`, a whole Ethernet frame (one of [`probe_frame`] and
+    /// [`announcement_frame`], or an IPv6 neighbour discovery message), out of the device;
+    /// the kernel takes its protocol from the frame's ethertype.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        if frame.len() < 14 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not an Ethernet frame",
+            ));
+        }
         let mut dst = [0u8; 6];
         dst.copy_from_slice(&frame[0..6]);
-        let address = self.address(dst);
+        let mut address = self.address(dst);
+        address.sll_protocol = u16::from_ne_bytes([frame[12], frame[13]]);
         // SAFETY: the buffer and address are valid for the given lengths.
         let sent = unsafe {
             libc::sendto(

@@ -13,6 +13,7 @@ pub mod ipam;
 pub mod kernel;
 mod logging;
 pub mod mac;
+pub mod ndp;
 pub mod netlink;
 pub mod netns;
 pub mod node;

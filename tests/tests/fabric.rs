@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use flatbridge_tests::{
-    CniEnv, Netns, Node, Pod,
+    CniEnv, Netns, Node, Pod, dual_stack_config,
     fabric::{EXTERNAL_IP, Fabric},
     require_root, traffic,
 };
@@ -245,6 +245,67 @@ fn a_reused_address_is_reachable_at_once_without_flushing_caches() {
     );
     assert!(started.elapsed() < Duration::from_secs(1));
     let neighbour = fabric.external.ok(&["ip", "neigh", "show", &address]);
+    assert!(
+        neighbour.contains(&new_mac),
+        "the external host still has {neighbour}"
+    );
+}
+
+#[test]
+fn a_reused_ipv6_address_is_reachable_at_once_without_flushing_caches() {
+    require_root();
+    let fabric = Fabric::new(1, None);
+    let one = &fabric.nodes[0];
+    fabric.external.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd10:10::ff/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let config = dual_stack_config("1.0.0");
+    let old = Pod::new("old6");
+    one.node
+        .cni("ADD", &old.env("eth0"), &config)
+        .ok("ADD the first pod");
+    let (ipv4, ipv6) = (
+        old.ipv4("eth0").expect("IPv4 address"),
+        old.ipv6("eth0").expect("IPv6 address"),
+    );
+    let reply = fabric.external.ok(&["ping", "-c", "1", "-W", "2", &ipv6]);
+    assert!(reply.contains("1 received"), "{reply}");
+    let old_mac = old.netns.mac("eth0");
+    let neighbour = fabric.external.ok(&["ip", "-6", "neigh", "show", &ipv6]);
+    assert!(neighbour.contains(&old_mac), "{neighbour}");
+    one.node.cni("DEL", &old.env("eth0"), &config).ok("DEL");
+
+    // A new pod gets both addresses again (asked for) and a new MAC; the external host
+    // still holds the old MAC, as reachable.
+    let new = Pod::new("new6");
+    let env = CniEnv {
+        args: format!("IgnoreUnknown=1;IP={ipv4},{ipv6}"),
+        ..new.env("eth0")
+    };
+    one.node.cni("ADD", &env, &config).ok("ADD reusing the addresses");
+    assert_eq!(new.ipv6("eth0").as_deref(), Some(ipv6.as_str()));
+    let new_mac = new.netns.mac("eth0");
+    assert_ne!(new_mac, old_mac);
+    let started = Instant::now();
+    let reached = fabric
+        .external
+        .run(&["ping", "-c", "1", "-W", "1", &ipv6])
+        .status
+        .success();
+    assert!(
+        reached,
+        "the external host could not reach the new pod over IPv6 within 1 s: {}",
+        fabric.external.ok(&["ip", "-6", "neigh", "show", &ipv6])
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let neighbour = fabric.external.ok(&["ip", "-6", "neigh", "show", &ipv6]);
     assert!(
         neighbour.contains(&new_mac),
         "the external host still has {neighbour}"

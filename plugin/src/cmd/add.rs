@@ -317,6 +317,11 @@ impl Steps<'_> {
                     log::warn!("gratuitous ARP for {ip} failed: {error}");
                 }
             }
+            for ip in result.ipv6s() {
+                if let Err(error) = wire.announce_ipv6(pod_mac, ip) {
+                    log::warn!("unsolicited neighbour advertisement for {ip} failed: {error}");
+                }
+            }
         }
         if let Some(datapath) = datapath {
             // The bridge as it is now: its MAC changes when its first port arrives unless

@@ -13,12 +13,15 @@
 //! address checked so that comes by the end of ADD fails the ADD (the address is marked
 //! as conflicting where IPAM can hand out another, so that the retry does). The agent
 //! keeps the next addresses of the latest ADD fresh.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use flatbridge_common::{ArpClaim, ArpProbe};
 
 use crate::{
-    arp::{ARP_FRAME_LEN, ArpSocket, announcement_frame, probe_frame},
+    arp::{ArpSocket, announcement_frame, probe_frame},
     cni::{CniError, code},
     datapath::Datapath,
     kernel::{monotonic_ns, nanos as ns},
@@ -162,7 +165,7 @@ impl<'a> Wire<'a> {
 
     /// Sends one frame out of the bridge: through the datapath when there is one, over the
     /// socket otherwise. Returns whether the datapath sent it.
-    fn send(&self, frame: &[u8; ARP_FRAME_LEN]) -> std::io::Result<bool> {
+    fn send(&self, frame: &[u8]) -> std::io::Result<bool> {
         if let Some(memory) = self.memory {
             match memory.inject(self.bridge_ifindex, frame) {
                 Ok(()) => return Ok(true),
@@ -175,6 +178,14 @@ impl<'a> Wire<'a> {
     /// Announces that `ip` is at `mac` (RFC 5227's ARP Announcement), twice.
     pub fn announce(&self, mac: [u8; 6], ip: Ipv4Addr) -> std::io::Result<()> {
         let frame = announcement_frame(mac, ip);
+        self.send(&frame)?;
+        self.send(&frame).map(drop)
+    }
+
+    /// Announces that the IPv6 address `ip` is at `mac` (an unsolicited Neighbor
+    /// Advertisement with Override, RFC 4861 7.2.6), twice.
+    pub fn announce_ipv6(&self, mac: [u8; 6], ip: Ipv6Addr) -> std::io::Result<()> {
+        let frame = crate::ndp::unsolicited_advertisement(mac, ip);
         self.send(&frame)?;
         self.send(&frame).map(drop)
     }

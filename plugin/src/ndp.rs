@@ -1,0 +1,112 @@
+//! IPv6 neighbour discovery frames the plugin sends on the wire (RFC 4861), the IPv6
+//! counterparts of arp.rs's: the unsolicited advertisement of a new pod's address, so that
+//! neighbours that cached a previous owner's MAC learn the new one at once (7.2.6). Built
+//! here, sent as arp.rs's are (through the datapath, or a packet socket). Knows nothing of
+//! CNI.
+use std::net::Ipv6Addr;
+
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_ICMPV6: u8 = 58;
+const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
+const ND_OPT_TARGET_LLADDR: u8 = 2;
+/// Override: the receiver replaces the link-layer address it has cached.
+const NA_OVERRIDE: u8 = 0x20;
+/// The all-nodes group, ff02::1, and its MAC.
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+/// Ethernet, IPv6 and a 32-byte message (the target and one link-layer address option).
+pub const ND_FRAME_LEN: usize = 14 + 40 + 32;
+
+/// The ICMPv6 checksum (RFC 4443 2.3) of `message` from `src` to `dst`: the ones' complement
+/// of the ones' complement sum over the pseudo-header (RFC 8200 8.1) and the message, whose
+/// checksum field is zero.
+fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> u16 {
+    let length = u32::try_from(message.len()).unwrap_or(u32::MAX);
+    let mut sum: u64 = u64::from(length) + u64::from(IPPROTO_ICMPV6);
+    for part in [&src.octets()[..], &dst.octets()[..], message] {
+        for pair in part.chunks(2) {
+            let high = u64::from(pair[0]) << 8;
+            sum += high | pair.get(1).map_or(0, |&low| u64::from(low));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An unsolicited Neighbor Advertisement that `ip` is at `mac`, from `ip` to all nodes, with
+/// Override set and Solicited and Router clear (RFC 4861 7.2.6), sent as if `mac` had sent
+/// it.
+pub fn unsolicited_advertisement(mac: [u8; 6], ip: Ipv6Addr) -> [u8; ND_FRAME_LEN] {
+    let mut frame = [0u8; ND_FRAME_LEN];
+    frame[0..6].copy_from_slice(&ALL_NODES_MAC);
+    frame[6..12].copy_from_slice(&mac);
+    frame[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+    // Version 6, no traffic class or flow label; the message's length; ICMPv6; hop limit
+    // 255, which receivers of neighbour discovery require.
+    frame[14] = 0x60;
+    frame[18..20].copy_from_slice(&32u16.to_be_bytes());
+    frame[20] = IPPROTO_ICMPV6;
+    frame[21] = 255;
+    frame[22..38].copy_from_slice(&ip.octets());
+    frame[38..54].copy_from_slice(&ALL_NODES.octets());
+    let message = &mut frame[54..];
+    message[0] = ICMPV6_NEIGHBOR_ADVERT;
+    message[4] = NA_OVERRIDE;
+    message[8..24].copy_from_slice(&ip.octets());
+    message[24] = ND_OPT_TARGET_LLADDR;
+    message[25] = 1;
+    message[26..32].copy_from_slice(&mac);
+    let checksum = icmpv6_checksum(ip, ALL_NODES, message);
+    message[2..4].copy_from_slice(&checksum.to_be_bytes());
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+
+    #[test]
+    fn the_advertisement_is_for_all_nodes_from_the_address_and_overrides() {
+        let ip: Ipv6Addr = "fd10:10::1:7".parse().expect("address");
+        let frame = unsolicited_advertisement(MAC, ip);
+        assert_eq!(&frame[0..6], &ALL_NODES_MAC);
+        assert_eq!(&frame[6..12], &MAC);
+        assert_eq!(&frame[22..38], &ip.octets(), "source: the address itself");
+        assert_eq!(&frame[38..54], &ALL_NODES.octets());
+        assert_eq!(frame[21], 255, "hop limit");
+        assert_eq!(
+            frame[54 + 4],
+            NA_OVERRIDE,
+            "Override only: not solicited, not a router"
+        );
+        assert_eq!(&frame[54 + 8..54 + 24], &ip.octets(), "target");
+        assert_eq!(&frame[54 + 24..], &[2, 1, 2, 0x11, 0x22, 0x33, 0x44, 0x55]);
+    }
+
+    #[test]
+    fn the_checksum_sums_to_all_ones_over_the_pseudo_header_and_the_message() {
+        let ip: Ipv6Addr = "fe80::11:22ff:fe33:4455".parse().expect("address");
+        let frame = unsolicited_advertisement(MAC, ip);
+        // Summing everything again, the checksum included, gives 0xffff; a flipped bit
+        // does not.
+        let sum = |frame: &[u8]| {
+            let mut sum: u32 = 32 + 58;
+            for pair in frame[22..].chunks(2) {
+                sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+            }
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            sum
+        };
+        assert_eq!(sum(&frame), 0xffff);
+        let mut broken = frame;
+        broken[60] ^= 0x10;
+        assert_ne!(sum(&broken), 0xffff);
+    }
+}
