@@ -43,6 +43,10 @@ pub mod map_name {
     pub const FLOWS: &str = "flows";
     /// Per flow direction, what the egress programs confirmed ([`super::FlowConfirmed`]).
     pub const CONFIRMED: &str = "confirmed";
+    /// As [`FLOWS`], for IPv6 flows ([`super::FlowKey6`]).
+    pub const FLOWS6: &str = "flows6";
+    /// As [`CONFIRMED`], for IPv6 flows.
+    pub const CONFIRMED6: &str = "confirmed6";
     /// The CNI calls of the plugin, one entry each ([`super::CniCall`]), until the agent
     /// reads them for its metrics. No program touches it.
     pub const CNI_CALLS: &str = "cni_calls";
@@ -54,7 +58,7 @@ pub mod map_name {
     pub const ARP_PROBES: &str = "arp_probes";
 
     /// Every map, for loading, pinning and removal.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 15] = [
         COUNTERS,
         PODS_BY_MAC,
         PODS_BY_IP,
@@ -65,6 +69,8 @@ pub mod map_name {
         NODE,
         FLOWS,
         CONFIRMED,
+        FLOWS6,
+        CONFIRMED6,
         CNI_CALLS,
         ARP_CLAIMS,
         ARP_PROBES,
@@ -402,6 +408,34 @@ impl FlowKey {
     }
 }
 
+/// One direction of an IPv6 flow, as [`FlowKey`] is of an IPv4 one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey6>() == 40);
+
+impl FlowKey6 {
+    /// The other direction of the same flow.
+    pub const fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// What an ingress program saw of a flow direction. Written only by ingress programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -540,6 +574,7 @@ mod user {
     unsafe impl aya::Pod for super::CniCallKey {}
     unsafe impl aya::Pod for super::CniCall {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKey6 {}
     unsafe impl aya::Pod for super::FlowSeen {}
     unsafe impl aya::Pod for super::FlowConfirmed {}
     unsafe impl aya::Pod for super::ArpClaim {}

@@ -10,22 +10,110 @@
 //! A NATed flow never pairs (its tuple changes on the way), a dropped one never reaches an
 //! egress hook, and every direction goes back through netfilter once per revalidation
 //! period, so rules added later apply within it. Only unicast, unfragmented IPv4 without
-//! options carrying TCP or UDP is considered; TCP only when the node allows it, only on
+//! options, and IPv6 without extension headers, carrying TCP or UDP is considered (each
+//! family in maps of its own: `flows`/`confirmed`, `flows6`/`confirmed6`); TCP only when the
+//! node allows it, only on
 //! packets with ACK and without SYN, FIN or RST; FIN or RST ends both directions until a new
 //! SYN. An evicted or missing entry only ever means "slow path".
-use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{btf_maps::LruHashMap, helpers::generated::bpf_ktime_get_ns, programs::TcContext};
 use flatbridge_common::{
-    FlowConfirmed, FlowKey, FlowSeen, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD, NodeConfig,
-    OUT_POD, OUT_UPLINK, Verdict,
+    FlowConfirmed, FlowKey, FlowKey6, FlowSeen, MAX_FLOWS, NODE_CONFIRM_FLOWS, NODE_ENABLED,
+    NODE_TCP_OFFLOAD, NodeConfig, OUT_POD, OUT_UPLINK, Verdict,
 };
 
 pub use crate::decide::Flow;
 use crate::{
     counters::count,
-    decide::{confirmation_holds, differs, may_confirm, mirrors, same_mac, still_confirmed},
-    maps::{CONFIRMED, FLOWS, NODE, PORTS},
-    parse::{ETH_HLEN, ETH_P_IP, Frame, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TcpHdr, UdpHdr, frame, header},
+    decide::{Key, confirmation_holds, differs, may_confirm, mirrors, same_mac, still_confirmed},
+    maps::{CONFIRMED, CONFIRMED6, FLOWS, FLOWS6, NODE, PORTS},
+    parse::{
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Frame, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr,
+        frame, header,
+    },
 };
+
+type Flows<K> = LruHashMap<K, FlowSeen, { MAX_FLOWS as usize }>;
+type Confirmations<K> = LruHashMap<K, FlowConfirmed, { MAX_FLOWS as usize }>;
+
+/// A flow key with the maps of its address family.
+pub trait Tracked: Key + 'static {
+    fn flows() -> &'static Flows<Self>;
+    fn confirmed() -> &'static Confirmations<Self>;
+}
+
+impl Tracked for FlowKey {
+    #[inline(always)]
+    fn flows() -> &'static Flows<Self> {
+        &FLOWS
+    }
+
+    #[inline(always)]
+    fn confirmed() -> &'static Confirmations<Self> {
+        &CONFIRMED
+    }
+}
+
+impl Tracked for FlowKey6 {
+    #[inline(always)]
+    fn flows() -> &'static Flows<Self> {
+        &FLOWS6
+    }
+
+    #[inline(always)]
+    fn confirmed() -> &'static Confirmations<Self> {
+        &CONFIRMED6
+    }
+}
+
+/// The ports and TCP flags at `l4`, when the transport is one the fast path may handle.
+#[inline(always)]
+fn transport(ctx: &TcContext, node: &NodeConfig, protocol: u8, l4: usize) -> Option<(u16, u16, u8)> {
+    match protocol {
+        IPPROTO_TCP if node.flags & NODE_TCP_OFFLOAD != 0 => {
+            let tcp: *mut TcpHdr = header(ctx, l4)?;
+            // SAFETY: bounds-checked by `header`.
+            Some(unsafe { ((*tcp).src_port, (*tcp).dst_port, (*tcp).flags) })
+        }
+        IPPROTO_UDP => {
+            let udp: *mut UdpHdr = header(ctx, l4)?;
+            // SAFETY: bounds-checked by `header`.
+            Some(unsafe { ((*udp).src_port, (*udp).dst_port, 0) })
+        }
+        _ => None,
+    }
+}
+
+/// The flow of an IPv6 frame, when it is one the fast path may handle: TCP or UDP right
+/// after the IPv6 header (any extension header takes the bridge).
+#[inline(always)]
+pub fn parse6(ctx: &TcContext, node: &NodeConfig) -> Option<Flow<FlowKey6>> {
+    let ip: *mut Ipv6Hdr = header(ctx, ETH_HLEN)?;
+    // SAFETY: `header` checked that the IPv6 header lies inside the frame.
+    let (version, protocol, src, dst) = unsafe {
+        (
+            (*ip).version_class_flow[0] >> 4,
+            (*ip).next_header,
+            (*ip).src,
+            (*ip).dst,
+        )
+    };
+    if version != 6 {
+        return None;
+    }
+    let (src_port, dst_port, tcp_flags) =
+        transport(ctx, node, protocol, ETH_HLEN + core::mem::size_of::<Ipv6Hdr>())?;
+    Some(Flow {
+        key: FlowKey6 {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            protocol,
+            _pad: [0; 3],
+        },
+        tcp_flags,
+    })
+}
 
 /// The flow of an IPv4 frame, when it is one the fast path may handle.
 #[inline(always)]
@@ -45,20 +133,7 @@ pub fn parse(ctx: &TcContext, node: &NodeConfig) -> Option<Flow> {
     if version_ihl != 0x45 || u16::from_be(frag_off) & 0x3fff != 0 {
         return None;
     }
-    let l4 = ETH_HLEN + 20;
-    let (src_port, dst_port, tcp_flags) = match protocol {
-        IPPROTO_TCP if node.flags & NODE_TCP_OFFLOAD != 0 => {
-            let tcp: *mut TcpHdr = header(ctx, l4)?;
-            // SAFETY: bounds-checked by `header`.
-            unsafe { ((*tcp).src_port, (*tcp).dst_port, (*tcp).flags) }
-        }
-        IPPROTO_UDP => {
-            let udp: *mut UdpHdr = header(ctx, l4)?;
-            // SAFETY: bounds-checked by `header`.
-            unsafe { ((*udp).src_port, (*udp).dst_port, 0) }
-        }
-        _ => return None,
-    };
+    let (src_port, dst_port, tcp_flags) = transport(ctx, node, protocol, ETH_HLEN + 20)?;
     Some(Flow {
         key: FlowKey {
             src,
@@ -87,10 +162,10 @@ pub fn now_ns() -> u64 {
 /// the next packets take the bridge), and the egress programs confirm only open flows they
 /// saw recently.
 #[inline(always)]
-pub fn seen(
+pub fn seen<K: Tracked>(
     ctx: &TcContext,
     node: &NodeConfig,
-    flow: &Flow,
+    flow: &Flow<K>,
     in_ifindex: u32,
     src_mac: &[u8; 6],
     dst_mac: &[u8; 6],
@@ -105,16 +180,16 @@ pub fn seen(
 
 /// Records the sighting of a frame that goes through the bridge (see [`seen`]).
 #[inline(always)]
-pub fn record(
+pub fn record<K: Tracked>(
     ctx: &TcContext,
     node: &NodeConfig,
-    flow: &Flow,
+    flow: &Flow<K>,
     in_ifindex: u32,
     src_mac: &[u8; 6],
     dst_mac: &[u8; 6],
     time: u64,
 ) {
-    let previous = FLOWS.get_ptr(flow.key);
+    let previous = K::flows().get_ptr(flow.key);
     // SAFETY (all map reads): the pointers come from lookups and are read at once; the
     // programs write entries whole.
     let previous_closed = previous.map_or(0, |seen| unsafe { (*seen).closed });
@@ -132,7 +207,7 @@ pub fn record(
         Some(seen) => differs(unsafe { &*seen }, &record, node.revalidate_ns / 4),
     };
     if changed {
-        let _ = FLOWS.insert(flow.key, record, 0);
+        let _ = K::flows().insert(flow.key, record, 0);
     }
     if flow.ends() {
         // The end of one direction ends the other: mark it closed too, and forget both
@@ -140,12 +215,12 @@ pub fn record(
         // could write one back; it then expires within the revalidation period, after which
         // the closed flow is never confirmed again.)
         let reverse = flow.key.reversed();
-        if let Some(mut other) = unsafe { FLOWS.get(reverse) }.copied() {
+        if let Some(mut other) = unsafe { K::flows().get(reverse) }.copied() {
             other.closed = 1;
-            let _ = FLOWS.insert(reverse, other, 0);
+            let _ = K::flows().insert(reverse, other, 0);
         }
-        let _ = CONFIRMED.remove(flow.key);
-        let _ = CONFIRMED.remove(reverse);
+        let _ = K::confirmed().remove(flow.key);
+        let _ = K::confirmed().remove(reverse);
         count(ctx, Verdict::FlowClosed);
     }
 }
@@ -153,9 +228,9 @@ pub fn record(
 /// The confirmed way out of this frame: its direction is established, and its
 /// confirmation fresh, paired and still valid for this very frame.
 #[inline(always)]
-pub fn offloaded(
+pub fn offloaded<K: Tracked>(
     node: &NodeConfig,
-    flow: &Flow,
+    flow: &Flow<K>,
     in_ifindex: u32,
     src_mac: &[u8; 6],
     dst_mac: &[u8; 6],
@@ -165,7 +240,7 @@ pub fn offloaded(
         return None;
     }
     // SAFETY: the value is copied out of the map.
-    let out: FlowConfirmed = unsafe { CONFIRMED.get(flow.key) }.copied()?;
+    let out: FlowConfirmed = unsafe { K::confirmed().get(flow.key) }.copied()?;
     // The reverse direction must mirror this one (worked out by `confirm`), and the frame
     // must come in where the confirmed sender is: another port (or the wire) sending the
     // same addresses goes through the bridge.
@@ -190,24 +265,45 @@ fn still_the_pod(port_ifindex: u32, mac: &[u8; 6]) -> bool {
 }
 
 /// Where both egress programs start: the node's settings and the frame's source and
-/// destination MACs, when the node confirms flows and the frame is IPv4.
+/// destination MACs and ethertype, when the node confirms flows and the frame is IPv4 or
+/// IPv6.
 #[inline(always)]
-pub fn egress_ipv4(ctx: &TcContext) -> Option<(NodeConfig, [u8; 6], [u8; 6])> {
+pub fn egress(ctx: &TcContext) -> Option<(NodeConfig, [u8; 6], [u8; 6], u16)> {
     let node = NODE.get(0).copied()?;
     if node.flags & (NODE_ENABLED | NODE_CONFIRM_FLOWS) != NODE_ENABLED | NODE_CONFIRM_FLOWS {
         return None;
     }
     let Frame { src, dst, proto, .. } = frame(ctx)?;
-    (proto == ETH_P_IP).then_some((node, src, dst))
+    (proto == ETH_P_IP || proto == ETH_P_IPV6).then_some((node, src, dst, proto))
+}
+
+/// Egress: confirms the frame's flow direction, of either family (see [`confirm`]).
+#[inline(always)]
+pub fn confirm_frame(
+    ctx: &TcContext,
+    node: &NodeConfig,
+    proto: u16,
+    out_ifindex: u32,
+    out_kind: u32,
+    src_mac: &[u8; 6],
+    dst_mac: &[u8; 6],
+) {
+    if proto == ETH_P_IP {
+        if let Some(flow) = parse(ctx, node) {
+            confirm(ctx, node, &flow, out_ifindex, out_kind, src_mac, dst_mac);
+        }
+    } else if let Some(flow) = parse6(ctx, node) {
+        confirm(ctx, node, &flow, out_ifindex, out_kind, src_mac, dst_mac);
+    }
 }
 
 /// Egress: the bridge delivered this frame to `out_ifindex`. If an ingress program saw the
 /// very same frame recently, netfilter let the direction through unchanged: confirm it.
 #[inline(always)]
-pub fn confirm(
+pub fn confirm<K: Tracked>(
     ctx: &TcContext,
     node: &NodeConfig,
-    flow: &Flow,
+    flow: &Flow<K>,
     out_ifindex: u32,
     out_kind: u32,
     src_mac: &[u8; 6],
@@ -217,7 +313,7 @@ pub fn confirm(
         return;
     }
     // SAFETY: the value is copied out of the map.
-    let Some(seen) = unsafe { FLOWS.get(flow.key) }.copied() else {
+    let Some(seen) = unsafe { K::flows().get(flow.key) }.copied() else {
         return;
     };
     let time = now_ns();
@@ -237,15 +333,15 @@ pub fn confirm(
     // A direction that stays on the bridge (one-way UDP, or one whose reverse is not
     // confirmed yet) passes here with every frame: its confirmation is written again only
     // when it changes or a quarter of the revalidation period has passed, as `seen` does.
-    if let Some(old) = CONFIRMED.get_ptr(flow.key)
+    if let Some(old) = K::confirmed().get_ptr(flow.key)
         // SAFETY: a pointer from a lookup, read at once.
         && still_confirmed(unsafe { &*old }, &record, node.revalidate_ns / 4)
     {
         return;
     }
     let reverse = flow.key.reversed();
-    let back = CONFIRMED.get_ptr(reverse);
-    let back_seen = FLOWS.get_ptr(reverse);
+    let back = K::confirmed().get_ptr(reverse);
+    let back_seen = K::flows().get_ptr(reverse);
     let paired = match (back, back_seen) {
         // SAFETY: pointers from lookups, read at once.
         (Some(back), Some(back_seen)) => mirrors(
@@ -258,7 +354,7 @@ pub fn confirm(
         _ => false,
     };
     record.paired = u32::from(paired);
-    if CONFIRMED.insert(flow.key, record, 0).is_ok() {
+    if K::confirmed().insert(flow.key, record, 0).is_ok() {
         count(ctx, Verdict::FlowConfirmed);
     }
     // The reverse direction was confirmed first, when this one was not yet: it pairs now.
@@ -267,7 +363,7 @@ pub fn confirm(
         let mut other = unsafe { *back };
         if other.paired == 0 {
             other.paired = 1;
-            let _ = CONFIRMED.insert(reverse, other, 0);
+            let _ = K::confirmed().insert(reverse, other, 0);
         }
     }
 }

@@ -2,14 +2,14 @@
 //! With anti-spoofing on (the default), or without the node's settings, every frame is
 //! checked first (isolation.rs): what fails a check is dropped and counted. ARP requests
 //! and IPv6 neighbour solicitations for local pods and the gateway are answered here (arp.rs,
-//! ndp.rs). IPv4 unicast of a flow netfilter accepted (flow.rs) goes straight into
-//! the target pod or out of the uplink; in "always" mode every IPv4 unicast frame for a
-//! local pod's MAC does. Everything else — broadcast, multicast, IPv6, for the node, not
-//! (yet) confirmed — goes to the bridge as it is.
+//! ndp.rs). IPv4 and IPv6 unicast of a flow netfilter accepted (flow.rs) goes straight
+//! into the target pod or out of the uplink; in "always" mode every IPv4 and IPv6 unicast
+//! frame for a local pod's MAC does. Everything else — broadcast, multicast, for the node,
+//! not (yet) confirmed — goes to the bridge as it is.
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use flatbridge_common::{
-    Endpoint, Ipv4, Ipv6, Mac, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NodeConfig, OFFLOADED_MARK, OUT_POD,
-    Verdict,
+    Endpoint, FlowConfirmed, Ipv4, Ipv6, Mac, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NodeConfig,
+    OFFLOADED_MARK, OUT_POD, Verdict,
 };
 
 use crate::{
@@ -18,7 +18,10 @@ use crate::{
     flow, isolation,
     maps::{GATEWAYS, GATEWAYS_V6, PODS_BY_IP, PODS_BY_IPV6, PODS_BY_MAC, enabled_node},
     ndp,
-    parse::{ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Frame, ethernet, ifindex, is_group, mark, same_mac},
+    parse::{
+        ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Frame, Ipv4Hdr, Ipv6Hdr, ethernet, header,
+        ifindex, is_group, mark, same_mac,
+    },
     redirect,
 };
 
@@ -69,7 +72,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, Verdict> {
             if let Some(pod) = &pod {
                 isolation::ipv6(ctx, pod, port_ifindex)?;
             }
-            nd_from_pod(ctx, port_ifindex)
+            ipv6_from_pod(ctx, &node, &src, &dst, port_ifindex)
         }
         _ if pod.is_some() => Err(Verdict::DropUnknownL3),
         _ => pass(ctx),
@@ -119,12 +122,9 @@ fn arp_from_pod(
 }
 
 /// Answers a neighbour solicitation for a local pod or the gateway (the gateway's answer
-/// says it is a router); passes the rest of IPv6, checked already, to the bridge.
+/// says it is a router); passes the others to the bridge.
 #[inline(always)]
-fn nd_from_pod(ctx: &TcContext, port_ifindex: u32) -> Result<i32, Verdict> {
-    let Some(asked) = ndp::solicitation(ctx) else {
-        return pass(ctx);
-    };
+fn nd_from_pod(ctx: &TcContext, asked: &ndp::Solicitation, port_ifindex: u32) -> Result<i32, Verdict> {
     let target = Ipv6 { addr: asked.target };
     // SAFETY: values are copied out of the maps.
     let answer = match unsafe { PODS_BY_IPV6.get(target) } {
@@ -134,7 +134,7 @@ fn nd_from_pod(ctx: &TcContext, port_ifindex: u32) -> Result<i32, Verdict> {
         None => unsafe { GATEWAYS_V6.get(target) }.map(|gateway| (gateway.mac, true)),
     };
     match answer {
-        Some((mac, router)) => ndp::answer(ctx, &asked, &mac, router, port_ifindex, Verdict::PodNdAnswered),
+        Some((mac, router)) => ndp::answer(ctx, asked, &mac, router, port_ifindex, Verdict::PodNdAnswered),
         None => pass(ctx),
     }
 }
@@ -158,19 +158,63 @@ fn ipv4_from_pod(
         let Some(flow) = flow::parse(ctx, node) else {
             return pass(ctx);
         };
-        return match flow::seen(ctx, node, &flow, port_ifindex, src, dst) {
-            Some(out) if out.out_kind == OUT_POD => {
-                redirect::to_pod(ctx, node, out.out_ifindex, Verdict::PodToPod)
-            }
-            Some(out) => to_uplink(ctx, out.out_ifindex),
-            None => pass(ctx),
-        };
+        return take(ctx, node, flow::seen(ctx, node, &flow, port_ifindex, src, dst));
     }
     // "always" mode: every frame for a local pod's MAC with a whole IPv4 header goes
     // straight to it (a truncated one goes to the bridge, whose netfilter drops it).
-    if crate::parse::header::<crate::parse::Ipv4Hdr>(ctx, crate::parse::ETH_HLEN).is_none() {
+    if header::<Ipv4Hdr>(ctx, ETH_HLEN).is_none() {
         return pass(ctx);
     }
+    always(ctx, node, dst, port_ifindex)
+}
+
+/// IPv6 as IPv4: multicast and frames for the node go to the bridge (a neighbour
+/// solicitation among them, to a solicited-node group or to the gateway, is answered
+/// first), a confirmed flow (or in "always" mode every frame with a whole IPv6 header for a
+/// local pod's MAC) bypasses it. A solicitation sent to a pod's own MAC (checking it is
+/// still there) is the pod's to answer.
+#[inline(always)]
+fn ipv6_from_pod(
+    ctx: &TcContext,
+    node: &NodeConfig,
+    src: &[u8; 6],
+    dst: &[u8; 6],
+    port_ifindex: u32,
+) -> Result<i32, Verdict> {
+    if is_group(dst) || same_mac(dst, &node.bridge_mac) {
+        return match ndp::solicitation(ctx) {
+            Some(asked) => nd_from_pod(ctx, &asked, port_ifindex),
+            None => pass(ctx),
+        };
+    }
+    if node.flags & NODE_CONFIRM_FLOWS != 0 {
+        let Some(flow) = flow::parse6(ctx, node) else {
+            return pass(ctx);
+        };
+        return take(ctx, node, flow::seen(ctx, node, &flow, port_ifindex, src, dst));
+    }
+    if header::<Ipv6Hdr>(ctx, ETH_HLEN).is_none() {
+        return pass(ctx);
+    }
+    always(ctx, node, dst, port_ifindex)
+}
+
+/// A confirmed flow's way out, or the bridge.
+#[inline(always)]
+fn take(ctx: &TcContext, node: &NodeConfig, out: Option<FlowConfirmed>) -> Result<i32, Verdict> {
+    match out {
+        Some(out) if out.out_kind == OUT_POD => {
+            redirect::to_pod(ctx, node, out.out_ifindex, Verdict::PodToPod)
+        }
+        Some(out) => to_uplink(ctx, out.out_ifindex),
+        None => pass(ctx),
+    }
+}
+
+/// "always" mode: a frame for a local pod's MAC goes straight into it, one for any other
+/// MAC out of the uplink.
+#[inline(always)]
+fn always(ctx: &TcContext, node: &NodeConfig, dst: &[u8; 6], port_ifindex: u32) -> Result<i32, Verdict> {
     // SAFETY: the value is copied out of the map.
     if let Some(target) = unsafe { PODS_BY_MAC.get(Mac::new(*dst)) }.copied() {
         if target.ifindex == port_ifindex {

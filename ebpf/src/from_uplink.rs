@@ -1,11 +1,11 @@
 //! tc ingress of the uplink: frames from the wire. The sender of every ARP frame is
 //! remembered (`arp_claims`: what ADD's address probes and the conflict report read); ARP
 //! requests and IPv6 neighbour solicitations for a local pod's address are answered from the
-//! maps, out of the uplink. IPv4 unicast of a flow netfilter accepted
-//! (flow.rs) goes straight into its pod; in "always" mode every IPv4 unicast frame for a
+//! maps, out of the uplink. IPv4 and IPv6 unicast of a flow netfilter accepted (flow.rs)
+//! goes straight into its pod; in "always" mode every IPv4 and IPv6 unicast frame for a
 //! local pod's MAC does. Everything else goes to the bridge as it is.
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use flatbridge_common::{ArpClaim, Ipv4, Ipv6, Mac, NODE_CONFIRM_FLOWS, OUT_POD, Verdict};
+use flatbridge_common::{ArpClaim, Ipv4, Ipv6, Mac, NODE_CONFIRM_FLOWS, NodeConfig, OUT_POD, Verdict};
 
 use crate::{
     arp,
@@ -14,8 +14,8 @@ use crate::{
     maps::{ARP_CLAIMS, PODS_BY_IP, PODS_BY_IPV6, PODS_BY_MAC, enabled_node},
     ndp,
     parse::{
-        ARPOP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Frame, Ipv4Hdr, ethernet, header,
-        ifindex, is_group, same_mac,
+        ARPOP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Frame, Ipv4Hdr, Ipv6Hdr, ethernet,
+        header, ifindex, is_group, same_mac,
     },
     redirect,
 };
@@ -46,40 +46,58 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, Verdict> {
     let Some(node) = enabled_node() else {
         return pass(ctx);
     };
+    let confirm = node.flags & NODE_CONFIRM_FLOWS != 0;
     match proto {
-        ETH_P_IP if !is_group(&dst) && node.flags & NODE_CONFIRM_FLOWS != 0 => {
-            let Some(flow) = flow::parse(ctx, &node) else {
-                return pass(ctx);
-            };
-            let (in_ifindex, time) = (ifindex(ctx), now_ns());
-            match flow::offloaded(&node, &flow, in_ifindex, &src, &dst, time) {
-                Some(out) if out.out_kind == OUT_POD => {
-                    return redirect::to_pod(ctx, &node, out.out_ifindex, Verdict::UplinkToPod);
-                }
-                _ => {}
-            }
-            // Only frames for a local pod are flows to record: the node's own traffic and
-            // unicast the switch floods to every port would only take room in `flows`.
-            // SAFETY: the value is read and not kept.
-            if !same_mac(&dst, &node.bridge_mac) && unsafe { PODS_BY_MAC.get(Mac::new(dst)) }.is_some() {
-                flow::record(ctx, &node, &flow, in_ifindex, &src, &dst, time);
-            }
-            pass(ctx)
+        ETH_P_IP if !is_group(&dst) && confirm => match flow::parse(ctx, &node) {
+            Some(flow) => from_wire(ctx, &node, &flow, &src, &dst),
+            None => pass(ctx),
+        },
+        ETH_P_IPV6 if !is_group(&dst) && confirm => match flow::parse6(ctx, &node) {
+            Some(flow) => from_wire(ctx, &node, &flow, &src, &dst),
+            None => pass(ctx),
+        },
+        // "always" mode, for frames with a whole IPv4 or IPv6 header: a truncated one goes
+        // to the bridge, whose netfilter drops it (5.10's test runs hand programs such frames).
+        ETH_P_IP if !is_group(&dst) && header::<Ipv4Hdr>(ctx, ETH_HLEN).is_some() => always(ctx, &node, &dst),
+        ETH_P_IPV6 if !is_group(&dst) && header::<Ipv6Hdr>(ctx, ETH_HLEN).is_some() => {
+            always(ctx, &node, &dst)
         }
-        ETH_P_IP if !is_group(&dst) => {
-            // "always" mode, for frames with a whole IPv4 header: a truncated one goes to the
-            // bridge, whose netfilter drops it (5.10's test runs hand programs such frames).
-            if header::<Ipv4Hdr>(ctx, ETH_HLEN).is_none() {
-                return pass(ctx);
-            }
-            // SAFETY: the value is copied out of the map.
-            match unsafe { PODS_BY_MAC.get(Mac::new(dst)) }.copied() {
-                Some(pod) => redirect::to_pod(ctx, &node, pod.ifindex, Verdict::UplinkToPod),
-                None => pass(ctx),
-            }
-        }
-        ETH_P_IPV6 => nd_from_wire(ctx),
+        ETH_P_IPV6 if is_group(&dst) => nd_from_wire(ctx),
         _ => pass(ctx),
+    }
+}
+
+/// A flow from the wire: into its pod when offloaded, recorded when it is for a local pod.
+#[inline(always)]
+fn from_wire<K: flow::Tracked>(
+    ctx: &TcContext,
+    node: &NodeConfig,
+    flow: &flow::Flow<K>,
+    src: &[u8; 6],
+    dst: &[u8; 6],
+) -> Result<i32, Verdict> {
+    let (in_ifindex, time) = (ifindex(ctx), now_ns());
+    if let Some(out) = flow::offloaded(node, flow, in_ifindex, src, dst, time)
+        && out.out_kind == OUT_POD
+    {
+        return redirect::to_pod(ctx, node, out.out_ifindex, Verdict::UplinkToPod);
+    }
+    // Only frames for a local pod are flows to record: the node's own traffic and unicast
+    // the switch floods to every port would only take room in the flow maps.
+    // SAFETY: the value is read and not kept.
+    if !same_mac(dst, &node.bridge_mac) && unsafe { PODS_BY_MAC.get(Mac::new(*dst)) }.is_some() {
+        flow::record(ctx, node, flow, in_ifindex, src, dst, time);
+    }
+    pass(ctx)
+}
+
+/// "always" mode: a frame for a local pod's MAC goes straight into it.
+#[inline(always)]
+fn always(ctx: &TcContext, node: &NodeConfig, dst: &[u8; 6]) -> Result<i32, Verdict> {
+    // SAFETY: the value is copied out of the map.
+    match unsafe { PODS_BY_MAC.get(Mac::new(*dst)) }.copied() {
+        Some(pod) => redirect::to_pod(ctx, node, pod.ifindex, Verdict::UplinkToPod),
+        None => pass(ctx),
     }
 }
 

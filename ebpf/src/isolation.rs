@@ -220,7 +220,9 @@ pub fn ipv6(ctx: &TcContext, pod: &Endpoint, port_ifindex: u32) -> Result<(), Ve
             }
             Ok(())
         }
-        IPPROTO_TCP | IPPROTO_ESP | IPPROTO_NONE | IPPROTO_SCTP => Ok(()),
+        // Nothing to check; readable for flow tracking.
+        IPPROTO_TCP => readable(ctx, offset + core::mem::size_of::<TcpHdr>()),
+        IPPROTO_ESP | IPPROTO_NONE | IPPROTO_SCTP => Ok(()),
         // Any other next header: an extension header this walk does not follow (mobility,
         // HIP, shim6) would hide what comes after it (RFC 7113), and tunnels (IPIP, GRE)
         // are no pod's business on the L2. Counted as malformed.

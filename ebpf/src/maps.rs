@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use flatbridge_common::{
     ArpClaim, ArpProbe, COUNTER_SLOTS, CniCall, CniCallKey, Counter, Endpoint, FlowConfirmed, FlowKey,
-    FlowSeen, Gateway, Ipv4, Ipv6, MAX_ARP_CLAIMS, MAX_ARP_PROBES, MAX_CNI_CALLS, MAX_FLOWS, MAX_GATEWAYS,
-    MAX_PODS, Mac, NODE_ENABLED, NodeConfig,
+    FlowKey6, FlowSeen, Gateway, Ipv4, Ipv6, MAX_ARP_CLAIMS, MAX_ARP_PROBES, MAX_CNI_CALLS, MAX_FLOWS,
+    MAX_GATEWAYS, MAX_PODS, Mac, NODE_ENABLED, NodeConfig,
 };
 
 /// Packets and bytes per [`flatbridge_common::Verdict`], per CPU so that no two programs
@@ -58,6 +58,14 @@ pub static FLOWS: LruHashMap<FlowKey, FlowSeen, { MAX_FLOWS as usize }> = LruHas
 /// so a confirmation never races with an ingress update of the same entry.
 #[btf_map(name = "confirmed")]
 pub static CONFIRMED: LruHashMap<FlowKey, FlowConfirmed, { MAX_FLOWS as usize }> = LruHashMap::new();
+
+/// As `flows`, for IPv6 flows.
+#[btf_map(name = "flows6")]
+pub static FLOWS6: LruHashMap<FlowKey6, FlowSeen, { MAX_FLOWS as usize }> = LruHashMap::new();
+
+/// As `confirmed`, for IPv6 flows.
+#[btf_map(name = "confirmed6")]
+pub static CONFIRMED6: LruHashMap<FlowKey6, FlowConfirmed, { MAX_FLOWS as usize }> = LruHashMap::new();
 
 /// The plugin's CNI calls, written by the plugin and read (and deleted) by the agent for
 /// its metrics; no program touches it. In the object so that it is created and pinned with

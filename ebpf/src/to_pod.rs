@@ -21,7 +21,7 @@ pub fn to_pod(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn confirm_for_pod(ctx: &TcContext) {
-    let Some((node, src, dst)) = flow::egress_ipv4(ctx) else {
+    let Some((node, src, dst, proto)) = flow::egress(ctx) else {
         return;
     };
     let port = ifindex(ctx);
@@ -30,7 +30,5 @@ fn confirm_for_pod(ctx: &TcContext) {
     if !is_for_this_pod {
         return;
     }
-    if let Some(flow) = flow::parse(ctx, &node) {
-        flow::confirm(ctx, &node, &flow, port, OUT_POD, &src, &dst);
-    }
+    flow::confirm_frame(ctx, &node, proto, port, OUT_POD, &src, &dst);
 }

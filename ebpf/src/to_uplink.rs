@@ -25,7 +25,7 @@ pub fn to_uplink(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn confirm_for_wire(ctx: &TcContext) {
-    let Some((node, src, dst)) = flow::egress_ipv4(ctx) else {
+    let Some((node, src, dst, proto)) = flow::egress(ctx) else {
         return;
     };
     // A frame for a local pod that the bridge floods to the wire is not meant for the wire.
@@ -33,7 +33,5 @@ fn confirm_for_wire(ctx: &TcContext) {
     if is_group(&dst) || unsafe { PODS_BY_MAC.get(Mac::new(dst)) }.is_some() {
         return;
     }
-    if let Some(flow) = flow::parse(ctx, &node) {
-        flow::confirm(ctx, &node, &flow, ifindex(ctx), OUT_UPLINK, &src, &dst);
-    }
+    flow::confirm_frame(ctx, &node, proto, ifindex(ctx), OUT_UPLINK, &src, &dst);
 }

@@ -6,19 +6,20 @@
 //! by the tests), and whatever exports the node's state reads this same value.
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     time::SystemTime,
 };
 
 use flatbridge_common::{
-    Endpoint, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD, Verdict, program_name,
+    Endpoint, FlowKey, FlowKey6, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD,
+    Verdict, program_name,
 };
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::{Attachment, BPF_OBJECT_HASH, Datapath, DatapathError},
+    datapath::{Attachment, BPF_OBJECT_HASH, Datapath, DatapathError, Tracked},
     ipam::{self, DiskStore, IpamError},
     kernel,
     mac::Mac,
@@ -242,8 +243,9 @@ pub struct GatewayReport {
 #[serde(deny_unknown_fields)]
 pub struct FlowReport {
     pub protocol: FlowProtocol,
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    /// `10.10.1.2:80`, or `[fd10:10::1:2]:80`.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     /// The device the direction came in on.
     pub from: String,
     /// The device netfilter delivered it to, once confirmed.
@@ -558,15 +560,58 @@ pub fn wire_conflicts(
     conflicts
 }
 
-/// The flow map as rows: a direction is offloaded while its confirmation is fresh and its
-/// reverse, not closed, was confirmed back out of the port it came in on.
+/// What the report needs of a flow key of either family.
+trait ReportedKey: Copy + Eq + std::hash::Hash {
+    fn reversed(&self) -> Self;
+    fn protocol(&self) -> u8;
+    fn src(&self) -> SocketAddr;
+    fn dst(&self) -> SocketAddr;
+}
+
+impl ReportedKey for FlowKey {
+    fn reversed(&self) -> Self {
+        FlowKey::reversed(self)
+    }
+    fn protocol(&self) -> u8 {
+        self.protocol
+    }
+    fn src(&self) -> SocketAddr {
+        SocketAddr::new(Ipv4Addr::from(self.src).into(), u16::from_be(self.src_port))
+    }
+    fn dst(&self) -> SocketAddr {
+        SocketAddr::new(Ipv4Addr::from(self.dst).into(), u16::from_be(self.dst_port))
+    }
+}
+
+impl ReportedKey for FlowKey6 {
+    fn reversed(&self) -> Self {
+        FlowKey6::reversed(self)
+    }
+    fn protocol(&self) -> u8 {
+        self.protocol
+    }
+    fn src(&self) -> SocketAddr {
+        SocketAddr::new(Ipv6Addr::from(self.src).into(), u16::from_be(self.src_port))
+    }
+    fn dst(&self) -> SocketAddr {
+        SocketAddr::new(Ipv6Addr::from(self.dst).into(), u16::from_be(self.dst_port))
+    }
+}
+
+/// The flow maps as rows, IPv4 first: a direction is offloaded while its confirmation is
+/// fresh and its reverse, not closed, was confirmed back out of the port it came in on.
 fn flows(datapath: &Datapath, revalidate_ns: u64) -> Result<Vec<FlowReport>, DatapathError> {
+    let mut rows = flow_rows(&datapath.flows()?, revalidate_ns);
+    rows.extend(flow_rows(&datapath.flows6()?, revalidate_ns));
+    Ok(rows)
+}
+
+fn flow_rows<K: ReportedKey>(flows: &[Tracked<K>], revalidate_ns: u64) -> Vec<FlowReport> {
     let now = kernel::monotonic_ns();
     let window = revalidate_ns.max(1);
-    let flows = datapath.flows()?;
     // Each direction's reverse by key: a full flow map is 65536 directions.
     let by_key: HashMap<_, _> = flows.iter().map(|flow| (flow.0, flow)).collect();
-    Ok(flows
+    flows
         .iter()
         .map(|(key, seen, confirmed)| {
             let reverse = by_key.get(&key.reversed()).copied();
@@ -577,13 +622,13 @@ fn flows(datapath: &Datapath, revalidate_ns: u64) -> Result<Vec<FlowReport>, Dat
                     })
             });
             FlowReport {
-                protocol: match key.protocol {
+                protocol: match key.protocol() {
                     6 => FlowProtocol::Tcp,
                     17 => FlowProtocol::Udp,
                     _ => FlowProtocol::Other,
                 },
-                src: SocketAddrV4::new(Ipv4Addr::from(key.src), u16::from_be(key.src_port)),
-                dst: SocketAddrV4::new(Ipv4Addr::from(key.dst), u16::from_be(key.dst_port)),
+                src: key.src(),
+                dst: key.dst(),
                 from: ifname(seen.in_ifindex),
                 to: confirmed.map(|out| ifname(out.out_ifindex)),
                 closed: seen.closed != 0,
@@ -591,7 +636,7 @@ fn flows(datapath: &Datapath, revalidate_ns: u64) -> Result<Vec<FlowReport>, Dat
                 offloaded,
             }
         })
-        .collect())
+        .collect()
 }
 
 /// The conflict markers of every network's lease directory under `ipam_data_dir`, read

@@ -155,7 +155,8 @@ pub fn udp_exchange_from(
     gap: Duration,
 ) -> Vec<(SocketAddr, String)> {
     netns.within(move || {
-        let socket = UdpSocket::bind(("0.0.0.0", local_port)).expect("bind the UDP client");
+        let any = if target.is_ipv6() { "::" } else { "0.0.0.0" };
+        let socket = UdpSocket::bind((any, local_port)).expect("bind the UDP client");
         socket
             .set_read_timeout(Some(Duration::from_millis(2)))
             .expect("timeout");

@@ -389,7 +389,7 @@ fn frames_not_taken() -> Vec<(&'static str, Vec<u8>, Verdict)> {
     let mut vlan = ethernet(MAC_B, MAC_A, 0x8100);
     vlan.extend_from_slice(&[0, 7, 0x08, 0]);
     vlan.extend_from_slice(&ipv4(MAC_B, MAC_A, IP_A, IP_B)[14..]);
-    let mut ipv6 = ethernet(MAC_B, MAC_A, 0x86dd);
+    let mut ipv6 = ethernet(ALL_NODES_MAC, MAC_A, 0x86dd);
     ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
     ipv6.extend_from_slice(&[0u8; 32]);
     let mut odd_arp = arp_request(MAC_A, IP_A, IP_B);
@@ -1472,24 +1472,35 @@ fn inject_sends_the_frame_it_is_given_out_of_the_device_it_is_told_and_nowhere_e
     );
 }
 
+const IPV6_A: [u8; 16] = [0xfd, 0x10, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1];
 const IPV6_B: [u8; 16] = [0xfd, 0x10, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2];
 const IPV6_GATEWAY: [u8; 16] = [0xfd, 0x10, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
 const IPV6_OUTSIDE: [u8; 16] = [0xfd, 0x10, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
-/// The default world, where B also leased `IPV6_B` and the node owns the IPv6 gateway.
+/// The default world, where A and B also leased `IPV6_A` and `IPV6_B` and the node owns
+/// the IPv6 gateway.
 fn dual_stack_world() -> World {
-    let world = World::default();
-    let b = Endpoint {
-        ifindex: world.host_b,
-        ipv4: IP_B,
-        mac: MAC_B,
-        ipv6s: 1,
-        ..Endpoint::default()
-    };
-    world
-        .datapath
-        .add_endpoint(b, &[Ipv4Addr::from(IP_B)], &[std::net::Ipv6Addr::from(IPV6_B)])
-        .expect("B with IPv6");
+    dual_stack(World::default())
+}
+
+/// `world` with A and B given their IPv6 leases and the node the IPv6 gateway.
+fn dual_stack(world: World) -> World {
+    for (ifindex, ip, mac, ipv6) in [
+        (world.host_a, IP_A, MAC_A, IPV6_A),
+        (world.host_b, IP_B, MAC_B, IPV6_B),
+    ] {
+        let endpoint = Endpoint {
+            ifindex,
+            ipv4: ip,
+            mac,
+            ipv6s: 1,
+            ..Endpoint::default()
+        };
+        world
+            .datapath
+            .add_endpoint(endpoint, &[Ipv4Addr::from(ip)], &[std::net::Ipv6Addr::from(ipv6)])
+            .expect("a pod with IPv6");
+    }
     let subnet =
         ipnetwork::IpNetwork::new(std::net::Ipv6Addr::from(IPV6_GATEWAY).into(), 64).expect("subnet");
     world
@@ -1526,13 +1537,19 @@ fn a_neighbour_solicitation_for_a_local_pod_or_the_gateway_becomes_the_advertise
             advertisement(MAC_B, IPV6_B, MAC_A, ll(MAC_A), solicited),
         ),
         (
-            "for another pod, to the address itself (a reachability check)",
+            "for the gateway, to its address and MAC (a reachability check)",
             {
-                let mut frame = solicitation_to(MAC_A, ll(MAC_A), IPV6_B, IPV6_B);
-                frame[..6].copy_from_slice(&MAC_B);
+                let mut frame = solicitation_to(MAC_A, ll(MAC_A), IPV6_GATEWAY, IPV6_GATEWAY);
+                frame[..6].copy_from_slice(&BRIDGE_MAC);
                 frame
             },
-            advertisement(MAC_B, IPV6_B, MAC_A, ll(MAC_A), solicited),
+            advertisement(
+                BRIDGE_MAC,
+                IPV6_GATEWAY,
+                MAC_A,
+                ll(MAC_A),
+                solicited | frames::NA_ROUTER,
+            ),
         ),
         (
             "for the gateway: a router",
@@ -1610,6 +1627,19 @@ fn a_neighbour_solicitation_for_a_local_pod_or_the_gateway_becomes_the_advertise
             frames::neighbor_solicitation(MAC_A, ll(MAC_A), ll(MAC_B), Some(MAC_A)),
         ),
     ];
+    // One to another pod's own MAC (checking it is still there) is that pod's to answer:
+    // in this world's "always" mode it goes straight to it.
+    let mut to_b = solicitation_to(MAC_A, ll(MAC_A), IPV6_B, IPV6_B);
+    to_b[..6].copy_from_slice(&MAC_B);
+    let out = world.expect(
+        FROM_POD,
+        world.host_a,
+        &to_b,
+        Verdict::PodToPod,
+        TC_ACT_REDIRECT,
+        "to another pod's MAC",
+    );
+    assert_eq!(out, to_b, "to another pod's MAC: the frame was changed");
     for (what, port, frame) in not_answered {
         let out = world.expect(FROM_POD, port, &frame, Verdict::PodToBridge, TC_ACT_OK, what);
         assert_eq!(out, frame, "{what}: the frame was changed");
@@ -1645,4 +1675,138 @@ fn a_neighbour_solicitation_for_a_local_pod_or_the_gateway_becomes_the_advertise
         TC_ACT_OK,
         "for a deleted pod",
     );
+}
+
+/// A UDP/IPv6 datagram between two MACs and addresses.
+fn udp6(macs: ([u8; 6], [u8; 6]), src: [u8; 16], dst: [u8; 16], ports: (u16, u16)) -> Vec<u8> {
+    frames::udp_ipv6(macs.1, macs.0, src, dst, ports.0, ports.1, b"data")
+}
+
+#[test]
+fn ipv6_to_a_local_pod_or_another_mac_bypasses_the_bridge_in_always_mode() {
+    let world = dual_stack_world();
+    let frame = udp6((MAC_B, MAC_A), IPV6_A, IPV6_B, (40000, 53));
+    let out = world.expect(
+        FROM_POD,
+        world.host_a,
+        &frame,
+        Verdict::PodToPod,
+        TC_ACT_REDIRECT,
+        "to B",
+    );
+    assert_eq!(out, frame, "a redirected frame is not rewritten");
+    world.expect(
+        FROM_POD,
+        world.host_a,
+        &udp6((MAC_OUTSIDE, MAC_A), IPV6_A, IPV6_OUTSIDE, (40000, 53)),
+        Verdict::PodToUplink,
+        TC_ACT_REDIRECT,
+        "to the wire",
+    );
+    world.expect(
+        FROM_UPLINK,
+        world.uplink,
+        &udp6((MAC_B, MAC_OUTSIDE), IPV6_OUTSIDE, IPV6_B, (53, 40000)),
+        Verdict::UplinkToPod,
+        TC_ACT_REDIRECT,
+        "from the wire to B",
+    );
+    for (what, frame) in [
+        (
+            "to the node",
+            udp6((BRIDGE_MAC, MAC_A), IPV6_A, IPV6_GATEWAY, (40000, 53)),
+        ),
+        (
+            "multicast",
+            frames::udp_ipv6(MAC_A, ALL_NODES_MAC, IPV6_A, frames::ALL_NODES, 5000, 5001, b"m"),
+        ),
+    ] {
+        world.expect(
+            FROM_POD,
+            world.host_a,
+            &frame,
+            Verdict::PodToBridge,
+            TC_ACT_OK,
+            what,
+        );
+    }
+}
+
+#[test]
+fn an_ipv6_flow_is_offloaded_once_both_directions_were_confirmed_pod_to_pod_and_with_the_wire() {
+    let world = dual_stack(confirmed_world());
+    let request = udp6((MAC_B, MAC_A), IPV6_A, IPV6_B, (40000, 53));
+    let reply = udp6((MAC_A, MAC_B), IPV6_B, IPV6_A, (53, 40000));
+    world.expect(
+        FROM_POD,
+        world.host_a,
+        &request,
+        Verdict::PodToBridge,
+        TC_ACT_OK,
+        "first",
+    );
+    through_the_bridge(&world, &request, &reply);
+    let out = world.expect(
+        FROM_POD,
+        world.host_a,
+        &request,
+        Verdict::PodToPod,
+        TC_ACT_REDIRECT,
+        "request, offloaded",
+    );
+    assert_eq!(out, request);
+    world.expect(
+        FROM_POD,
+        world.host_b,
+        &reply,
+        Verdict::PodToPod,
+        TC_ACT_REDIRECT,
+        "reply, offloaded",
+    );
+    // Its two directions are in the IPv6 maps, and the IPv4 maps know nothing of them.
+    assert!(world.datapath.flows().expect("IPv4 flows").is_empty());
+    let flows6 = world.datapath.flows6().expect("IPv6 flows");
+    assert_eq!(flows6.len(), 2, "{flows6:?}");
+    assert!(flows6.iter().all(|(_, _, confirmed)| confirmed.is_some()));
+    // With the wire: confirmed at the uplink's egress and the pod's, then offloaded both
+    // ways.
+    let out_request = udp6((MAC_OUTSIDE, MAC_A), IPV6_A, IPV6_OUTSIDE, (40001, 53));
+    let in_reply = udp6((MAC_A, MAC_OUTSIDE), IPV6_OUTSIDE, IPV6_A, (53, 40001));
+    world.run(FROM_POD, world.host_a, &out_request, Verdict::PodToBridge);
+    world.run(TO_UPLINK, world.uplink, &out_request, Verdict::FlowConfirmed);
+    world.run(FROM_UPLINK, world.uplink, &in_reply, Verdict::UplinkToBridge);
+    world.run(TO_POD, world.host_a, &in_reply, Verdict::FlowConfirmed);
+    world.expect(
+        FROM_UPLINK,
+        world.uplink,
+        &in_reply,
+        Verdict::UplinkToPod,
+        TC_ACT_REDIRECT,
+        "from the wire, offloaded",
+    );
+    world.expect(
+        FROM_POD,
+        world.host_a,
+        &out_request,
+        Verdict::PodToUplink,
+        TC_ACT_REDIRECT,
+        "to the wire, offloaded",
+    );
+    // ICMPv6 and a datagram behind an extension header are never offloaded.
+    let mut echo = frames::icmpv6(MAC_A, MAC_B, IPV6_A, IPV6_B, 128, 0, &[0, 1, 0, 1]);
+    echo[..6].copy_from_slice(&MAC_B);
+    let behind_options = frames::ipv6_with_ext(&request, &[ExtensionHeader::DestinationOptions]);
+    for (what, frame) in [
+        ("echo request", echo),
+        ("behind destination options", behind_options),
+    ] {
+        world.expect(
+            FROM_POD,
+            world.host_a,
+            &frame,
+            Verdict::PodToBridge,
+            TC_ACT_OK,
+            what,
+        );
+    }
 }

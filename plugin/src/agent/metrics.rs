@@ -293,26 +293,52 @@ impl Collector for Snapshot {
             MetricType::Gauge,
             per_network(&|network| network.endpoints.len() as u64),
         )?;
+        // The flow maps, one pair per address family, each with its own capacity.
+        let per_family =
+            |value: &dyn Fn(&report::NetworkReport, bool) -> u64| -> Vec<(Labels, ConstGauge<i64>)> {
+                report
+                    .networks
+                    .iter()
+                    .flat_map(|network| {
+                        [("ipv4", false), ("ipv6", true)].map(|(family, ipv6)| {
+                            (
+                                vec![
+                                    ("network", network.network.clone()),
+                                    ("family", family.to_owned()),
+                                ],
+                                gauge(value(network, ipv6)),
+                            )
+                        })
+                    })
+                    .collect()
+            };
+        let of_family = |network: &report::NetworkReport, ipv6: bool, offloaded_only: bool| {
+            network
+                .flows
+                .iter()
+                .filter(|flow| flow.src.is_ipv6() == ipv6 && (flow.offloaded || !offloaded_only))
+                .count() as u64
+        };
         family(
             &mut encoder,
             "flatbridge_flows_tracked",
-            "Flow directions in the flow map (an LRU: a full map only sends flows to the slow path)",
+            "Flow directions in the flow maps (LRU: a full map only sends flows to the slow path)",
             MetricType::Gauge,
-            per_network(&|network| network.flows.len() as u64),
+            per_family(&|network, ipv6| of_family(network, ipv6, false)),
         )?;
         family(
             &mut encoder,
             "flatbridge_flows_offloaded",
             "Flow directions that bypass the bridge now",
             MetricType::Gauge,
-            per_network(&|network| network.flows.iter().filter(|flow| flow.offloaded).count() as u64),
+            per_family(&|network, ipv6| of_family(network, ipv6, true)),
         )?;
         family(
             &mut encoder,
             "flatbridge_flows_capacity",
-            "Flow directions the flow map holds",
+            "Flow directions each family's flow map holds",
             MetricType::Gauge,
-            per_network(&|_| u64::from(MAX_FLOWS)),
+            per_family(&|_, _| u64::from(MAX_FLOWS)),
         )?;
         let attachments: Vec<(Labels, ConstGauge<i64>)> = report
             .networks

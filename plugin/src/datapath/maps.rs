@@ -8,13 +8,17 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use flatbridge_common::{
-    ArpClaim, ArpProbe, CniCall, CniCallKey, Counter, Endpoint, FlowConfirmed, FlowKey, FlowSeen, Gateway,
-    Ipv4, Ipv6, Mac, NodeConfig, Verdict, map_name,
+    ArpClaim, ArpProbe, CniCall, CniCallKey, Counter, Endpoint, FlowConfirmed, FlowKey, FlowKey6, FlowSeen,
+    Gateway, Ipv4, Ipv6, Mac, NodeConfig, Verdict, map_name,
 };
 use ipnetwork::IpNetwork;
 
 use super::{Datapath, DatapathError};
 use crate::netlink::Netlink;
+
+/// A flow direction of the flow maps: its key, what ingress saw and, when confirmed, what
+/// egress did.
+pub type Tracked<K> = (K, FlowSeen, Option<FlowConfirmed>);
 
 /// A verdict and its packets and bytes summed over all CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,10 +90,27 @@ impl Datapath {
         HashMap::try_from(Map::LruHashMap(self.open_map(name)?)).map_err(|error| self.map_error(name, error))
     }
 
-    /// Every tracked flow direction: what ingress saw and, when confirmed, what egress did.
-    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowSeen, Option<FlowConfirmed>)>, DatapathError> {
-        let seen = self.lru_map::<FlowKey, FlowSeen>(map_name::FLOWS)?;
-        let confirmed = self.lru_map::<FlowKey, FlowConfirmed>(map_name::CONFIRMED)?;
+    /// Every tracked IPv4 flow direction: what ingress saw and, when confirmed, what egress
+    /// did.
+    pub fn flows(&self) -> Result<Vec<Tracked<FlowKey>>, DatapathError> {
+        self.tracked(map_name::FLOWS, map_name::CONFIRMED)
+    }
+
+    /// Every tracked IPv6 flow direction. Pins older than the IPv6 flow maps have none.
+    pub fn flows6(&self) -> Result<Vec<Tracked<FlowKey6>>, DatapathError> {
+        if !self.layout().map(map_name::FLOWS6).exists() {
+            return Ok(Vec::new());
+        }
+        self.tracked(map_name::FLOWS6, map_name::CONFIRMED6)
+    }
+
+    fn tracked<K: aya::Pod>(
+        &self,
+        flows: &str,
+        confirmations: &str,
+    ) -> Result<Vec<Tracked<K>>, DatapathError> {
+        let seen = self.lru_map::<K, FlowSeen>(flows)?;
+        let confirmed = self.lru_map::<K, FlowConfirmed>(confirmations)?;
         Ok(seen
             .iter()
             .filter_map(Result::ok)
@@ -125,14 +146,22 @@ impl Datapath {
     /// Forgets every flow: each goes through the bridge (and netfilter) again and must be
     /// confirmed anew. Returns how many directions were forgotten.
     pub fn flush_flows(&self) -> Result<usize, DatapathError> {
-        let mut seen = self.lru_map::<FlowKey, FlowSeen>(map_name::FLOWS)?;
-        let mut confirmed = self.lru_map::<FlowKey, FlowConfirmed>(map_name::CONFIRMED)?;
+        let mut forgotten = self.flush::<FlowKey>(map_name::FLOWS, map_name::CONFIRMED)?;
+        if self.layout().map(map_name::FLOWS6).exists() {
+            forgotten += self.flush::<FlowKey6>(map_name::FLOWS6, map_name::CONFIRMED6)?;
+        }
+        Ok(forgotten)
+    }
+
+    fn flush<K: aya::Pod>(&self, flows: &str, confirmations: &str) -> Result<usize, DatapathError> {
+        let mut seen = self.lru_map::<K, FlowSeen>(flows)?;
+        let mut confirmed = self.lru_map::<K, FlowConfirmed>(confirmations)?;
         // Confirmations first: without them nothing is redirected.
-        let confirmations: Vec<FlowKey> = confirmed.keys().filter_map(Result::ok).collect();
+        let confirmations: Vec<K> = confirmed.keys().filter_map(Result::ok).collect();
         for key in &confirmations {
             let _ = confirmed.remove(key);
         }
-        let sightings: Vec<FlowKey> = seen.keys().filter_map(Result::ok).collect();
+        let sightings: Vec<K> = seen.keys().filter_map(Result::ok).collect();
         for key in &sightings {
             let _ = seen.remove(key);
         }

@@ -13,7 +13,7 @@ mod sys;
 pub use crate::kernel::pretend_no_tcx;
 pub use attach::{Attachment, Detached};
 pub use loader::Datapath;
-pub use maps::VerdictCount;
+pub use maps::{Tracked, VerdictCount};
 pub use pins::{PinLayout, ensure_bpffs};
 
 use std::path::PathBuf;
