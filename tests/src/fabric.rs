@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use crate::{Netns, Node};
 
 pub const EXTERNAL_IP: &str = "10.10.0.1";
+/// The external host's IPv6 address on a dual-stack fabric.
+pub const EXTERNAL_IPV6: &str = "fd10:10::1";
 
 pub struct FabricNode {
     pub node: Node,
@@ -23,6 +25,27 @@ impl FabricNode {
     /// The node's own address.
     pub fn address(&self) -> String {
         format!("10.10.0.{}", 10 + self.index)
+    }
+
+    /// The node's own IPv6 address on a dual-stack fabric.
+    pub fn ipv6_address(&self) -> String {
+        format!("fd10:10::{}", 10 + self.index)
+    }
+
+    /// [`FabricNode::config`] with a second range set, IPv6: fd10:10::i:1 to fd10:10::i:65,
+    /// gateway fd10:10::i:0, and an IPv6 default route.
+    pub fn dual_stack_config(&self, version: &str) -> Value {
+        let i = self.index;
+        let mut config = self.config(version);
+        config["ipam"]["ranges"].as_array_mut().expect("ranges").push(
+            json!([{"subnet": "fd10:10::/64", "rangeStart": format!("fd10:10::{i}:1"),
+                          "rangeEnd": format!("fd10:10::{i}:65"), "gateway": format!("fd10:10::{i}:0")}]),
+        );
+        config["ipam"]["routes"]
+            .as_array_mut()
+            .expect("routes")
+            .push(json!({"dst": "::/0"}));
+        config
     }
 
     /// The seed config with this node's range.
@@ -47,6 +70,17 @@ impl Fabric {
     /// A switch, an external host and `count` nodes set up with `flatbridge node setup`;
     /// `plugin` is the binary to run (None: the one built for the tests).
     pub fn new(count: usize, plugin: Option<PathBuf>) -> Self {
+        Self::build(count, plugin, false)
+    }
+
+    /// As [`Fabric::new`], dual-stack: the external host has fd10:10::1/64, node i
+    /// fd10:10::(10+i)/64 on its uplink (moved to the bridge by `node setup`) and the IPv6
+    /// pod gateway fd10:10::i:0/64. Every address skips duplicate address detection.
+    pub fn dual_stack(count: usize, plugin: Option<PathBuf>) -> Self {
+        Self::build(count, plugin, true)
+    }
+
+    fn build(count: usize, plugin: Option<PathBuf>, ipv6: bool) -> Self {
         let switch = Netns::new("switch");
         switch.ok(&["ip", "link", "add", "sw0", "type", "bridge"]);
         switch.ok(&["ip", "link", "set", "sw0", "up"]);
@@ -54,6 +88,18 @@ impl Fabric {
         switch.add_veth("swext", &external, "eth0");
         switch.ok(&["ip", "link", "set", "swext", "master", "sw0"]);
         external.ok(&["ip", "addr", "add", &format!("{EXTERNAL_IP}/16"), "dev", "eth0"]);
+        if ipv6 {
+            external.ok(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{EXTERNAL_IPV6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+        }
         let nodes = (1..=count)
             .map(|index| {
                 let node = match &plugin {
@@ -73,7 +119,9 @@ impl Fabric {
                     .node
                     .netns
                     .ok(&["ip", "route", "add", "default", "via", EXTERNAL_IP]);
-                fabric_node.node.flatbridge(&[
+                let gateway = format!("10.10.{index}.0/16");
+                let gateway6 = format!("fd10:10::{index}:0/64");
+                let mut setup = vec![
                     "node",
                     "setup",
                     "--uplink",
@@ -81,8 +129,17 @@ impl Fabric {
                     "--bridge",
                     "cni0",
                     "--gateway",
-                    &format!("10.10.{index}.0/16"),
-                ]);
+                    &gateway,
+                ];
+                if ipv6 {
+                    let address = format!("{}/64", fabric_node.ipv6_address());
+                    fabric_node
+                        .node
+                        .netns
+                        .ok(&["ip", "-6", "addr", "add", &address, "dev", "eth0", "nodad"]);
+                    setup.extend(["--gateway", &gateway6]);
+                }
+                fabric_node.node.flatbridge(&setup);
                 fabric_node
             })
             .collect();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use flatbridge_tests::{
     CniEnv, Netns, Node, Pod, dual_stack_config,
-    fabric::{EXTERNAL_IP, Fabric},
+    fabric::{EXTERNAL_IP, EXTERNAL_IPV6, Fabric},
     require_root, traffic,
 };
 
@@ -196,6 +196,75 @@ fn pods_on_two_nodes_and_an_external_host_reach_each_other_directly() {
         after.1 > before.1 + 1000,
         "node 2 did not receive through its uplink program: {before:?} -> {after:?}"
     );
+}
+
+#[test]
+fn over_ipv6_pods_on_two_nodes_and_the_external_host_reach_each_other_on_the_fast_path() {
+    require_root();
+    let fabric = Fabric::dual_stack(2, None);
+    let (one, two) = (&fabric.nodes[0], &fabric.nodes[1]);
+    // The node keeps its IPv6 address, now on the bridge.
+    let on_bridge = one
+        .node
+        .netns
+        .ok(&["ip", "-6", "-o", "addr", "show", "dev", "cni0"]);
+    assert!(
+        on_bridge.contains(&format!("{}/64", one.ipv6_address())),
+        "{on_bridge}"
+    );
+    let reply = fabric
+        .external
+        .ok(&["ping", "-c", "1", "-W", "2", &one.ipv6_address()]);
+    assert!(reply.contains("1 received"), "the node's IPv6 address: {reply}");
+    let (a, b) = (Pod::new("a6"), Pod::new("b6"));
+    one.node
+        .cni("ADD", &a.env("eth0"), &one.dual_stack_config("1.0.0"))
+        .ok("ADD on node 1");
+    two.node
+        .cni("ADD", &b.env("eth0"), &two.dual_stack_config("1.0.0"))
+        .ok("ADD on node 2");
+    let (a6, b6) = (a.ipv6("eth0").expect("a"), b.ipv6("eth0").expect("b"));
+    assert!(
+        a6.starts_with("fd10:10::1:") && b6.starts_with("fd10:10::2:"),
+        "{a6} {b6}"
+    );
+    assert!(a.ping(&b6), "node 1's pod cannot reach node 2's pod over IPv6");
+    assert!(b.ping(&a6));
+    assert!(
+        a.ping(EXTERNAL_IPV6),
+        "a pod cannot reach the external host over IPv6"
+    );
+    let reply = fabric.external.ok(&["ping", "-c", "2", "-W", "2", &a6]);
+    assert!(reply.contains("2 received"), "{reply}");
+    let neighbour = fabric.external.ok(&["ip", "-6", "neigh", "show", &a6]);
+    assert!(
+        neighbour.contains(&a.netns.mac("eth0")),
+        "no NAT, the pod's own MAC: {neighbour}"
+    );
+
+    // Cross-node TCP takes the uplink programs on both ends.
+    let before = (
+        one.node.counter(NET, "pod_to_uplink"),
+        two.node.counter(NET, "uplink_to_pod"),
+    );
+    traffic::iperf3(&a.netns, &b.netns, &b6, &["-t", "2"]).expect("iperf3 across nodes over IPv6");
+    let after = (
+        one.node.counter(NET, "pod_to_uplink"),
+        two.node.counter(NET, "uplink_to_pod"),
+    );
+    assert!(
+        after.0 > before.0 + 1000,
+        "node 1's uplink program: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.1 > before.1 + 1000,
+        "node 2's uplink program: {before:?} -> {after:?}"
+    );
+    // And from the external host.
+    let before = one.node.counter(NET, "uplink_to_pod");
+    traffic::iperf3(&fabric.external, &a.netns, &a6, &["-t", "2"]).expect("iperf3 from the wire over IPv6");
+    let after = one.node.counter(NET, "uplink_to_pod");
+    assert!(after > before + 1000, "from the wire: {before} -> {after}");
 }
 
 #[test]
