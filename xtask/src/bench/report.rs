@@ -124,8 +124,14 @@ impl Report {
 
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let veth = self.samples_of("veth").cloned().unwrap_or_default();
-        let bridge_nf = self.samples_of("bridge_nf").cloned().unwrap_or_default();
+        // IPv6 paths against the IPv6 baselines (their RTT is the bench's own ping-pong).
+        let baselines = |key: &str| {
+            let suffix = if key.ends_with("_v6") { "_v6" } else { "" };
+            (
+                self.samples_of(&format!("veth{suffix}")).cloned().unwrap_or_default(),
+                self.samples_of(&format!("bridge_nf{suffix}")).cloned().unwrap_or_default(),
+            )
+        };
         let _ = writeln!(
             out,
             "\nDATAPATH — {} round(s) of {} s, both ends of a sample on CPU 1, TSO/GSO/GRO off; figures are medians, \
@@ -149,8 +155,9 @@ impl Report {
         );
         for (i, (key, label)) in self.labels.iter().enumerate() {
             let s = &self.samples[i];
+            let (veth, bridge_nf) = baselines(key);
             let total = s.netfilter_bytes + s.fast_path_bytes;
-            let offloaded = if total == 0 || key == "veth" {
+            let offloaded = if total == 0 || key.starts_with("veth") {
                 "-".to_owned()
             } else {
                 format!("{:.1} %", 100.0 * s.fast_path_bytes as f64 / total as f64)
@@ -314,6 +321,21 @@ impl Report {
                     true,
                 );
             }
+        }
+        if let (Some(fast), Some(veth), Some(bridge_nf)) = (
+            self.samples_of("fastpath_v6"),
+            self.samples_of("veth_v6"),
+            self.samples_of("bridge_nf_v6"),
+        ) {
+            let _ = writeln!(
+                info,
+                "  [info] IPv6 fast path / bare veth: RTT {}, no-GSO throughput {}; / bridge + netfilter: RTT {}, \
+                 no-GSO throughput {} (RTT by the bench's own TCP ping-pong)",
+                format_ratio(ratio(&fast.rtt_us, &veth.rtt_us)),
+                format_ratio(ratio(&fast.tcp_gbits, &veth.tcp_gbits)),
+                format_ratio(ratio(&fast.rtt_us, &bridge_nf.rtt_us)),
+                format_ratio(ratio(&fast.tcp_gbits, &bridge_nf.tcp_gbits)),
+            );
         }
         if let (Some(cross), Some(cross_nf)) = (
             self.samples_of("cross_fastpath"),

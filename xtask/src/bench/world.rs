@@ -3,7 +3,8 @@
 //! fast path in its two modes, Debian's reference bridge + host-local plugins, a pod
 //! reached from an external host through the uplink with the fast path on and off, and a
 //! pod reaching a pod on another node through both nodes' uplinks and a switch, with the
-//! fast path, with bridge + netfilter and with the reference plugins.
+//! fast path, with bridge + netfilter and with the reference plugins; and over IPv6 a bare
+//! veth pair, bridge + netfilter and the fast path between two dual-stack pods.
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -68,14 +69,21 @@ impl World {
     }
 }
 
+/// What KUBE-FORWARD's ACCEPT rules took, of both families (a node without the IPv6 chain
+/// counts nothing there).
 fn netfilter_bytes(node: &Node) -> u64 {
-    let listing = node
-        .netns
-        .run(&["iptables", "-w", "-L", "KUBE-FORWARD", "-v", "-x", "-n"]);
-    String::from_utf8_lossy(&listing.stdout)
-        .lines()
-        .filter(|line| line.contains("ACCEPT"))
-        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+    ["iptables", "ip6tables"]
+        .into_iter()
+        .map(|tool| {
+            let listing = node
+                .netns
+                .run(&[tool, "-w", "-L", "KUBE-FORWARD", "-v", "-x", "-n"]);
+            String::from_utf8_lossy(&listing.stdout)
+                .lines()
+                .filter(|line| line.contains("ACCEPT"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
         .sum()
 }
 
@@ -104,21 +112,30 @@ fn fast_path_bytes(node: &Node) -> u64 {
 }
 
 /// What kube-proxy leaves in FORWARD on a node with Services: ~50 rules that match nothing
-/// here, the conntrack rule that accepts established flows, and a final ACCEPT.
-fn kube_proxy_forward_chain(node: &Node) {
-    let mut rules: Vec<String> = vec!["-N KUBE-FORWARD".into(), "-A FORWARD -j KUBE-FORWARD".into()];
-    for i in 0..50 {
-        rules.push(format!(
-            "-A KUBE-FORWARD -s 192.168.{i}.0/24 -d 172.16.{i}.0/24 -p tcp --dport {} -j DROP",
-            30000 + i
-        ));
-    }
-    rules.push("-A KUBE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".into());
-    rules.push("-A KUBE-FORWARD -j ACCEPT".into());
-    for rule in rules {
-        let mut argv = vec!["iptables", "-w"];
-        argv.extend(rule.split_whitespace());
-        node.netns.ok(&argv);
+/// here, the conntrack rule that accepts established flows, and a final ACCEPT; in
+/// ip6tables too on a dual-stack node.
+fn kube_proxy_forward_chain(node: &Node, ipv6: bool) {
+    let families: &[bool] = if ipv6 { &[false, true] } else { &[false] };
+    for &v6 in families {
+        let mut rules: Vec<String> = vec!["-N KUBE-FORWARD".into(), "-A FORWARD -j KUBE-FORWARD".into()];
+        for i in 0..50 {
+            let (src, dst) = if v6 {
+                (format!("fd00:{i}::/64"), format!("fd01:{i}::/64"))
+            } else {
+                (format!("192.168.{i}.0/24"), format!("172.16.{i}.0/24"))
+            };
+            rules.push(format!(
+                "-A KUBE-FORWARD -s {src} -d {dst} -p tcp --dport {} -j DROP",
+                30000 + i
+            ));
+        }
+        rules.push("-A KUBE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".into());
+        rules.push("-A KUBE-FORWARD -j ACCEPT".into());
+        for rule in rules {
+            let mut argv = vec![if v6 { "ip6tables" } else { "iptables" }, "-w"];
+            argv.extend(rule.split_whitespace());
+            node.netns.ok(&argv);
+        }
     }
 }
 
@@ -133,6 +150,8 @@ struct NodeSpec {
     /// Where the client is: a pod on the same node, a host on the node's uplink, or a pod
     /// on another node across a switch.
     client: Client,
+    /// Dual-stack pods, measured over IPv6.
+    ipv6: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -154,6 +173,18 @@ fn prepare_node(spec: &NodeSpec, plugin: &Path, tag: &str, range: u8) -> (Node, 
     node.netns.ok(&["ip", "link", "add", "cni0", "type", "bridge"]);
     node.netns
         .ok(&["ip", "addr", "add", &format!("10.10.{range}.0/16"), "dev", "cni0"]);
+    if spec.ipv6 {
+        node.netns.ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("fd10:10::{range}:0/64"),
+            "dev",
+            "cni0",
+            "nodad",
+        ]);
+    }
     node.netns.ok(&["ip", "link", "set", "cni0", "up"]);
     node.netns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     node.netns
@@ -165,7 +196,7 @@ fn prepare_node(spec: &NodeSpec, plugin: &Path, tag: &str, range: u8) -> (Node, 
         }
     }
     if spec.rules {
-        kube_proxy_forward_chain(&node);
+        kube_proxy_forward_chain(&node, spec.ipv6);
     }
     let mut config = spec.config.clone().unwrap_or_else(|| {
         let mut reference = seed_config("0.3.1");
@@ -175,6 +206,15 @@ fn prepare_node(spec: &NodeSpec, plugin: &Path, tag: &str, range: u8) -> (Node, 
     config["ipam"]["ranges"][0][0]["rangeStart"] = json!(format!("10.10.{range}.1"));
     config["ipam"]["ranges"][0][0]["rangeEnd"] = json!(format!("10.10.{range}.101"));
     config["ipam"]["ranges"][0][0]["gateway"] = json!(format!("10.10.{range}.0"));
+    if spec.ipv6 {
+        if let Some(ranges) = config["ipam"]["ranges"].as_array_mut() {
+            ranges.push(json!([{"subnet": "fd10:10::/64", "rangeStart": format!("fd10:10::{range}:1"),
+                                "rangeEnd": format!("fd10:10::{range}:65"), "gateway": format!("fd10:10::{range}:0")}]));
+        }
+        if let Some(routes) = config["ipam"]["routes"].as_array_mut() {
+            routes.push(json!({"dst": "::/0"}));
+        }
+    }
     // The worlds' wires hold nobody to probe for; ADD's cost is measured elsewhere.
     config["arpProbeMs"] = json!(0);
     (node, config)
@@ -219,7 +259,11 @@ fn bridge_node(spec: &NodeSpec, plugin: &Path) -> anyhow::Result<World> {
         devices.push((Place::Node(0), add(&a)?));
         devices.push((Place::Node(0), add(&b)?));
         devices.push((Place::Server, "eth0".into()));
-        let ip = b.ipv4("eth0").context("pod address")?;
+        let ip = if spec.ipv6 {
+            b.ipv6("eth0").context("pod IPv6 address")?
+        } else {
+            b.ipv4("eth0").context("pod address")?
+        };
         let client = Netns::open_existing(a.netns.name());
         let server = Netns::open_existing(b.netns.name());
         (client, server, ip, vec![a, b])
@@ -275,18 +319,25 @@ fn two_nodes(spec: &NodeSpec, plugin: &Path) -> anyhow::Result<World> {
     })
 }
 
-fn veth_pair() -> World {
-    let client = Netns::new("veth-a");
-    let server = Netns::new("veth-b");
+fn veth_pair(ipv6: bool) -> World {
+    let client = Netns::new(if ipv6 { "veth6-a" } else { "veth-a" });
+    let server = Netns::new(if ipv6 { "veth6-b" } else { "veth-b" });
     client.add_veth("eth0", &server, "eth0");
-    client.ok(&["ip", "addr", "add", "10.99.0.1/24", "dev", "eth0"]);
-    server.ok(&["ip", "addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+    let (key, label, server_ip) = if ipv6 {
+        client.ok(&["ip", "-6", "addr", "add", "fd99::1/64", "dev", "eth0", "nodad"]);
+        server.ok(&["ip", "-6", "addr", "add", "fd99::2/64", "dev", "eth0", "nodad"]);
+        ("veth_v6", "IPv6: bare veth pair (the limit)", "fd99::2")
+    } else {
+        client.ok(&["ip", "addr", "add", "10.99.0.1/24", "dev", "eth0"]);
+        server.ok(&["ip", "addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+        ("veth", "bare veth pair (the limit)", "10.99.0.2")
+    };
     World {
-        key: "veth",
-        label: "bare veth pair (the limit)",
+        key,
+        label,
         client,
         server,
-        server_ip: "10.99.0.2".into(),
+        server_ip: server_ip.into(),
         nodes: Vec::new(),
         switch: None,
         devices: vec![(Place::Client, "eth0".into()), (Place::Server, "eth0".into())],
@@ -310,6 +361,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
             netfilter: true,
             rules: true,
             client: Client::LocalPod,
+            ipv6: false,
         },
         NodeSpec {
             key: "bridge",
@@ -318,6 +370,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
             netfilter: false,
             rules: false,
             client: Client::LocalPod,
+            ipv6: false,
         },
         NodeSpec {
             key: "fastpath",
@@ -326,6 +379,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
             netfilter: true,
             rules: true,
             client: Client::LocalPod,
+            ipv6: false,
         },
         NodeSpec {
             key: "fastpath_always",
@@ -334,6 +388,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
             netfilter: true,
             rules: true,
             client: Client::LocalPod,
+            ipv6: false,
         },
     ];
     if with_reference {
@@ -344,6 +399,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
             netfilter: true,
             rules: true,
             client: Client::LocalPod,
+            ipv6: false,
         });
     }
     specs.push(NodeSpec {
@@ -353,6 +409,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
         netfilter: true,
         rules: true,
         client: Client::ExternalHost,
+        ipv6: false,
     });
     specs.push(NodeSpec {
         key: "uplink_bridge_nf",
@@ -361,6 +418,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
         netfilter: true,
         rules: true,
         client: Client::ExternalHost,
+        ipv6: false,
     });
     specs.push(NodeSpec {
         key: "cross_fastpath",
@@ -369,6 +427,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
         netfilter: true,
         rules: true,
         client: Client::OtherNode,
+        ipv6: false,
     });
     specs.push(NodeSpec {
         key: "cross_bridge_nf",
@@ -377,6 +436,7 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
         netfilter: true,
         rules: true,
         client: Client::OtherNode,
+        ipv6: false,
     });
     if with_reference {
         specs.push(NodeSpec {
@@ -386,10 +446,36 @@ pub fn build(plugin: &Path, with_reference: bool) -> anyhow::Result<Vec<World>> 
             netfilter: true,
             rules: true,
             client: Client::OtherNode,
+            ipv6: false,
         });
     }
-    let mut worlds = vec![veth_pair()];
+    let ipv6_specs = [
+        NodeSpec {
+            key: "bridge_nf_v6",
+            label: "IPv6: bridge + netfilter (fastPath false)",
+            config: Some(with("fastPath", json!(false))),
+            netfilter: true,
+            rules: true,
+            client: Client::LocalPod,
+            ipv6: true,
+        },
+        NodeSpec {
+            key: "fastpath_v6",
+            label: "IPv6: flatbridge fast path (checked)",
+            config: Some(seed.clone()),
+            netfilter: true,
+            rules: true,
+            client: Client::LocalPod,
+            ipv6: true,
+        },
+    ];
+    let mut worlds = vec![veth_pair(false)];
     for spec in &specs {
+        eprintln!("bench: building {}", spec.label);
+        worlds.push(bridge_node(spec, plugin)?);
+    }
+    worlds.push(veth_pair(true));
+    for spec in &ipv6_specs {
         eprintln!("bench: building {}", spec.label);
         worlds.push(bridge_node(spec, plugin)?);
     }
