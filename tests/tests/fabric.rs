@@ -382,6 +382,45 @@ fn a_reused_ipv6_address_is_reachable_at_once_without_flushing_caches() {
 }
 
 #[test]
+fn the_node_itself_reaches_a_reused_address_at_once() {
+    require_root();
+    let fabric = Fabric::dual_stack(1, None);
+    let one = &fabric.nodes[0];
+    let config = one.dual_stack_config("1.0.0");
+    let old = Pod::new("nold");
+    one.node
+        .cni("ADD", &old.env("eth0"), &config)
+        .ok("ADD the first pod");
+    let (ipv4, ipv6) = (old.ipv4("eth0").expect("IPv4"), old.ipv6("eth0").expect("IPv6"));
+    for address in [&ipv4, &ipv6] {
+        let reply = one.node.netns.ok(&["ping", "-c", "1", "-W", "2", address]);
+        assert!(reply.contains("1 received"), "{reply}");
+    }
+    one.node.cni("DEL", &old.env("eth0"), &config).ok("DEL");
+    let new = Pod::new("nnew");
+    let env = CniEnv {
+        args: format!("IgnoreUnknown=1;IP={ipv4},{ipv6}"),
+        ..new.env("eth0")
+    };
+    one.node.cni("ADD", &env, &config).ok("ADD reusing the addresses");
+    // kubelet's probes come from the node: its own neighbour entries must follow.
+    for address in [&ipv4, &ipv6] {
+        let started = Instant::now();
+        let reached = one
+            .node
+            .netns
+            .run(&["ping", "-c", "1", "-W", "1", address])
+            .status
+            .success();
+        assert!(
+            reached && started.elapsed() < Duration::from_secs(1),
+            "the node could not reach the new pod at {address} within 1 s: {}",
+            one.node.netns.ok(&["ip", "neigh", "show", address])
+        );
+    }
+}
+
+#[test]
 fn an_address_in_use_on_the_wire_is_never_handed_out() {
     require_root();
     let fabric = Fabric::new(1, None);

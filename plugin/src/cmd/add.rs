@@ -311,6 +311,14 @@ impl Steps<'_> {
             }
         }
         fault::point("add:gateway")?;
+        // The node's own stack (kubelet's probes, host-network pods) may still hold the MAC
+        // of a previous pod with one of these addresses: the announcements below leave by
+        // the bridge and never reach it, and its entry would stay REACHABLE for seconds.
+        for ip in &result.ips {
+            if let Err(error) = self.node.forget_neighbour(bridge.index, ip.address.ip()).await {
+                log::warn!("{error}");
+            }
+        }
         if let Some(wire) = wire {
             for ip in result.ipv4s() {
                 if let Err(error) = wire.announce(pod_mac, ip) {

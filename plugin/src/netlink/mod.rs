@@ -3,6 +3,7 @@
 //! no namespace switching. Requires a current-thread tokio runtime (see `netns`).
 mod addr;
 mod link;
+mod neigh;
 mod route;
 mod tc;
 

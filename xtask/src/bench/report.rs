@@ -128,8 +128,12 @@ impl Report {
         let baselines = |key: &str| {
             let suffix = if key.ends_with("_v6") { "_v6" } else { "" };
             (
-                self.samples_of(&format!("veth{suffix}")).cloned().unwrap_or_default(),
-                self.samples_of(&format!("bridge_nf{suffix}")).cloned().unwrap_or_default(),
+                self.samples_of(&format!("veth{suffix}"))
+                    .cloned()
+                    .unwrap_or_default(),
+                self.samples_of(&format!("bridge_nf{suffix}"))
+                    .cloned()
+                    .unwrap_or_default(),
             )
         };
         let _ = writeln!(
