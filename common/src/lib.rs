@@ -182,11 +182,15 @@ pub enum Verdict {
     /// from_uplink: a neighbour solicitation from the wire for a local pod's IPv6 address,
     /// answered by the program.
     UplinkNdAnswered = 24,
+    /// to_pod: dropped, an IPv6 neighbour advertisement from the pod's own MAC on its way
+    /// back to the pod (the plugin's announcement of a new pod, which the bridge floods to
+    /// every port; the pod's kernel would log it as a conflict).
+    DropOwnAdvertisement = 25,
 }
 
 impl Verdict {
     /// Every verdict, in counter order.
-    pub const ALL: [Verdict; 24] = [
+    pub const ALL: [Verdict; 25] = [
         Verdict::PodToBridge,
         Verdict::PodToPod,
         Verdict::PodToUplink,
@@ -211,6 +215,7 @@ impl Verdict {
         Verdict::UplinkArpConflict,
         Verdict::PodNdAnswered,
         Verdict::UplinkNdAnswered,
+        Verdict::DropOwnAdvertisement,
     ];
 
     /// Name used by `flatbridge status` and the metrics.
@@ -240,6 +245,7 @@ impl Verdict {
             Verdict::UplinkArpConflict => "uplink_arp_conflict",
             Verdict::PodNdAnswered => "pod_nd_answered",
             Verdict::UplinkNdAnswered => "uplink_nd_answered",
+            Verdict::DropOwnAdvertisement => "drop_own_advertisement",
         }
     }
 }

@@ -75,6 +75,10 @@ pub fn solicitation(ctx: &TcContext) -> Option<Solicitation> {
         {
             return None;
         }
+        // A multicast sender is no one to answer to.
+        if (*eth).src[0] & 1 == 1 {
+            return None;
+        }
         let (src, dst, target) = (ip_ref.src, ip_ref.dst, nd_ref.target);
         // :: is duplicate address detection, whose answer goes to all nodes and only from
         // the address's owner; a multicast source or target is no question at all.
@@ -96,6 +100,25 @@ pub fn solicitation(ctx: &TcContext) -> Option<Solicitation> {
             covered,
             target,
         })
+    }
+}
+
+/// The source MAC of the frame when it is a neighbour advertisement in the form the plugin
+/// sends (ndp.rs of the plugin): Ethernet, IPv6, a 32-byte advertisement.
+#[inline(always)]
+pub fn advertisement_sender(ctx: &TcContext) -> Option<[u8; 6]> {
+    if ctx.len() as usize != FRAME_LEN {
+        return None;
+    }
+    let eth: *mut EthHdr = header(ctx, 0)?;
+    let ip: *mut Ipv6Hdr = header(ctx, ETH_HLEN)?;
+    let nd: *mut NdMessage = header(ctx, ETH_HLEN + core::mem::size_of::<Ipv6Hdr>())?;
+    // SAFETY: every header was bounds-checked above.
+    unsafe {
+        ((*eth).proto == ETH_P_IPV6.to_be()
+            && (*ip).next_header == IPPROTO_ICMPV6
+            && (*nd).icmp_type == ICMPV6_NEIGHBOR_ADVERT)
+            .then_some((*eth).src)
     }
 }
 

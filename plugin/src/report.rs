@@ -329,7 +329,8 @@ impl VerdictKind {
             | Verdict::DropIcmpRedirect
             | Verdict::DropDhcpServer
             | Verdict::DropSpoofedIpv6
-            | Verdict::DropSpoofedNd => VerdictKind::Drop,
+            | Verdict::DropSpoofedNd
+            | Verdict::DropOwnAdvertisement => VerdictKind::Drop,
             Verdict::UplinkArpConflict => VerdictKind::Conflict,
         }
     }

@@ -1593,6 +1593,26 @@ fn a_neighbour_solicitation_for_a_local_pod_or_the_gateway_becomes_the_advertise
     bad_checksum[14 + 40 + 2] ^= 0xff;
     let mut hop_limit_64 = frames::neighbor_solicitation(MAC_A, ll(MAC_A), IPV6_B, Some(MAC_A));
     hop_limit_64[14 + 7] = 64;
+    // (From a pod, bytes after the options are malformed: the checks drop them.)
+    let mut trailing = frames::neighbor_solicitation(MAC_OUTSIDE, IPV6_OUTSIDE, IPV6_B, Some(MAC_OUTSIDE));
+    trailing.extend_from_slice(&[0, 0]);
+    let solicitation_with = |code: u8, options: &[u8]| {
+        let mut body = vec![0; 4];
+        body.extend_from_slice(&IPV6_B);
+        body.extend_from_slice(options);
+        let group = frames::solicited_node(IPV6_B);
+        frames::icmpv6(
+            MAC_A,
+            frames::ipv6_multicast_mac(group),
+            ll(MAC_A),
+            group,
+            135,
+            code,
+            &body,
+        )
+    };
+    let slla = [1, 1, MAC_A[0], MAC_A[1], MAC_A[2], MAC_A[3], MAC_A[4], MAC_A[5]];
+    let nonce = [14, 1, 1, 2, 3, 4, 5, 6];
     let not_answered = [
         (
             "a pod asking for its own address",
@@ -1611,6 +1631,22 @@ fn a_neighbour_solicitation_for_a_local_pod_or_the_gateway_becomes_the_advertise
         ),
         ("with a wrong checksum", world.host_a, bad_checksum),
         ("with hop limit 64", world.host_a, hop_limit_64),
+        ("with code 1", world.host_a, solicitation_with(1, &slla)),
+        (
+            "with a nonce option after its link-layer address",
+            world.host_a,
+            solicitation_with(0, &[slla, nonce].concat()),
+        ),
+        (
+            "with another option instead of its link-layer address",
+            world.host_a,
+            solicitation_with(0, &nonce),
+        ),
+        (
+            "for a multicast target",
+            world.host_a,
+            frames::neighbor_solicitation(MAC_A, ll(MAC_A), frames::ALL_NODES, Some(MAC_A)),
+        ),
         (
             "sent to another group",
             world.host_a,
@@ -1648,6 +1684,15 @@ fn a_neighbour_solicitation_for_a_local_pod_or_the_gateway_becomes_the_advertise
         (
             "duplicate address detection from the wire",
             frames::neighbor_solicitation(MAC_OUTSIDE, [0; 16], IPV6_B, None),
+        ),
+        (
+            "duplicate address detection from the wire, with a link-layer address",
+            frames::neighbor_solicitation(MAC_OUTSIDE, [0; 16], IPV6_B, Some(MAC_OUTSIDE)),
+        ),
+        ("from the wire, with bytes after the message", trailing),
+        (
+            "from a multicast sender on the wire",
+            frames::neighbor_solicitation([0x33, 0x33, 0, 0, 0, 1], IPV6_OUTSIDE, IPV6_B, Some(MAC_OUTSIDE)),
         ),
         (
             "the gateway, from the wire",
@@ -1808,5 +1853,45 @@ fn an_ipv6_flow_is_offloaded_once_both_directions_were_confirmed_pod_to_pod_and_
             TC_ACT_OK,
             what,
         );
+    }
+}
+
+#[test]
+fn a_pods_own_advertisement_never_comes_back_to_it_and_anothers_does() {
+    let world = dual_stack_world();
+    let own = frames::neighbor_advertisement(
+        MAC_B,
+        IPV6_B,
+        frames::ALL_NODES,
+        IPV6_B,
+        frames::NA_OVERRIDE,
+        MAC_B,
+    );
+    let (action, _, counted) = world.run(TO_POD, world.host_b, &own, Verdict::DropOwnAdvertisement);
+    assert_eq!(
+        (action, counted),
+        (TC_ACT_SHOT, 1),
+        "its own advertisement, back to it"
+    );
+    // To another pod it is news; from another host, for this pod's address, it is a
+    // conflict the pod must hear.
+    for (what, port, frame) in [
+        ("to another pod", world.host_a, own.clone()),
+        (
+            "another host's, for its address",
+            world.host_b,
+            frames::neighbor_advertisement(
+                MAC_OUTSIDE,
+                IPV6_B,
+                frames::ALL_NODES,
+                IPV6_B,
+                frames::NA_OVERRIDE,
+                MAC_OUTSIDE,
+            ),
+        ),
+    ] {
+        let (action, out, counted) = world.run(TO_POD, port, &frame, Verdict::DropOwnAdvertisement);
+        assert_eq!((action, counted), (TC_ACT_OK, 0), "{what}");
+        assert_eq!(out, frame, "{what}: the frame was changed");
     }
 }

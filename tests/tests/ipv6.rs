@@ -285,7 +285,9 @@ fn an_ip6tables_drop_stops_an_offloaded_ipv6_flow_within_the_revalidation_period
         }
         replies_at
     });
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(1500));
+    let early = node.node.counter(NET, "pod_to_pod");
+    std::thread::sleep(Duration::from_millis(500));
     let offloaded_before = node.offloaded();
     let before = node.node.counter(NET, "pod_to_pod");
     node.ip6tables(&format!(
@@ -293,15 +295,23 @@ fn an_ip6tables_drop_stops_an_offloaded_ipv6_flow_within_the_revalidation_period
         node.client_ip, node.backend_ip
     ));
     let drop_at = started.elapsed();
+    // Once the period is over nothing of the stream takes the fast path any more.
+    std::thread::sleep(revalidate + slack);
+    let settled = node.node.counter(NET, "pod_to_pod");
     let replies_at = stream.join().expect("stream");
+    let after = node.node.counter(NET, "pod_to_pod");
     let client = format!("[{}]", node.client_ip);
     assert!(
         offloaded_before.iter().any(|(src, _)| src.starts_with(&client)),
         "the IPv6 stream was not offloaded before the DROP: {offloaded_before:?}"
     );
     assert!(
-        node.node.counter(NET, "pod_to_pod") >= before,
-        "counters went back"
+        before > early,
+        "the stream was not on the fast path before the DROP: {early} -> {before}"
+    );
+    assert_eq!(
+        after, settled,
+        "frames took the fast path more than {revalidate:?} (+ {slack:?}) after the DROP"
     );
     assert!(
         replies_at.iter().any(|&at| at < drop_at),

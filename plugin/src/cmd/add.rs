@@ -325,7 +325,10 @@ impl Steps<'_> {
                     log::warn!("gratuitous ARP for {ip} failed: {error}");
                 }
             }
-            for ip in result.ipv6s() {
+            // With the pod's own duplicate address detection on (`enabledad`) its IPv6
+            // addresses are tentative still: announcing one now would say it is in use
+            // before the pod knows it may use it (RFC 4862 5.4).
+            for ip in result.ipv6s().filter(|_| !config.net.enable_dad) {
                 if let Err(error) = wire.announce_ipv6(pod_mac, ip) {
                     log::warn!("unsolicited neighbour advertisement for {ip} failed: {error}");
                 }

@@ -35,6 +35,14 @@ fn ipv6_key(ip: Ipv6Addr) -> Ipv6 {
     Ipv6 { addr: ip.octets() }
 }
 
+/// True when `pod` is behind `gateway` (the gateway's address with the prefix of the pods'
+/// subnet): in its subnet, or of its family when the gateway is an IPv6 link-local address
+/// (`fe80::1`, the usual IPv6 gateway, reaches every IPv6 pod on the link).
+fn is_behind(gateway: &IpNetwork, pod: IpAddr) -> bool {
+    gateway.contains(pod)
+        || matches!((gateway.ip(), pod), (IpAddr::V6(gateway), IpAddr::V6(_)) if gateway.is_unicast_link_local())
+}
+
 /// BPF_NOEXIST: insert only when the key is not there yet.
 const NO_EXIST: u64 = 1;
 
@@ -468,7 +476,7 @@ impl Datapath {
             .chain(self.pod_ipv6s()?.into_iter().map(IpAddr::V6))
             .collect();
         self.forget_gateways(|gateway| {
-            !on_bridge.contains(&gateway.ip()) || !pods.iter().any(|&pod| gateway.contains(pod))
+            !on_bridge.contains(&gateway.ip()) || !pods.iter().any(|&pod| is_behind(gateway, pod))
         })
     }
 
@@ -645,5 +653,22 @@ fn remove_pointing_at<K: aya::Pod>(map: &mut HashMap<MapData, K, Endpoint>, ifin
         .collect();
     for key in stale {
         let _ = map.remove(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_serves_its_subnet_and_a_link_local_one_every_ipv6_pod() {
+        let network = |text: &str| text.parse::<IpNetwork>().expect("network");
+        let ip = |text: &str| text.parse::<IpAddr>().expect("address");
+        assert!(is_behind(&network("10.10.1.0/16"), ip("10.10.1.7")));
+        assert!(!is_behind(&network("10.10.1.0/16"), ip("10.11.1.7")));
+        assert!(is_behind(&network("fd10:10::1:0/64"), ip("fd10:10::1:7")));
+        assert!(!is_behind(&network("fd10:10::1:0/64"), ip("fd10:11::1:7")));
+        assert!(is_behind(&network("fe80::1/64"), ip("fd10:10::1:7")));
+        assert!(!is_behind(&network("fe80::1/64"), ip("10.10.1.7")));
     }
 }

@@ -167,9 +167,17 @@ pub fn render(report: &NodeReport) -> String {
             network.flows.len(),
             offloaded.len()
         ));
-        for flow in offloaded.iter().take(50) {
+        // As wide as the widest address shown (an IPv6 one takes up to 47 characters).
+        let shown: Vec<_> = offloaded.iter().take(50).collect();
+        let width = shown
+            .iter()
+            .flat_map(|flow| [flow.src.to_string().len(), flow.dst.to_string().len()])
+            .max()
+            .unwrap_or(0)
+            .max(21);
+        for flow in shown {
             out.push_str(&format!(
-                "    {:<4} {:<22} -> {:<22} {} -> {} (confirmed {} ms ago)\n",
+                "    {:<4} {:<width$} -> {:<width$} {} -> {} (confirmed {} ms ago)\n",
                 flow.protocol.name(),
                 flow.src.to_string(),
                 flow.dst.to_string(),
