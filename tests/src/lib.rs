@@ -9,6 +9,7 @@
 pub mod bpffs;
 pub mod fabric;
 pub mod frames;
+pub mod netfilter;
 pub mod netns;
 pub mod node;
 pub mod pod;

@@ -426,3 +426,42 @@ fn a_solicitation_from_the_wire_for_a_pod_is_answered_out_of_the_uplink() {
         "external host has {entry}, pod MAC is {mac}"
     );
 }
+
+/// ADD's announcement of a pod's IPv6 address leaves by the bridge, which floods it to
+/// every port: the pod's own port stops it (the pod's kernel would log its own MAC
+/// advertising its own address as a conflict), the others let it through. Sent here once
+/// the ports forward (ADD's own copies may come before the pod's port does).
+#[test]
+fn a_pods_own_announcement_stops_at_its_own_port_and_no_other() {
+    require_root();
+    let node = Node::with_gateway("ownna");
+    let config = dual_stack_config("1.0.0");
+    let (a, b) = (Pod::new("ona"), Pod::new("onb"));
+    let result_a = add(&node, &a, &config);
+    add(&node, &b, &config);
+    let address_a = a.ipv6("eth0").expect("a's IPv6 address");
+    assert!(b.ping(&address_a), "b cannot reach a over IPv6");
+    let mac = flatbridge_tests::frames::parse_mac(&pod_mac(&result_a));
+    let ip: std::net::Ipv6Addr = address_a.parse().expect("IPv6 address");
+    let frame = flatbridge::ndp::unsolicited_advertisement(mac, ip);
+    let bridge = node.netns.ifindex("cni0");
+    let before = node.counter(NET, "drop_own_advertisement");
+    let datapath = flatbridge::datapath::Datapath::open(node.bpffs.path(), NET).expect("datapath");
+    flatbridge::netns::Netns::open(node.netns.path())
+        .expect("node netns")
+        .run(|| datapath.inject(bridge, &frame))
+        .expect("enter the node netns")
+        .expect("send the announcement out of the bridge");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        node.counter(NET, "drop_own_advertisement"),
+        before + 1,
+        "the announcement was stopped at a's port, and only there"
+    );
+    let log = Command::new("dmesg").output().expect("dmesg");
+    let conflict = format!("NA: {} advertised our address", pod_mac(&result_a).to_lowercase());
+    assert!(
+        !String::from_utf8_lossy(&log.stdout).contains(&conflict),
+        "a's kernel saw its own announcement: {conflict}"
+    );
+}

@@ -9,7 +9,7 @@ use std::{
 };
 
 use flatbridge_tests::{
-    Netns, Node, Pod, dual_stack_config, require_root,
+    Netns, Node, Pod, dual_stack_config, netfilter, require_root,
     sockets::{tcp_echo_exchange, tcp_echo_server, udp_echo_server},
     traffic,
 };
@@ -97,45 +97,19 @@ impl Node6 {
         self.node.netns.ok(&argv);
     }
 
-    /// Counts what ip6tables sees between `a` and `b`, one target-less rule per direction
-    /// before KUBE-FORWARD, tagged `<tag>-out` and `<tag>-back`.
+    /// Counts what ip6tables sees between `a` and `b` (see [`netfilter::count_flow`]).
     fn count_flow(&self, tag: &str, a: &str, b: &str) {
-        for (direction, src, dst) in [("out", a, b), ("back", b, a)] {
-            self.ip6tables(&format!(
-                "-I FORWARD 1 -s {src}/128 -d {dst}/128 -m comment --comment {tag}-{direction}"
-            ));
-        }
+        netfilter::count_flow(&self.node.netns, "ip6tables", tag, a, b);
     }
 
     /// Bytes a rule of the filter table's `chain` matched.
     fn rule_bytes(&self, chain: &str, needle: &str) -> u64 {
-        let listing = self
-            .node
-            .netns
-            .ok(&["ip6tables", "-w", "-L", chain, "-v", "-x", "-n"]);
-        listing
-            .lines()
-            .find(|line| line.contains(needle))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|bytes| bytes.parse().ok())
-            .unwrap_or_else(|| panic!("no rule matching {needle:?} in {chain}:\n{listing}"))
+        netfilter::rule_bytes(&self.node.netns, "ip6tables", chain, needle)
     }
 
     /// Flow directions `flatbridge status` reports as offloaded now.
     fn offloaded(&self) -> Vec<(String, String)> {
-        let status = self.node.status();
-        status["networks"][0]["flows"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|flow| flow["offloaded"] == true)
-            .map(|flow| {
-                (
-                    flow["src"].as_str().unwrap_or_default().into(),
-                    flow["dst"].as_str().unwrap_or_default().into(),
-                )
-            })
-            .collect()
+        netfilter::offloaded(&self.node.status()["networks"][0])
     }
 }
 

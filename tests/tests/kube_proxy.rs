@@ -9,7 +9,9 @@ use std::{
 };
 
 use flatbridge_tests::{
-    Netns, Node, Pod, require_root, seed_config,
+    Netns, Node, Pod,
+    netfilter::{self, offloaded},
+    require_root, seed_config,
     sockets::{tcp_echo_exchange, tcp_echo_server, udp_echo_server, udp_exchange},
     traffic,
 };
@@ -147,57 +149,16 @@ impl KubeNode {
         self.node.status()["networks"][0].clone()
     }
 
-    /// Counts what netfilter sees of the flow between `a` and `b`, one rule per direction,
-    /// tagged `<tag>-out` (a to b) and `<tag>-back`. The rules have no target, so every
-    /// packet they count goes on into KUBE-FORWARD and its `ctstate INVALID -j DROP`, as
-    /// on a kube-proxy node: nothing of the flow, in either direction, is exempt from it.
+    /// Counts what netfilter sees of the flow between `a` and `b` (see
+    /// [`netfilter::count_flow`]).
     fn count_flow(&self, tag: &str, a: &str, b: &str) {
-        for (direction, src, dst) in [("out", a, b), ("back", b, a)] {
-            self.iptables(&format!(
-                "-I FORWARD 1 -s {src}/32 -d {dst}/32 -m comment --comment {tag}-{direction}"
-            ));
-        }
-        let listing = self.node.netns.ok(&["iptables", "-w", "-S", "FORWARD"]);
-        let rules: Vec<&str> = listing.lines().filter(|rule| rule.starts_with("-A ")).collect();
-        let jump = rules
-            .iter()
-            .position(|rule| rule.contains("-j KUBE-FORWARD"))
-            .unwrap_or_else(|| panic!("FORWARD does not jump to KUBE-FORWARD:\n{listing}"));
-        assert!(
-            rules[..jump].iter().all(|rule| !rule.contains(" -j ")),
-            "a rule before KUBE-FORWARD decides packets:\n{listing}"
-        );
+        netfilter::count_flow(&self.node.netns, "iptables", tag, a, b);
     }
 
-    /// Packets and bytes a rule of the filter table's chain matched.
+    /// Bytes a rule of the filter table's chain matched.
     fn rule_bytes(&self, chain: &str, needle: &str) -> u64 {
-        let listing = self
-            .node
-            .netns
-            .ok(&["iptables", "-w", "-L", chain, "-v", "-x", "-n"]);
-        listing
-            .lines()
-            .find(|line| line.contains(needle))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|bytes| bytes.parse().ok())
-            .unwrap_or_else(|| panic!("no rule matching {needle:?} in {chain}:\n{listing}"))
+        netfilter::rule_bytes(&self.node.netns, "iptables", chain, needle)
     }
-}
-
-/// Flow directions the status reports as offloaded right now.
-fn offloaded(status: &Value) -> Vec<(String, String)> {
-    status["flows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|flow| flow["offloaded"] == true)
-        .map(|flow| {
-            (
-                flow["src"].as_str().unwrap_or_default().into(),
-                flow["dst"].as_str().unwrap_or_default().into(),
-            )
-        })
-        .collect()
 }
 
 /// Echoes 16 KiB chunks over one TCP connection from `netns` to `target` for `duration`,
