@@ -310,6 +310,60 @@ pub const fn link_local(mac: [u8; 6]) -> [u8; 16] {
     ]
 }
 
+/// IPv6 neighbour discovery (RFC 4861) as both sides write it: the programs turning a
+/// solicitation into an advertisement, the plugin building the announcement of a new pod.
+pub mod nd {
+    /// Neighbor Advertisement flags (RFC 4861 4.4), in the first byte after the checksum.
+    pub const NA_ROUTER: u8 = 0x80;
+    pub const NA_SOLICITED: u8 = 0x40;
+    pub const NA_OVERRIDE: u8 = 0x20;
+
+    /// The length of the neighbour discovery messages the programs answer and send: type, code,
+    /// checksum, four bytes of flags or reserved, the target, one link-layer address option.
+    pub const ND_MESSAGE_LEN: u32 = 32;
+    pub const IPPROTO_ICMPV6: u8 = 58;
+    pub const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
+    pub const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
+    /// Neighbour discovery options naming a link-layer address (RFC 4861 4.6.1).
+    pub const ND_OPT_SOURCE_LLADDR: u8 = 1;
+    pub const ND_OPT_TARGET_LLADDR: u8 = 2;
+
+    /// The ones' complement sum (RFC 1071) of what the ICMPv6 checksum of a 32-byte neighbour
+    /// discovery message covers: `addresses_and_message` is the IPv6 source and destination
+    /// followed by the message (as they lie in the frame, from byte 22), plus the rest of the
+    /// pseudo-header (RFC 8200 8.1: the upper-layer length and the next header). Folded to 16
+    /// bits, not complemented.
+    #[inline(always)]
+    pub fn nd_sum(addresses_and_message: &[u8; 64]) -> u16 {
+        let mut sum = ND_MESSAGE_LEN + IPPROTO_ICMPV6 as u32;
+        let mut i = 0;
+        while i < 64 {
+            sum += u32::from(u16::from_be_bytes([
+                addresses_and_message[i],
+                addresses_and_message[i + 1],
+            ]));
+            i += 2;
+        }
+        // 32 words of at most 0xffff and a small constant: two folds are enough.
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum as u16
+    }
+
+    /// True when the checksum carried in the message is right: the sum over everything, the
+    /// checksum included, is all ones.
+    #[inline(always)]
+    pub fn nd_checksum_valid(addresses_and_message: &[u8; 64]) -> bool {
+        nd_sum(addresses_and_message) == 0xffff
+    }
+
+    /// The checksum to write into a message whose checksum field is zero, network order.
+    #[inline(always)]
+    pub fn nd_checksum(addresses_and_message: &[u8; 64]) -> [u8; 2] {
+        (!nd_sum(addresses_and_message)).to_be_bytes()
+    }
+}
+
 /// A gateway address the node owns, as the ARP and neighbour discovery answers need it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

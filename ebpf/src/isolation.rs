@@ -14,13 +14,13 @@
 //!
 //! Every drop has its own verdict, counted by `counters::finish`.
 use aya_ebpf::programs::TcContext;
-use flatbridge_common::{Endpoint, Ipv4, Ipv6, Verdict, link_local};
+use flatbridge_common::{
+    Endpoint, Ipv4, Ipv6, Verdict, link_local,
+    nd::{ICMPV6_NEIGHBOR_ADVERT, ICMPV6_NEIGHBOR_SOLICIT, ND_OPT_SOURCE_LLADDR, ND_OPT_TARGET_LLADDR},
+};
 
 use crate::{
-    decide::{
-        ICMPV6_NEIGHBOR_ADVERT, ICMPV6_NEIGHBOR_SOLICIT, IPV6_AUTH, IPV6_FRAGMENT, ND_OPT_SOURCE_LLADDR,
-        ND_OPT_TARGET_LLADDR, is_dhcp_server_message, is_extension,
-    },
+    decide::{IPV6_AUTH, IPV6_FRAGMENT, is_dhcp_server_message, is_extension},
     maps::{PODS_BY_IP, PODS_BY_IPV6, PORTS},
     parse::{
         ArpIpv4, ETH_HLEN, ETH_P_IP, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr,

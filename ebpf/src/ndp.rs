@@ -8,12 +8,13 @@
 use aya_ebpf::programs::TcContext;
 use flatbridge_common::Verdict;
 
+use flatbridge_common::nd::{
+    ICMPV6_NEIGHBOR_ADVERT, ICMPV6_NEIGHBOR_SOLICIT, IPPROTO_ICMPV6, NA_OVERRIDE, NA_ROUTER, NA_SOLICITED,
+    ND_MESSAGE_LEN, ND_OPT_SOURCE_LLADDR, ND_OPT_TARGET_LLADDR, nd_checksum, nd_checksum_valid,
+};
+
 use crate::{
-    decide::{
-        ICMPV6_NEIGHBOR_ADVERT, ICMPV6_NEIGHBOR_SOLICIT, IPPROTO_ICMPV6, NA_OVERRIDE, NA_ROUTER,
-        NA_SOLICITED, ND_MESSAGE_LEN, ND_OPT_SOURCE_LLADDR, ND_OPT_TARGET_LLADDR, is_solicited_node_of,
-        nd_checksum, nd_checksum_valid,
-    },
+    decide::is_solicited_node_of,
     parse::{ETH_HLEN, ETH_P_IPV6, EthHdr, Ipv6Hdr, header, readable},
     redirect,
 };

@@ -6,7 +6,9 @@ use core::mem::size_of;
 use aya_ebpf::programs::TcContext;
 use flatbridge_common::Verdict;
 
-pub use crate::decide::{IPPROTO_ICMPV6, IPPROTO_TCP, same_mac};
+pub use flatbridge_common::nd::IPPROTO_ICMPV6;
+
+pub use crate::decide::{IPPROTO_TCP, same_mac};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;

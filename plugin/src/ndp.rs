@@ -5,36 +5,17 @@
 //! CNI.
 use std::net::Ipv6Addr;
 
+use flatbridge_common::nd::{
+    ICMPV6_NEIGHBOR_ADVERT, IPPROTO_ICMPV6, NA_OVERRIDE, ND_MESSAGE_LEN, ND_OPT_TARGET_LLADDR, nd_checksum,
+};
+
 const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_ICMPV6: u8 = 58;
-const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
-const ND_OPT_TARGET_LLADDR: u8 = 2;
-/// Override: the receiver replaces the link-layer address it has cached.
-const NA_OVERRIDE: u8 = 0x20;
 /// The all-nodes group, ff02::1, and its MAC.
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
 
 /// Ethernet, IPv6 and a 32-byte message (the target and one link-layer address option).
-pub const ND_FRAME_LEN: usize = 14 + 40 + 32;
-
-/// The ICMPv6 checksum (RFC 4443 2.3) of `message` from `src` to `dst`: the ones' complement
-/// of the ones' complement sum over the pseudo-header (RFC 8200 8.1) and the message, whose
-/// checksum field is zero.
-fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> u16 {
-    let length = u32::try_from(message.len()).unwrap_or(u32::MAX);
-    let mut sum: u64 = u64::from(length) + u64::from(IPPROTO_ICMPV6);
-    for part in [&src.octets()[..], &dst.octets()[..], message] {
-        for pair in part.chunks(2) {
-            let high = u64::from(pair[0]) << 8;
-            sum += high | pair.get(1).map_or(0, |&low| u64::from(low));
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+pub const ND_FRAME_LEN: usize = 14 + 40 + ND_MESSAGE_LEN as usize;
 
 /// An unsolicited Neighbor Advertisement that `ip` is at `mac`, from `ip` to all nodes, with
 /// Override set and Solicited and Router clear (RFC 4861 7.2.6), sent as if `mac` had sent
@@ -47,7 +28,7 @@ pub fn unsolicited_advertisement(mac: [u8; 6], ip: Ipv6Addr) -> [u8; ND_FRAME_LE
     // Version 6, no traffic class or flow label; the message's length; ICMPv6; hop limit
     // 255, which receivers of neighbour discovery require.
     frame[14] = 0x60;
-    frame[18..20].copy_from_slice(&32u16.to_be_bytes());
+    frame[18..20].copy_from_slice(&(ND_MESSAGE_LEN as u16).to_be_bytes());
     frame[20] = IPPROTO_ICMPV6;
     frame[21] = 255;
     frame[22..38].copy_from_slice(&ip.octets());
@@ -59,8 +40,12 @@ pub fn unsolicited_advertisement(mac: [u8; 6], ip: Ipv6Addr) -> [u8; ND_FRAME_LE
     message[24] = ND_OPT_TARGET_LLADDR;
     message[25] = 1;
     message[26..32].copy_from_slice(&mac);
-    let checksum = icmpv6_checksum(ip, ALL_NODES, message);
-    message[2..4].copy_from_slice(&checksum.to_be_bytes());
+    // The checksum covers the addresses and the message, from byte 22 on: the programs'
+    // own computation (flatbridge_common::nd).
+    let mut covered = [0u8; 64];
+    covered.copy_from_slice(&frame[22..]);
+    let checksum = nd_checksum(&covered);
+    frame[54 + 2..54 + 4].copy_from_slice(&checksum);
     frame
 }
 

@@ -6,7 +6,10 @@
 mod decide;
 
 use decide::*;
-use flatbridge_common::{FlowConfirmed, FlowKey, FlowSeen};
+use flatbridge_common::{
+    FlowConfirmed, FlowKey, FlowSeen,
+    nd::{nd_checksum, nd_checksum_valid},
+};
 
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
