@@ -56,9 +56,15 @@ pub mod map_name {
     /// When the plugin last probed an address on the wire ([`super::ArpProbe`]). Written by
     /// the plugin and the agent; no program touches it.
     pub const ARP_PROBES: &str = "arp_probes";
+    /// As [`ARP_CLAIMS`], for IPv6 addresses: who neighbour discovery from the wire says uses
+    /// an address (the target of an advertisement or of duplicate address detection, the
+    /// source of a solicitation). Written by from_uplink only.
+    pub const ND_CLAIMS: &str = "nd_claims";
+    /// As [`ARP_PROBES`], for the IPv6 addresses probed by duplicate address detection.
+    pub const ND_PROBES: &str = "nd_probes";
 
     /// Every map, for loading, pinning and removal.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 17] = [
         COUNTERS,
         PODS_BY_MAC,
         PODS_BY_IP,
@@ -74,6 +80,8 @@ pub mod map_name {
         CNI_CALLS,
         ARP_CLAIMS,
         ARP_PROBES,
+        ND_CLAIMS,
+        ND_PROBES,
     ];
 }
 
@@ -186,11 +194,15 @@ pub enum Verdict {
     /// back to the pod (the plugin's announcement of a new pod, which the bridge floods to
     /// every port; the pod's kernel would log it as a conflict).
     DropOwnAdvertisement = 25,
+    /// from_uplink: a neighbour solicitation or advertisement from the wire that claims a
+    /// local pod's IPv6 address with another MAC (an advertisement for it, a solicitation
+    /// from it, or duplicate address detection of it). The frame goes on to the bridge.
+    UplinkNdConflict = 26,
 }
 
 impl Verdict {
     /// Every verdict, in counter order.
-    pub const ALL: [Verdict; 25] = [
+    pub const ALL: [Verdict; 26] = [
         Verdict::PodToBridge,
         Verdict::PodToPod,
         Verdict::PodToUplink,
@@ -216,6 +228,7 @@ impl Verdict {
         Verdict::PodNdAnswered,
         Verdict::UplinkNdAnswered,
         Verdict::DropOwnAdvertisement,
+        Verdict::UplinkNdConflict,
     ];
 
     /// Name used by `flatbridge status` and the metrics.
@@ -246,6 +259,7 @@ impl Verdict {
             Verdict::PodNdAnswered => "pod_nd_answered",
             Verdict::UplinkNdAnswered => "uplink_nd_answered",
             Verdict::DropOwnAdvertisement => "drop_own_advertisement",
+            Verdict::UplinkNdConflict => "uplink_nd_conflict",
         }
     }
 }
@@ -595,14 +609,16 @@ pub const MAX_ARP_CLAIMS: u32 = 8192;
 pub const MAX_ARP_PROBES: u32 = 1024;
 
 /// An ARP frame from the wire named this MAC as the sender of an address (a request, a
-/// reply or an announcement; probes, whose sender is 0.0.0.0, claim nothing).
+/// reply or an announcement; probes, whose sender is 0.0.0.0, claim nothing); in
+/// `nd_claims`, a neighbour discovery message named it as the user of an IPv6 address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ArpClaim {
     /// CLOCK_MONOTONIC when the frame arrived.
     pub seen_ns: u64,
     pub mac: [u8; 6],
-    /// The ARP operation, host order (1 request, 2 reply).
+    /// The ARP operation, host order (1 request, 2 reply); in `nd_claims`, the ICMPv6 type
+    /// (135 solicitation, 136 advertisement).
     pub op: u16,
 }
 const _: () = assert!(size_of::<ArpClaim>() == 16);

@@ -1,5 +1,6 @@
 //! tc ingress of the uplink: frames from the wire. The sender of every ARP frame is
-//! remembered (`arp_claims`: what ADD's address probes and the conflict report read); ARP
+//! remembered (`arp_claims`: what ADD's address probes and the conflict report read), and
+//! the user of an IPv6 address neighbour discovery names (`nd_claims`, the same for IPv6); ARP
 //! requests and IPv6 neighbour solicitations for a local pod's address are answered from the
 //! maps, out of the uplink. IPv4 and IPv6 unicast of a flow netfilter accepted (flow.rs)
 //! goes straight into its pod; in "always" mode every IPv4 and IPv6 unicast frame for a
@@ -11,7 +12,7 @@ use crate::{
     arp,
     counters::{count, finish},
     flow::{self, now_ns},
-    maps::{ARP_CLAIMS, PODS_BY_IP, PODS_BY_IPV6, PODS_BY_MAC, enabled_node},
+    maps::{ARP_CLAIMS, ND_CLAIMS, PODS_BY_IP, PODS_BY_IPV6, PODS_BY_MAC, enabled_node},
     ndp,
     parse::{
         ARPOP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Frame, Ipv4Hdr, Ipv6Hdr, ethernet,
@@ -43,6 +44,10 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, Verdict> {
         // first pod has enabled the datapath.
         return arp_from_wire(ctx, eth);
     }
+    if proto == ETH_P_IPV6 && is_group(&dst) {
+        // Neighbour discovery claims are remembered whatever the settings too.
+        return nd_from_wire(ctx);
+    }
     let Some(node) = enabled_node() else {
         return pass(ctx);
     };
@@ -62,7 +67,6 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, Verdict> {
         ETH_P_IPV6 if !is_group(&dst) && header::<Ipv6Hdr>(ctx, ETH_HLEN).is_some() => {
             always(ctx, &node, &dst)
         }
-        ETH_P_IPV6 if is_group(&dst) => nd_from_wire(ctx),
         _ => pass(ctx),
     }
 }
@@ -101,10 +105,30 @@ fn always(ctx: &TcContext, node: &NodeConfig, dst: &[u8; 6]) -> Result<i32, Verd
     }
 }
 
-/// Answers a neighbour solicitation from the wire for a local pod's address, out of the
-/// uplink.
+/// Remembers who neighbour discovery from the wire says uses an IPv6 address (and counts a
+/// claim of a local pod's address under another MAC), then answers a solicitation for a
+/// local pod's address, out of the uplink.
 #[inline(always)]
 fn nd_from_wire(ctx: &TcContext) -> Result<i32, Verdict> {
+    if let Some(claim) = ndp::claim(ctx) {
+        let user = Ipv6 { addr: claim.addr };
+        let remembered = ArpClaim {
+            seen_ns: now_ns(),
+            mac: claim.mac,
+            op: u16::from(claim.icmp_type),
+        };
+        // As for ARP: a failed insert costs one remembered claim.
+        let _ = ND_CLAIMS.insert(user, remembered, 0);
+        // SAFETY: the value is read and not kept.
+        if let Some(pod) = unsafe { PODS_BY_IPV6.get(user) }
+            && !same_mac(&pod.mac, &claim.mac)
+        {
+            count(ctx, Verdict::UplinkNdConflict);
+        }
+    }
+    if enabled_node().is_none() {
+        return pass(ctx);
+    }
     let Some(asked) = ndp::solicitation(ctx) else {
         return pass(ctx);
     };

@@ -82,3 +82,11 @@ pub static ARP_CLAIMS: LruHashMap<Ipv4, ArpClaim, { MAX_ARP_CLAIMS as usize }> =
 /// object so that it is created and pinned with the others.
 #[btf_map(name = "arp_probes")]
 pub static ARP_PROBES: LruHashMap<Ipv4, ArpProbe, { MAX_ARP_PROBES as usize }> = LruHashMap::new();
+
+/// As `arp_claims`, for IPv6: who neighbour discovery from the wire says uses an address.
+#[btf_map(name = "nd_claims")]
+pub static ND_CLAIMS: LruHashMap<Ipv6, ArpClaim, { MAX_ARP_CLAIMS as usize }> = LruHashMap::new();
+
+/// As `arp_probes`, for IPv6 duplicate address detection. Userspace only.
+#[btf_map(name = "nd_probes")]
+pub static ND_PROBES: LruHashMap<Ipv6, ArpProbe, { MAX_ARP_PROBES as usize }> = LruHashMap::new();

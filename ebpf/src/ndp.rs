@@ -104,6 +104,84 @@ pub fn solicitation(ctx: &TcContext) -> Option<Solicitation> {
     }
 }
 
+/// What a neighbour discovery message from the wire says somebody uses: an address, with
+/// a MAC, and the ICMPv6 type that said so.
+pub struct Claim {
+    pub addr: [u8; 16],
+    pub mac: [u8; 6],
+    pub icmp_type: u8,
+}
+
+/// The fixed part of a solicitation or advertisement: type, code, checksum, flags or
+/// reserved, target.
+const ND_HEAD_LEN: usize = 24;
+const CLAIM_MIN_LEN: usize = ETH_HLEN + core::mem::size_of::<Ipv6Hdr>() + ND_HEAD_LEN;
+
+/// The claim the frame makes, if it is a neighbour solicitation or advertisement (no
+/// extension headers, hop limit 255, code 0): an advertisement claims its target, duplicate
+/// address detection (a solicitation from ::) the address it is about to take, another
+/// solicitation its source. The MAC is the one the message's first option names (the
+/// target's link-layer address of an advertisement, the source's of a solicitation) or
+/// else the frame's sender. Link-local, multicast and unspecified addresses claim nothing
+/// (no pod is given one). The checksum is not verified: a forged claim only keeps an
+/// address from being handed out, which anybody on the wire can do with a valid one.
+/// Makes the frame readable (which may move it).
+#[inline(always)]
+pub fn claim(ctx: &TcContext) -> Option<Claim> {
+    let len = ctx.len() as usize;
+    let with_option = len >= CLAIM_MIN_LEN + 8;
+    let want = if with_option { CLAIM_MIN_LEN + 8 } else { CLAIM_MIN_LEN };
+    if len < CLAIM_MIN_LEN || readable(ctx, want).is_err() {
+        return None;
+    }
+    let eth: *mut EthHdr = header(ctx, 0)?;
+    let ip: *mut Ipv6Hdr = header(ctx, ETH_HLEN)?;
+    let nd: *mut [u8; ND_HEAD_LEN] = header(ctx, ETH_HLEN + core::mem::size_of::<Ipv6Hdr>())?;
+    // SAFETY: every header was bounds-checked above.
+    unsafe {
+        let (ip_ref, nd_ref) = (&*ip, &*nd);
+        let payload_len = usize::from(u16::from_be_bytes(ip_ref.payload_len));
+        if (*eth).proto != ETH_P_IPV6.to_be()
+            || ip_ref.version_class_flow[0] >> 4 != 6
+            || ip_ref.next_header != IPPROTO_ICMPV6
+            || ip_ref.hop_limit != 255
+            || payload_len < ND_HEAD_LEN
+            || nd_ref[1] != 0
+        {
+            return None;
+        }
+        let mut target = [0u8; 16];
+        target.copy_from_slice(&nd_ref[8..24]);
+        let src = ip_ref.src;
+        let icmp_type = nd_ref[0];
+        let (addr, option) = match icmp_type {
+            ICMPV6_NEIGHBOR_ADVERT => (target, ND_OPT_TARGET_LLADDR),
+            ICMPV6_NEIGHBOR_SOLICIT if src == [0; 16] => (target, 0),
+            ICMPV6_NEIGHBOR_SOLICIT => (src, ND_OPT_SOURCE_LLADDR),
+            _ => return None,
+        };
+        let link_local = addr[0] == 0xfe && addr[1] & 0xc0 == 0x80;
+        if addr[0] == 0xff || addr == [0; 16] || link_local {
+            return None;
+        }
+        let mut mac = (*eth).src;
+        if with_option
+            && option != 0
+            && payload_len >= ND_HEAD_LEN + 8
+            && let Some(first) = header::<[u8; 8]>(ctx, CLAIM_MIN_LEN)
+        {
+            let first = &*first;
+            if first[0] == option && first[1] == 1 {
+                mac.copy_from_slice(&first[2..8]);
+            }
+        }
+        if mac[0] & 1 == 1 {
+            return None;
+        }
+        Some(Claim { addr, mac, icmp_type })
+    }
+}
+
 /// The source MAC of the frame when it is a neighbour advertisement in the form the plugin
 /// sends (ndp.rs of the plugin): Ethernet, IPv6, a 32-byte advertisement.
 #[inline(always)]

@@ -9,12 +9,16 @@
 //! announcement at that moment is dropped).
 use std::{
     io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
 const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
+/// What a probe reads of a frame: Ethernet, IPv6 and a neighbour discovery message up to
+/// its target.
+const RECEIVED_LEN: usize = 14 + 40 + 24;
 pub const ARP_FRAME_LEN: usize = 42;
 
 /// An Ethernet frame carrying ARP for IPv4.
@@ -51,18 +55,29 @@ pub fn announcement_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
     arp_frame([0xff; 6], 1, mac, ip, [0; 6], ip)
 }
 
-/// A raw ARP socket bound to one device.
+/// A raw packet socket bound to one device, receiving ARP (or IPv6, see
+/// [`ArpSocket::open_ipv6`]).
 pub struct ArpSocket {
     fd: OwnedFd,
     ifindex: u32,
     own_mac: [u8; 6],
+    protocol: u16,
 }
 
 impl ArpSocket {
     /// Opens a socket on device `ifindex` (in the calling thread's namespace), whose own
     /// MAC is `own_mac`.
     pub fn open(ifindex: u32, own_mac: [u8; 6]) -> io::Result<Self> {
-        // Created with protocol 0 and given ETH_P_ARP at bind: a socket that already
+        Self::open_for(ifindex, own_mac, ETH_P_ARP)
+    }
+
+    /// As [`ArpSocket::open`], receiving IPv6 (for duplicate address detection's answers).
+    pub fn open_ipv6(ifindex: u32, own_mac: [u8; 6]) -> io::Result<Self> {
+        Self::open_for(ifindex, own_mac, ETH_P_IPV6)
+    }
+
+    fn open_for(ifindex: u32, own_mac: [u8; 6], protocol: u16) -> io::Result<Self> {
+        // Created with protocol 0 and given its protocol at bind: a socket that already
         // receives must be unhooked to be rebound, which waits for an RCU grace period.
         // SAFETY: plain syscalls; the returned descriptor is owned right away.
         let fd = unsafe {
@@ -76,7 +91,12 @@ impl ArpSocket {
             }
             OwnedFd::from_raw_fd(fd)
         };
-        let socket = Self { fd, ifindex, own_mac };
+        let socket = Self {
+            fd,
+            ifindex,
+            own_mac,
+            protocol,
+        };
         let address = socket.address([0; 6]);
         // SAFETY: `address` is a valid sockaddr_ll of the given size.
         let bound = unsafe {
@@ -96,7 +116,7 @@ impl ArpSocket {
         // SAFETY: an all-zero sockaddr_ll is valid.
         let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         address.sll_family = libc::AF_PACKET as u16;
-        address.sll_protocol = ETH_P_ARP.to_be();
+        address.sll_protocol = self.protocol.to_be();
         address.sll_ifindex = self.ifindex as i32;
         address.sll_halen = 6;
         address.sll_addr[..6].copy_from_slice(&dst);
@@ -136,7 +156,7 @@ impl ArpSocket {
     }
 
     /// Waits up to `timeout` for a frame; `None` on timeout.
-    fn receive(&self, timeout: Duration) -> io::Result<Option<[u8; 64]>> {
+    fn receive(&self, timeout: Duration) -> io::Result<Option<[u8; RECEIVED_LEN]>> {
         let mut poll = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -151,7 +171,7 @@ impl ArpSocket {
         if ready == 0 {
             return Ok(None);
         }
-        let mut buffer = [0u8; 64];
+        let mut buffer = [0u8; RECEIVED_LEN];
         // SAFETY: the buffer is valid for its length.
         let read = unsafe { libc::recv(self.fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
         if read < 0 {
@@ -182,16 +202,17 @@ impl ArpSocket {
         self.send(&probe_frame(self.own_mac, ip))
     }
 
-    /// RFC 5227 probe: asks, with sender address 0.0.0.0, who has `ip`, twice within
-    /// `wait`. Returns the MAC of whoever answers, or `None` when nobody does in time.
-    pub fn probe(&self, ip: Ipv4Addr, wait: Duration) -> io::Result<Option<[u8; 6]>> {
-        let frame = probe_frame(self.own_mac, ip);
+    /// A probe for `ip` that waits: sends `frame` (RFC 5227's ARP probe, or duplicate
+    /// address detection's solicitation from ::) twice within `wait`. Returns the MAC of
+    /// whoever claims `ip` meanwhile, or `None` when nobody does in time. The socket must
+    /// receive `ip`'s family.
+    pub fn probe(&self, frame: &[u8], ip: IpAddr, wait: Duration) -> io::Result<Option<[u8; 6]>> {
         let started = Instant::now();
         let mut probes_sent = 0;
         loop {
             let elapsed = started.elapsed();
             if probes_sent < 2 && elapsed >= wait / 2 * probes_sent {
-                self.send(&frame)?;
+                self.send(frame)?;
                 probes_sent += 1;
             }
             if elapsed >= wait {
@@ -201,15 +222,38 @@ impl ArpSocket {
             let Some(reply) = self.receive(next_probe.saturating_sub(elapsed))? else {
                 continue;
             };
-            // Any ARP packet whose sender claims `ip` (a reply, or another prober's
-            // announcement) means the address is in use; probes have sender 0.0.0.0.
-            let is_arp = reply[12..14] == ETH_P_ARP.to_be_bytes();
-            let sender_ip = Ipv4Addr::new(reply[28], reply[29], reply[30], reply[31]);
-            let mut sender_mac = [0u8; 6];
-            sender_mac.copy_from_slice(&reply[22..28]);
-            if is_arp && sender_ip == ip && sender_mac != self.own_mac {
-                return Ok(Some(sender_mac));
+            if let Some(mac) = claimed_by(&reply, ip)
+                && mac != self.own_mac
+            {
+                return Ok(Some(mac));
             }
+        }
+    }
+}
+
+/// Who `frame` says uses `ip`, if it does. IPv4: any ARP packet whose sender is `ip` (a
+/// reply, or another prober's announcement; probes have sender 0.0.0.0). IPv6: a neighbour
+/// advertisement for `ip`, or another host's duplicate address detection of it (RFC 4862
+/// 5.4.3), by the frame's sender.
+fn claimed_by(frame: &[u8; RECEIVED_LEN], ip: IpAddr) -> Option<[u8; 6]> {
+    let mut sender = [0u8; 6];
+    match ip {
+        IpAddr::V4(ip) => {
+            let sender_ip = Ipv4Addr::new(frame[28], frame[29], frame[30], frame[31]);
+            sender.copy_from_slice(&frame[22..28]);
+            (frame[12..14] == ETH_P_ARP.to_be_bytes() && sender_ip == ip).then_some(sender)
+        }
+        IpAddr::V6(ip) => {
+            sender.copy_from_slice(&frame[6..12]);
+            let is_nd = frame[12..14] == ETH_P_IPV6.to_be_bytes() && frame[20] == 58 && frame[21] == 255;
+            let (icmp_type, target) = (frame[54], &frame[62..78]);
+            let from_unspecified = frame[22..38] == [0; 16];
+            let claims = match icmp_type {
+                136 => true,
+                135 => from_unspecified,
+                _ => false,
+            };
+            (is_nd && claims && target == ip.octets()).then_some(sender)
         }
     }
 }
@@ -217,6 +261,35 @@ impl ArpSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_reads_claims_of_its_address_only() {
+        let mac = [2, 0, 0, 0, 0, 9];
+        let v4 = Ipv4Addr::new(10, 10, 1, 7);
+        let mut reply = [0u8; RECEIVED_LEN];
+        reply[..ARP_FRAME_LEN].copy_from_slice(&arp_frame(mac, 2, mac, v4, [0; 6], v4));
+        assert_eq!(claimed_by(&reply, IpAddr::V4(v4)), Some(mac));
+        assert_eq!(claimed_by(&reply, "10.10.1.8".parse().expect("ip")), None);
+        let probe = probe_frame(mac, v4);
+        reply[..ARP_FRAME_LEN].copy_from_slice(&probe);
+        assert_eq!(claimed_by(&reply, IpAddr::V4(v4)), None, "a probe claims nothing");
+
+        let v6: std::net::Ipv6Addr = "fd10:10::1:7".parse().expect("ip");
+        let advertisement = crate::ndp::unsolicited_advertisement(mac, v6);
+        let mut frame = [0u8; RECEIVED_LEN];
+        frame.copy_from_slice(&advertisement[..RECEIVED_LEN]);
+        assert_eq!(claimed_by(&frame, IpAddr::V6(v6)), Some(mac));
+        assert_eq!(claimed_by(&frame, "fd10:10::1:8".parse().expect("ip")), None);
+        let detection = crate::ndp::dad_solicitation(mac, v6);
+        frame.copy_from_slice(&detection[..RECEIVED_LEN]);
+        assert_eq!(
+            claimed_by(&frame, IpAddr::V6(v6)),
+            Some(mac),
+            "another host's detection of the address"
+        );
+        frame[21] = 64;
+        assert_eq!(claimed_by(&frame, IpAddr::V6(v6)), None, "hop limit not 255");
+    }
 
     #[test]
     fn frames_follow_rfc_826_and_5227() {

@@ -111,7 +111,7 @@ pub struct NetworkReport {
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WireConflictReport {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// The pod's host-side veth.
     pub host_veth: String,
     pub pod_mac: Mac,
@@ -331,7 +331,7 @@ impl VerdictKind {
             | Verdict::DropSpoofedIpv6
             | Verdict::DropSpoofedNd
             | Verdict::DropOwnAdvertisement => VerdictKind::Drop,
-            Verdict::UplinkArpConflict => VerdictKind::Conflict,
+            Verdict::UplinkArpConflict | Verdict::UplinkNdConflict => VerdictKind::Conflict,
         }
     }
 }
@@ -458,7 +458,7 @@ async fn network_report(netlink: &Netlink, datapath: &Datapath) -> Result<Networ
     let node = datapath.node_config()?;
     let wire_conflicts = wire_conflicts(datapath, &endpoints);
     // Pins older than the probe map have none: nothing is probed ahead.
-    let probed_ahead = datapath.arp_probes().map_or(0, |probes| {
+    let probed_ahead = datapath.wire_probes().map_or(0, |probes| {
         // The latest ADD's next addresses (the agent keeps only those fresh).
         let of_latest_add = crate::cmd::wire::of_latest_add(&probes);
         probes.iter().filter(|(_, probe)| of_latest_add(probe)).count()
@@ -534,15 +534,29 @@ pub fn wire_conflicts(
     datapath: &Datapath,
     endpoints: &[(Endpoint, Vec<Ipv4Addr>)],
 ) -> Vec<WireConflictReport> {
-    let Ok(claims) = datapath.arp_claims() else {
+    let Ok(claims) = datapath.wire_claims() else {
         return Vec::new();
     };
     let now = kernel::monotonic_ns();
     let memory = kernel::nanos(crate::cmd::wire::CLAIM_MEMORY);
-    let pods: HashMap<Ipv4Addr, &Endpoint> = endpoints
+    let mut pods: HashMap<IpAddr, &Endpoint> = endpoints
         .iter()
-        .flat_map(|(endpoint, addresses)| addresses.iter().map(move |address| (*address, endpoint)))
+        .flat_map(|(endpoint, addresses)| {
+            addresses
+                .iter()
+                .map(move |address| (IpAddr::V4(*address), endpoint))
+        })
         .collect();
+    // Pins older than the IPv6 map: IPv4 only.
+    for (ifindex, addresses) in datapath.ipv6_addresses_by_port().unwrap_or_default() {
+        if let Some((endpoint, _)) = endpoints.iter().find(|(endpoint, _)| endpoint.ifindex == ifindex) {
+            pods.extend(
+                addresses
+                    .into_iter()
+                    .map(|address| (IpAddr::V6(address), endpoint)),
+            );
+        }
+    }
     let mut conflicts: Vec<WireConflictReport> = claims
         .into_iter()
         .filter_map(|(address, claim)| {

@@ -820,3 +820,101 @@ fn a_pods_address_claimed_on_the_wire_is_reported_logged_once_and_defended() {
     );
     assert!(log.contains(&format_mac(intruder)), "{log}");
 }
+
+/// The unsolicited advertisements (Override only: not the answers to solicitations) among
+/// `frames` that `ip` is at `mac`, sent by `mac`.
+fn advertisements(frames: &[Vec<u8>], mac: [u8; 6], ip: [u8; 16]) -> usize {
+    frames
+        .iter()
+        .filter(|frame| {
+            frame.len() >= 78
+                && frame[6..12] == mac
+                && frame[12..14] == [0x86, 0xdd]
+                && frame[54] == 136
+                && frame[58] == 0x20
+                && frame[62..78] == ip
+        })
+        .count()
+}
+
+#[test]
+fn a_pods_ipv6_address_claimed_on_the_wire_is_reported_logged_and_defended() {
+    use flatbridge_tests::{
+        fabric::{EXTERNAL_IPV6, Fabric},
+        frames::{ALL_NODES, NA_OVERRIDE, format_mac, neighbor_advertisement, parse_mac},
+        raw::{Capture, Sender, send_frame},
+    };
+    require_root();
+    let fabric = Fabric::dual_stack(1, None);
+    let one = &fabric.nodes[0];
+    let pod = Pod::new("claimed6");
+    one.node
+        .cni("ADD", &pod.env("eth0"), &one.dual_stack_config("1.0.0"))
+        .ok("ADD");
+    let address = pod.ipv6("eth0").expect("IPv6 address");
+    let ip: std::net::Ipv6Addr = address.parse().expect("ipv6");
+    let pod_mac = parse_mac(&pod.netns.mac("eth0"));
+    let intruder = [0x02, 0x66, 0x00, 0x00, 0x00, 0x06];
+    // The external host reaches the pod: the uplink program answers its solicitation.
+    let reply = fabric.external.ok(&["ping", "-c", "1", "-W", "2", &address]);
+    assert!(reply.contains("1 received"), "{reply}");
+    assert!(pod.ping(EXTERNAL_IPV6));
+    let before = one.node.counter(NET, "uplink_nd_conflict");
+
+    let agent = Agent::start(&one.node, 200, 300);
+    let capture = Capture::start(&fabric.external, "eth0");
+    // A host on the wire advertises the pod's address with its own MAC.
+    let claim = neighbor_advertisement(
+        intruder,
+        ip.octets(),
+        ALL_NODES,
+        ip.octets(),
+        NA_OVERRIDE,
+        intruder,
+    );
+    send_frame(&fabric.external, "eth0", &claim, Sender::Plain).expect("send the claim");
+    wait_for("the agent's defence", &agent, || {
+        advertisements(&capture.frames(), pod_mac, ip.octets()) > 0
+    });
+    let frames = capture.stop();
+    assert_eq!(one.node.counter(NET, "uplink_nd_conflict"), before + 1);
+    let report = one.node.status();
+    let conflicts = report["networks"][0]["wire_conflicts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(conflicts.len(), 1, "{report}");
+    assert_eq!(conflicts[0]["address"], address.as_str());
+    assert_eq!(conflicts[0]["claimed_by"], format_mac(intruder));
+    assert_eq!(conflicts[0]["pod_mac"], format_mac(pod_mac));
+    let metrics = agent.metrics();
+    assert_eq!(
+        sample(&metrics, "flatbridge_wire_conflicts", "network=\"data\""),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "flatbridge_wire_conflict_frames_total",
+            "network=\"data\",verdict=\"uplink_nd_conflict\""
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "flatbridge_nd_answered_total",
+            "network=\"data\",verdict=\"uplink_nd_answered\""
+        ) >= 1.0,
+        "{metrics}"
+    );
+    // One defence is two frames.
+    assert_eq!(
+        advertisements(&frames, pod_mac, ip.octets()),
+        2,
+        "{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert_eq!(log.matches("is claimed on the wire by").count(), 1, "{log}");
+}

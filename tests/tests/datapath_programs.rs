@@ -1895,3 +1895,90 @@ fn a_pods_own_advertisement_never_comes_back_to_it_and_anothers_does() {
         assert_eq!(out, frame, "{what}: the frame was changed");
     }
 }
+
+/// The claim `world`'s uplink program remembered for `ip`: its MAC and ICMPv6 type.
+fn nd_claim(world: &World, ip: [u8; 16]) -> Option<([u8; 6], u16)> {
+    world
+        .datapath
+        .wire_claim(std::net::Ipv6Addr::from(ip).into())
+        .expect("read nd_claims")
+        .map(|claim| (claim.mac, claim.op))
+}
+
+#[test]
+fn neighbour_discovery_from_the_wire_is_remembered_as_claims_and_a_pods_address_counted() {
+    const HOLDER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
+    const TLLA: [u8; 6] = [0x02, 0, 0, 0, 0, 0x78];
+    let taken = |last: u8| {
+        let mut ip = IPV6_OUTSIDE;
+        ip[13] = 1;
+        ip[15] = last;
+        ip
+    };
+    // Remembered whatever the node's settings (ADD probes before any pod enabled them).
+    let world = dual_stack(World::new(0, true));
+    // An advertisement (the answer to a probe goes to all nodes): its target, by the MAC of
+    // its target link-layer option.
+    let answer = frames::neighbor_advertisement(HOLDER, taken(10), frames::ALL_NODES, taken(10), 0, TLLA);
+    let (action, _, _) = world.run(FROM_UPLINK, world.uplink, &answer, Verdict::UplinkToBridge);
+    assert_eq!(action, TC_ACT_OK, "the advertisement goes on to the bridge");
+    assert_eq!(nd_claim(&world, taken(10)), Some((TLLA, 136)));
+    // Another host's duplicate address detection: its target, by the frame's sender.
+    let detection = frames::neighbor_solicitation(HOLDER, [0; 16], taken(11), None);
+    world.run(FROM_UPLINK, world.uplink, &detection, Verdict::UplinkToBridge);
+    assert_eq!(nd_claim(&world, taken(11)), Some((HOLDER, 135)));
+    // A solicitation from an address: its source, by the source link-layer option.
+    let asking = frames::neighbor_solicitation(HOLDER, taken(12), taken(99), Some(TLLA));
+    world.run(FROM_UPLINK, world.uplink, &asking, Verdict::UplinkToBridge);
+    assert_eq!(nd_claim(&world, taken(12)), Some((TLLA, 135)));
+    assert_eq!(
+        nd_claim(&world, taken(99)),
+        None,
+        "asking for an address claims nothing"
+    );
+    // No claim: hop limit not 255 (off-link), a link-local target, a multicast sender.
+    let mut routed = frames::neighbor_advertisement(HOLDER, taken(13), frames::ALL_NODES, taken(13), 0, TLLA);
+    routed[14 + 7] = 64;
+    world.run(FROM_UPLINK, world.uplink, &routed, Verdict::UplinkToBridge);
+    assert_eq!(nd_claim(&world, taken(13)), None, "hop limit 64");
+    let link_local = ll(HOLDER);
+    let own_ll = frames::neighbor_advertisement(HOLDER, link_local, frames::ALL_NODES, link_local, 0, HOLDER);
+    world.run(FROM_UPLINK, world.uplink, &own_ll, Verdict::UplinkToBridge);
+    assert_eq!(nd_claim(&world, link_local), None, "a link-local address");
+    let mut group_sender = frames::neighbor_solicitation(HOLDER, [0; 16], taken(14), None);
+    group_sender[6] |= 1;
+    world.run(FROM_UPLINK, world.uplink, &group_sender, Verdict::UplinkToBridge);
+    assert_eq!(nd_claim(&world, taken(14)), None, "a multicast sender");
+
+    // A claim of a local pod's address under another MAC is a conflict, counted; the pod's
+    // own MAC is none.
+    let intruder = frames::neighbor_advertisement(
+        HOLDER,
+        IPV6_B,
+        frames::ALL_NODES,
+        IPV6_B,
+        frames::NA_OVERRIDE,
+        HOLDER,
+    );
+    let (action, _, counted) = world.run(FROM_UPLINK, world.uplink, &intruder, Verdict::UplinkNdConflict);
+    assert_eq!((action, counted), (TC_ACT_OK, 1), "a claim of B's address");
+    let own = frames::neighbor_advertisement(
+        MAC_B,
+        IPV6_B,
+        frames::ALL_NODES,
+        IPV6_B,
+        frames::NA_OVERRIDE,
+        MAC_B,
+    );
+    let (_, _, counted) = world.run(FROM_UPLINK, world.uplink, &own, Verdict::UplinkNdConflict);
+    assert_eq!(counted, 0, "B's own MAC");
+    assert_eq!(nd_claim(&world, IPV6_B), Some((MAC_B, 136)), "the latest claim");
+    // IPv4 claims stay in their own map.
+    assert_eq!(
+        world
+            .datapath
+            .wire_claim(Ipv4Addr::from(IP_B).into())
+            .expect("read arp_claims"),
+        None
+    );
+}

@@ -468,6 +468,111 @@ fn an_address_in_use_on_the_wire_is_never_handed_out() {
         .error("ADD asking for the conflicting address", 106);
 }
 
+#[test]
+fn an_ipv6_address_in_use_on_the_wire_is_never_handed_out() {
+    ipv6_address_in_use_is_never_handed_out(true);
+}
+
+#[test]
+fn without_the_fast_path_an_ipv6_address_in_use_on_the_wire_is_never_handed_out() {
+    // No datapath: a packet socket on the bridge probes and reads the answers itself.
+    ipv6_address_in_use_is_never_handed_out(false);
+}
+
+fn ipv6_address_in_use_is_never_handed_out(fast_path: bool) {
+    require_root();
+    let fabric = Fabric::dual_stack(1, None);
+    let one = &fabric.nodes[0];
+    let mut config = one.dual_stack_config("1.0.0");
+    config["fastPath"] = fast_path.into();
+    // The external host holds the first IPv6 address of node 1's range (it added it without
+    // a word: Linux's own detection is skipped, as on a host that took it long ago).
+    fabric.external.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd10:10::1:1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let external_mac = fabric.external.mac("eth0");
+    let pod = Pod::new("dup6");
+    let result = one.node.cni("ADD", &pod.env("eth0"), &config).ok("ADD");
+    assert_eq!(result["ips"][0]["address"], "10.10.1.1/16", "{result}");
+    assert_eq!(result["ips"][1]["address"], "fd10:10::1:2/64", "{result}");
+    let report = one.node.status();
+    let conflicts = report["conflicts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(conflicts.len(), 1, "{report}");
+    assert_eq!(conflicts[0]["address"], "fd10:10::1:1");
+    assert_eq!(conflicts[0]["mac"], external_mac);
+    assert!(
+        one.node
+            .log()
+            .contains("fd10:10::1:1 is already in use on the network"),
+        "{}",
+        one.node.log()
+    );
+    // The pod has only its own addresses, and reaches the external host over IPv6.
+    assert_eq!(pod.ipv6("eth0").as_deref(), Some("fd10:10::1:2"));
+    assert!(pod.ping(EXTERNAL_IPV6));
+    // Next pods skip it too; asking for it explicitly is refused.
+    let next = Pod::new("dup6b");
+    let result = one.node.cni("ADD", &next.env("eth0"), &config).ok("ADD");
+    assert_eq!(result["ips"][1]["address"], "fd10:10::1:3/64", "{result}");
+    let third = Pod::new("dup6c");
+    let env = CniEnv {
+        args: "IP=fd10:10::1:1".into(),
+        ..third.env("eth0")
+    };
+    one.node
+        .cni("ADD", &env, &config)
+        .error("ADD asking for the conflicting IPv6 address", 106);
+}
+
+#[test]
+fn an_ipv6_address_taken_silently_after_its_probe_fails_the_add_that_hands_it_out() {
+    require_root();
+    let fabric = Fabric::dual_stack(1, None);
+    let one = &fabric.nodes[0];
+    let mut config = one.dual_stack_config("1.0.0");
+    config["arpProbeMs"] = 300.into();
+    // As for IPv4: two ADDs probe the next addresses twice, so fd10:10::1:3 is then handed
+    // out without a wait, its probes long unanswered.
+    for (i, address) in ["fd10:10::1:1/64", "fd10:10::1:2/64"].iter().enumerate() {
+        let pod = Pod::new(&format!("silent6{i}"));
+        let (result, _) = timed_add(&one.node, &pod, &config);
+        assert_eq!(result["ips"][1]["address"], *address, "{result}");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    fabric.external.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd10:10::1:3/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let external_mac = fabric.external.mac("eth0");
+    let veths_before = one.node.host_veths();
+    let late = Pod::new("silent6x");
+    let msg = one
+        .node
+        .cni("ADD", &late.env("eth0"), &config)
+        .error("ADD handing out an IPv6 address taken after its probe", 102);
+    assert!(
+        msg.contains("fd10:10::1:3") && msg.contains(&external_mac),
+        "the error names neither the address nor its holder: {msg}"
+    );
+    assert_eq!(one.node.host_veths(), veths_before, "the failed ADD left a veth");
+    // The runtime's retry takes the next address.
+    let (result, _) = timed_add(&one.node, &late, &config);
+    assert_eq!(result["ips"][1]["address"], "fd10:10::1:4/64", "{result}");
+}
+
 /// The seed config of `node` with a probe time of `ms`.
 fn with_probe_ms(node: &flatbridge_tests::fabric::FabricNode, ms: u64) -> serde_json::Value {
     let mut config = node.config("1.0.0");
@@ -483,12 +588,31 @@ fn timed_add(node: &Node, pod: &Pod, config: &serde_json::Value) -> (serde_json:
 
 #[test]
 fn after_the_first_add_addresses_probed_ahead_are_handed_out_without_waiting() {
+    probed_ahead_without_waiting(false);
+}
+
+#[test]
+fn dual_stack_addresses_probed_ahead_are_handed_out_without_waiting() {
+    // The IPv6 addresses too: probed ahead by duplicate address detection.
+    probed_ahead_without_waiting(true);
+}
+
+fn probed_ahead_without_waiting(dual_stack: bool) {
     require_root();
-    let fabric = Fabric::new(1, None);
+    let fabric = if dual_stack {
+        Fabric::dual_stack(1, None)
+    } else {
+        Fabric::new(1, None)
+    };
     let one = &fabric.nodes[0];
     // A probe time far above what an ADD takes here, so that a wait cannot hide.
     const PROBE_MS: u64 = 1500;
-    let config = with_probe_ms(one, PROBE_MS);
+    let mut config = if dual_stack {
+        one.dual_stack_config("1.0.0")
+    } else {
+        one.config("1.0.0")
+    };
+    config["arpProbeMs"] = PROBE_MS.into();
     let first = Pod::new("ahead0");
     let (result, took) = timed_add(&one.node, &first, &config);
     assert_eq!(result["ips"][0]["address"], "10.10.1.1/16");
@@ -496,25 +620,40 @@ fn after_the_first_add_addresses_probed_ahead_are_handed_out_without_waiting() {
         took >= Duration::from_millis(PROBE_MS),
         "the first ADD on a node has nothing probed ahead and must wait for its probe: {took:?}"
     );
+    // Both its addresses wait at once: one after the other would take twice the probe time.
+    assert!(
+        !dual_stack || took < Duration::from_millis(PROBE_MS * 2 - 300),
+        "the first dual-stack ADD waited for its probes one after the other: {took:?}"
+    );
     let probed = one.node.status()["networks"][0]["probed_ahead"]
         .as_u64()
         .expect("probed_ahead");
-    assert!(probed >= 30, "the first ADD probed only {probed} addresses ahead");
+    let expected = if dual_stack { 60 } else { 30 };
+    assert!(
+        probed >= expected,
+        "the first ADD probed only {probed} addresses ahead"
+    );
     // The probes age while nothing happens, as between pods on a real node.
     std::thread::sleep(Duration::from_millis(PROBE_MS + 100));
     for (i, expected) in (2..=5).enumerate() {
         let pod = Pod::new(&format!("ahead{}", i + 1));
         let (result, took) = timed_add(&one.node, &pod, &config);
         assert_eq!(result["ips"][0]["address"], format!("10.10.1.{expected}/16"));
+        if dual_stack {
+            assert_eq!(result["ips"][1]["address"], format!("fd10:10::1:{expected}/64"));
+        }
         assert!(
             took < Duration::from_millis(PROBE_MS * 2 / 3),
-            "ADD {expected} waited for a probe although its address was probed ahead: {took:?}"
+            "ADD {expected} waited for a probe although its addresses were probed ahead: {took:?}"
         );
         // And the pod is on the wire.
         assert!(
             pod.ping(EXTERNAL_IP),
             "pod {expected} cannot reach the external host"
         );
+        if dual_stack {
+            assert!(pod.ping(EXTERNAL_IPV6), "pod {expected} over IPv6");
+        }
     }
 }
 

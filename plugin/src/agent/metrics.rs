@@ -236,7 +236,7 @@ impl Collector for Snapshot {
                 "flatbridge_wire_conflict_frames",
                 None,
                 "verdict",
-                "ARP frames from the wire that claimed a local pod's address with another MAC",
+                "ARP and neighbour discovery frames from the wire that claimed a local pod's address with another MAC",
             ),
         ] {
             let rows = |bytes: bool| -> Vec<(Labels, ConstCounter<u64>)> {

@@ -3,7 +3,7 @@
 //! logged and counted, each action logged and counted.
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -44,7 +44,7 @@ pub(crate) fn leases_without_veth(
 type Missing = HashMap<(String, IpAddr, crate::ipam::Owner), Instant>;
 
 /// A pod's address claimed on the wire by another MAC: network, address, claimer.
-type WireConflict = (String, Ipv4Addr, [u8; 6]);
+type WireConflict = (String, IpAddr, [u8; 6]);
 
 /// RFC 5227's DEFEND_INTERVAL: a pod's address is defended at most once per 10 s.
 pub const DEFEND_INTERVAL: Duration = Duration::from_secs(10);
@@ -100,7 +100,7 @@ pub struct Reconciler {
     /// Conflicts logged already (each is logged once while it lasts).
     conflicts_logged: HashSet<WireConflict>,
     /// How each address was last defended, by network.
-    defended: HashMap<(String, Ipv4Addr), Defence>,
+    defended: HashMap<(String, IpAddr), Defence>,
 }
 
 impl Reconciler {
@@ -357,7 +357,7 @@ impl Reconciler {
                 }
                 Defend::Now => {}
             }
-            match wire.announce(conflict.pod_mac.0, conflict.address) {
+            match wire.announce_any(conflict.pod_mac.0, conflict.address) {
                 Ok(()) => {
                     log::info!(
                         "reconcile: network {network}: defended {} ({}) against {}",
@@ -382,20 +382,23 @@ impl Reconciler {
                 Err(error) => self.failed(&format!("defending {}", conflict.address), &error),
             }
         }
-        let pods: HashSet<Ipv4Addr> = endpoints
+        let mut pods: HashSet<IpAddr> = endpoints
             .iter()
-            .flat_map(|(_, addresses)| addresses.iter().copied())
+            .flat_map(|(_, addresses)| addresses.iter().map(|address| IpAddr::V4(*address)))
             .collect();
+        // Pins older than the IPv6 map: IPv4 only.
+        let ipv6 = datapath.ipv6_addresses_by_port().unwrap_or_default();
+        pods.extend(ipv6.into_values().flatten().map(IpAddr::V6));
         self.defended
             .retain(|(owner, address), _| *owner != network || pods.contains(address));
-        let probes = match datapath.arp_probes() {
+        let probes = match datapath.wire_probes() {
             Ok(probes) => probes,
             // Pins older than the probe map: ADD probes and waits.
             Err(_) => return,
         };
         let (forget, reprobe) = wire::upkeep(&probes, &pods, now);
         for ip in forget {
-            let _ = datapath.forget_arp_probe(ip);
+            let _ = datapath.forget_wire_probe(ip);
         }
         let mut probed = 0;
         for ip in reprobe {

@@ -1,7 +1,6 @@
 //! ADD: bridge, address lease, veth pair with its peer created inside the pod, addresses
 //! and routes in the pod. Every step that creates something registers its undo; a failure
 //! at any step undoes them all, so a failed ADD leaves no lease and no veth behind.
-use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
@@ -274,14 +273,14 @@ impl Steps<'_> {
         // Before anything announces the addresses: one claimed on the wire while ADD ran
         // must not be announced over its holder.
         if let Some(wire) = wire
-            && let Err((ip, mac)) = wire.finish(late, pod_mac, result.ipv4s())
+            && let Err((ip, mac)) = wire.finish(late, pod_mac, result.ips.iter().map(|ip| ip.address.ip()))
         {
             // As when a probe is answered: marked only where IPAM can hand out another (not
             // a requested address, not another plugin's), and a marker that cannot be
             // written leaves the conflict what it is.
             let marked = match self.ipam.filter(|ipam| ipam.can_reallocate()) {
                 None => wire::Marked::NotReallocatable,
-                Some(ipam) => match ipam.mark_conflict(self.request, IpAddr::V4(ip), mac) {
+                Some(ipam) => match ipam.mark_conflict(self.request, ip, mac) {
                     Ok(()) => wire::Marked::Yes,
                     Err(error) => {
                         log::error!("marking {ip} as conflicting failed: {error}");
@@ -402,8 +401,9 @@ impl Steps<'_> {
         Ok(())
     }
 
-    /// Leases the pod's addresses. On a wire, each IPv4 address is checked first (RFC 5227,
-    /// see `wire`; the next ones are probed ahead); one that somebody claims is marked as
+    /// Leases the pod's addresses. On a wire, each address is checked first (RFC 5227 and
+    /// RFC 4862's duplicate address detection, see `wire`; the next ones are probed ahead);
+    /// one that somebody claims is marked as
     /// conflicting in IPAM, logged, and replaced by another. Returns, with the result, the
     /// addresses to check again at the end of ADD.
     async fn lease(
@@ -429,7 +429,7 @@ impl Steps<'_> {
             };
             // First, so that the wait for this lease's probe (if any) ages these too.
             wire.probe_ahead(&upcoming, wait);
-            let (ip, mac) = match wire.check(result.ipv4s(), wait)? {
+            let (ip, mac) = match wire.check(result.ips.iter().map(|ip| ip.address.ip()), wait)? {
                 Outcome::Free(late) => return Ok((result, late)),
                 Outcome::InUse { ip, mac } => (ip, mac),
             };
@@ -443,7 +443,7 @@ impl Steps<'_> {
             log::warn!(
                 "address {ip} is already in use on the network by {holder}: marked as conflicting in IPAM"
             );
-            ipam.mark_conflict(self.request, IpAddr::V4(ip), mac)?;
+            ipam.mark_conflict(self.request, ip, mac)?;
         }
         Err(CniError::new(
             code::ADDRESS_CONFLICT,

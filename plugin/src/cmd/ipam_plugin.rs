@@ -1,11 +1,6 @@
 //! IPAM for the verbs: `host-local` is served in-process with its exact semantics and
 //! files; any other `ipam.type` is delegated to that plugin in CNI_PATH.
-use std::{
-    collections::HashSet,
-    net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
-    time::SystemTime,
-};
+use std::{collections::HashSet, net::IpAddr, path::PathBuf, time::SystemTime};
 
 use ipnetwork::IpNetwork;
 
@@ -52,7 +47,7 @@ impl IpamPlugin {
         request: &Request,
         owner: &Owner,
         ahead: usize,
-    ) -> Result<(CniResult, Vec<Ipv4Addr>), CniError> {
+    ) -> Result<(CniResult, Vec<IpAddr>), CniError> {
         match self {
             IpamPlugin::HostLocal(config) => {
                 // Read before anything is leased, so that failing to read it strands nothing.
@@ -73,13 +68,6 @@ impl IpamPlugin {
                     }
                 };
                 drop(store);
-                let upcoming = upcoming
-                    .into_iter()
-                    .filter_map(|ip| match ip {
-                        IpAddr::V4(ip) => Some(ip),
-                        IpAddr::V6(_) => None,
-                    })
-                    .collect();
                 log::info!(
                     "leased {} to {owner}",
                     allocations

@@ -1,9 +1,13 @@
-//! ADD's promise that an address it hands out is used by nobody on the wire (RFC 5227),
-//! mostly without waiting for it.
+//! ADD's promise that an address it hands out is used by nobody on the wire (RFC 5227 for
+//! IPv4, RFC 4862's duplicate address detection for IPv6), mostly without waiting for it.
 //!
 //! The uplink program remembers the sender of every ARP frame from the wire
 //! (`arp_claims`): a host that uses an address names it whenever it ARPs, and answers a
-//! probe for it. Each ADD probes the addresses IPAM will hand out next, without waiting
+//! probe for it. For IPv6 it remembers who neighbour discovery says uses an address
+//! (`nd_claims`): the target of an advertisement (the answer to a probe, a solicitation
+//! from :: to the address's solicited-node group, goes to all nodes), the source of a
+//! solicitation, the target of another host's own detection. Both families take the same
+//! steps below, each in its own maps. Each ADD probes the addresses IPAM will hand out next, without waiting
 //! (`arp_probes` keeps when), and a second time once half the probe time has passed. An
 //! address probed twice so (the first time at least `arpProbeMs` ago) and claimed by
 //! nobody since is handed out at once, with one more probe. An address probed too
@@ -14,14 +18,16 @@
 //! as conflicting where IPAM can hand out another, so that the retry does). The agent
 //! keeps the next addresses of the latest ADD fresh.
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
 use flatbridge_common::{ArpClaim, ArpProbe};
 
+use crate::datapath::DatapathError;
+
 use crate::{
-    arp::{ArpSocket, announcement_frame, probe_frame},
+    arp::{ArpSocket, announcement_frame},
     cni::{CniError, code},
     datapath::Datapath,
     kernel::{monotonic_ns, nanos as ns},
@@ -120,13 +126,14 @@ pub struct Wire<'a> {
     pub bridge_mac: [u8; 6],
     pub memory: Option<&'a Datapath>,
     socket: std::cell::OnceCell<ArpSocket>,
+    nd_socket: std::cell::OnceCell<ArpSocket>,
 }
 
 /// An address checked before it was handed out: a claim after `since_ns` (its first probe)
 /// is checked again at the end of ADD, when the pod is about to be announced.
 #[derive(Clone, Copy, Debug)]
 pub struct LateCheck {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub since_ns: u64,
 }
 
@@ -135,10 +142,10 @@ pub enum Outcome {
     /// Nobody uses them (the datapath's memory is to be asked again at the end of ADD).
     Free(Vec<LateCheck>),
     /// `ip` is in use by `mac`.
-    InUse { ip: Ipv4Addr, mac: [u8; 6] },
+    InUse { ip: IpAddr, mac: [u8; 6] },
 }
 
-fn probe_error(ip: Ipv4Addr, error: impl std::fmt::Display) -> CniError {
+fn probe_error(ip: IpAddr, error: impl std::fmt::Display) -> CniError {
     CniError::new(
         code::IO_FAILURE,
         format!("failed to probe {ip} on the wire: {error}"),
@@ -152,15 +159,46 @@ impl<'a> Wire<'a> {
             bridge_mac,
             memory,
             socket: std::cell::OnceCell::new(),
+            nd_socket: std::cell::OnceCell::new(),
         }
     }
 
+    /// The packet socket that sends frames (and receives ARP).
     fn socket(&self) -> std::io::Result<&ArpSocket> {
         if let Some(socket) = self.socket.get() {
             return Ok(socket);
         }
         let socket = ArpSocket::open(self.bridge_ifindex, self.bridge_mac)?;
         Ok(self.socket.get_or_init(|| socket))
+    }
+
+    /// The packet socket that probes `ip`: it receives the answers of its family.
+    fn probing_socket(&self, ip: IpAddr) -> std::io::Result<&ArpSocket> {
+        if ip.is_ipv4() {
+            return self.socket();
+        }
+        if let Some(socket) = self.nd_socket.get() {
+            return Ok(socket);
+        }
+        let socket = ArpSocket::open_ipv6(self.bridge_ifindex, self.bridge_mac)?;
+        Ok(self.nd_socket.get_or_init(|| socket))
+    }
+
+    /// The probe for `ip` from the bridge: an RFC 5227 ARP probe, or RFC 4862 duplicate
+    /// address detection (a solicitation from ::).
+    fn probe_frame(&self, ip: IpAddr) -> Vec<u8> {
+        match ip {
+            IpAddr::V4(ip) => crate::arp::probe_frame(self.bridge_mac, ip).to_vec(),
+            IpAddr::V6(ip) => crate::ndp::dad_solicitation(self.bridge_mac, ip).to_vec(),
+        }
+    }
+
+    /// The last claim of `ip` the memory has, unless it is the bridge's own (a probe of
+    /// ours the wire sent back).
+    fn claim(&self, memory: &Datapath, ip: IpAddr) -> Result<Option<ArpClaim>, DatapathError> {
+        Ok(memory
+            .wire_claim(ip)?
+            .filter(|claim| claim.mac != self.bridge_mac))
     }
 
     /// Sends one frame out of the bridge: through the datapath when there is one, over the
@@ -182,6 +220,14 @@ impl<'a> Wire<'a> {
         self.send(&frame).map(drop)
     }
 
+    /// Announces that `ip` is at `mac`, as [`Self::announce`] or [`Self::announce_ipv6`].
+    pub fn announce_any(&self, mac: [u8; 6], ip: IpAddr) -> std::io::Result<()> {
+        match ip {
+            IpAddr::V4(ip) => self.announce(mac, ip),
+            IpAddr::V6(ip) => self.announce_ipv6(mac, ip),
+        }
+    }
+
     /// Announces that the IPv6 address `ip` is at `mac` (an unsolicited Neighbor
     /// Advertisement with Override, RFC 4861 7.2.6), twice.
     pub fn announce_ipv6(&self, mac: [u8; 6], ip: Ipv6Addr) -> std::io::Result<()> {
@@ -193,11 +239,11 @@ impl<'a> Wire<'a> {
     /// Marks each of `upcoming` as wanted by this ADD (one stamp for all: the agent keeps
     /// the latest ADD's fresh) and probes the ones that want it ([`wants_probe_ahead`]),
     /// waiting for nothing. Failures cost the next pods a wait, nothing else.
-    pub fn probe_ahead(&self, upcoming: &[Ipv4Addr], wait: Duration) {
+    pub fn probe_ahead(&self, upcoming: &[IpAddr], wait: Duration) {
         let Some(memory) = self.memory else {
             return;
         };
-        let probes = match memory.want_arp_probes(upcoming, monotonic_ns()) {
+        let probes = match memory.want_wire_probes(upcoming, monotonic_ns()) {
             Ok(probes) => probes,
             Err(error) => {
                 log::debug!("marking the next addresses to probe ahead failed: {error}");
@@ -216,100 +262,137 @@ impl<'a> Wire<'a> {
     }
 
     /// One probe for `ip`, recorded in the memory when there is one; when it was sent.
-    pub fn probe(&self, ip: Ipv4Addr) -> Result<u64, CniError> {
+    pub fn probe(&self, ip: IpAddr) -> Result<u64, CniError> {
         let sent = monotonic_ns();
-        self.send(&probe_frame(self.bridge_mac, ip))
+        self.send(&self.probe_frame(ip))
             .map_err(|error| probe_error(ip, error))?;
         if let Some(memory) = self.memory {
-            memory.record_arp_probe(ip, sent)?;
+            memory.record_wire_probe(ip, sent)?;
         }
         Ok(sent)
     }
 
-    /// RFC 5227's probe, waited for: two probes within `wait`, then whether anybody
-    /// claimed `ip` since the first. Through the datapath and its memory when both work
-    /// (the memory is asked again at the end of ADD), over the socket (which reads the
-    /// answers itself) otherwise.
-    fn probe_and_wait(&self, ip: Ipv4Addr, wait: Duration) -> Result<Option<Checked>, CniError> {
-        let probed_at = monotonic_ns();
-        let frame = probe_frame(self.bridge_mac, ip);
-        if let Some(memory) = self.memory
-            && self.send(&frame).map_err(|error| probe_error(ip, error))?
-        {
-            let _ = memory.record_arp_probe(ip, probed_at);
-            std::thread::sleep(wait / 2);
-            let second = monotonic_ns();
-            self.send(&frame).map_err(|error| probe_error(ip, error))?;
-            let _ = memory.record_arp_probe(ip, second);
-            let claim = claim_after_wait(memory, ip, probed_at, wait)?;
-            return Ok(Some(Checked::after(claim, ip, probed_at)));
-        }
-        let answer = self
-            .socket()
-            .and_then(|socket| socket.probe(ip, wait))
-            .map_err(|error| probe_error(ip, error))?;
-        let Some(memory) = self.memory else {
-            return Ok(answer.map(Checked::InUse));
-        };
-        // The datapath could not send (pins of before the inject program): its memory of
-        // claims is still asked at the end of ADD.
-        let _ = memory.record_arp_probe(ip, probed_at);
-        Ok(Some(Checked::after(answer, ip, probed_at)))
-    }
-
-    /// Checks each of `ips` (the IPv4 addresses of one lease) before it is handed out.
-    pub fn check(
-        &self,
-        ips: impl IntoIterator<Item = Ipv4Addr>,
-        wait: Duration,
-    ) -> Result<Outcome, CniError> {
+    /// Checks each of `ips` (the addresses of one lease) before it is handed out. The
+    /// addresses that must wait for their probes wait together: each probe and each look
+    /// at the memory at its own time, so that a dual-stack lease waits no longer than one
+    /// address.
+    pub fn check(&self, ips: impl IntoIterator<Item = IpAddr>, wait: Duration) -> Result<Outcome, CniError> {
         let mut late = Vec::new();
+        let mut waiting = Vec::new();
         for ip in ips {
-            match self.check_one(ip, wait)? {
-                Some(Checked::Late(check)) => late.push(check),
-                Some(Checked::InUse(mac)) => {
-                    if let Some(memory) = self.memory {
-                        let _ = memory.forget_arp_probe(ip);
-                    }
-                    return Ok(Outcome::InUse { ip, mac });
-                }
-                None => {}
+            match self.start_check(ip, wait)? {
+                Step::Done(Checked::Late(check)) => late.push(check),
+                Step::Done(Checked::InUse(mac)) => return Ok(self.in_use(ip, mac)),
+                Step::Wait(waits) => waiting.push(waits),
+            }
+        }
+        while let Some(next) = (0..waiting.len()).min_by_key(|&i| waiting[i].next_ns()) {
+            let waits = &mut waiting[next];
+            sleep_until(waits.next_ns());
+            if waits.second_probe_ns.take().is_some() {
+                let sent = self.probe_unrecorded_ok(waits.ip)?;
+                waits.check_ns = waits.check_ns.max(sent.saturating_add(ns(wait / 2)));
+                continue;
+            }
+            let Waiting { ip, since_ns, .. } = waiting.swap_remove(next);
+            let Some(memory) = self.memory else {
+                continue;
+            };
+            let claim = self
+                .claim(memory, ip)?
+                .filter(|claim| claim.seen_ns >= since_ns)
+                .map(|claim| claim.mac);
+            match Checked::after(claim, ip, since_ns) {
+                Checked::Late(check) => late.push(check),
+                Checked::InUse(mac) => return Ok(self.in_use(ip, mac)),
             }
         }
         Ok(Outcome::Free(late))
     }
 
-    fn check_one(&self, ip: Ipv4Addr, wait: Duration) -> Result<Option<Checked>, CniError> {
+    fn in_use(&self, ip: IpAddr, mac: [u8; 6]) -> Outcome {
+        if let Some(memory) = self.memory {
+            let _ = memory.forget_wire_probe(ip);
+        }
+        Outcome::InUse { ip, mac }
+    }
+
+    /// What the memory says of `ip`, and what is left to wait for. An address the memory
+    /// knows nothing of is probed as RFC 5227 and RFC 4862 have it: two probes within
+    /// `wait`, then whether anybody claimed it since the first; through the datapath and its
+    /// memory when both work (the memory is asked again at the end of ADD), over the socket
+    /// (which reads the answers itself, and waits here) otherwise.
+    fn start_check(&self, ip: IpAddr, wait: Duration) -> Result<Step, CniError> {
+        let half = ns(wait / 2);
         if let Some(memory) = self.memory {
             // A node whose pins predate the memory maps has none: probe and wait.
             let remembered = memory
-                .arp_probe(ip)
-                .and_then(|probe| Ok((probe, memory.arp_claim(ip)?)));
+                .wire_probe(ip)
+                .and_then(|probe| Ok((probe, self.claim(memory, ip)?)));
             if let Ok((probe, claim)) = remembered {
                 match judge(probe, claim, monotonic_ns(), wait) {
                     Judgement::Free { since_ns } => {
                         // One more, whose answer the end of ADD may still see.
                         self.probe(ip)?;
-                        return Ok(Some(Checked::after(None, ip, since_ns)));
+                        return Ok(Step::Done(Checked::after(None, ip, since_ns)));
                     }
-                    Judgement::InUse { mac } => return Ok(Some(Checked::InUse(mac))),
+                    Judgement::InUse { mac } => return Ok(Step::Done(Checked::InUse(mac))),
                     Judgement::Pending { since_ns, second_ns } => {
-                        let second_ns = match second_ns {
-                            Some(second_ns) => second_ns,
-                            None => {
-                                sleep_until(since_ns.saturating_add(ns(wait / 2)));
-                                self.probe(ip)?
-                            }
-                        };
-                        sleep_until(second_ns.saturating_add(ns(wait / 2)));
-                        let claim = claim_after_wait(memory, ip, since_ns, wait)?;
-                        return Ok(Some(Checked::after(claim, ip, since_ns)));
+                        return Ok(Step::Wait(Waiting {
+                            ip,
+                            since_ns,
+                            second_probe_ns: second_ns.is_none().then(|| since_ns.saturating_add(half)),
+                            check_ns: since_ns
+                                .saturating_add(ns(wait))
+                                .max(second_ns.map_or(0, |second| second.saturating_add(half))),
+                        }));
                     }
                     Judgement::Unknown => {}
                 }
             }
         }
-        self.probe_and_wait(ip, wait)
+        let probed_at = monotonic_ns();
+        let frame = self.probe_frame(ip);
+        if let Some(memory) = self.memory
+            && self.send(&frame).map_err(|error| probe_error(ip, error))?
+        {
+            let _ = memory.record_wire_probe(ip, probed_at);
+            return Ok(Step::Wait(Waiting {
+                ip,
+                since_ns: probed_at,
+                second_probe_ns: Some(probed_at.saturating_add(half)),
+                check_ns: probed_at.saturating_add(ns(wait)),
+            }));
+        }
+        let answer = self
+            .probing_socket(ip)
+            .and_then(|socket| socket.probe(&frame, ip, wait))
+            .map_err(|error| probe_error(ip, error))?;
+        let Some(memory) = self.memory else {
+            return Ok(Step::Done(match answer {
+                Some(mac) => Checked::InUse(mac),
+                None => Checked::Late(LateCheck {
+                    ip,
+                    since_ns: probed_at,
+                }),
+            }));
+        };
+        // The datapath could not send (pins of before the inject program): its memory of
+        // claims is still asked at the end of ADD.
+        let _ = memory.record_wire_probe(ip, probed_at);
+        Ok(Step::Done(Checked::after(answer, ip, probed_at)))
+    }
+
+    /// One probe for `ip`, recorded when the memory can (a node whose pins predate it
+    /// still probes); when it was sent.
+    fn probe_unrecorded_ok(&self, ip: IpAddr) -> Result<u64, CniError> {
+        let sent = monotonic_ns();
+        self.send(&self.probe_frame(ip))
+            .map_err(|error| probe_error(ip, error))?;
+        if let Some(memory) = self.memory {
+            let _ = memory.record_wire_probe(ip, sent);
+        }
+        Ok(sent)
     }
 
     /// The end of ADD: a claim of a checked address since its first probe, by another MAC
@@ -320,23 +403,23 @@ impl<'a> Wire<'a> {
         &self,
         late: &[LateCheck],
         pod_mac: [u8; 6],
-        ips: impl IntoIterator<Item = Ipv4Addr>,
-    ) -> Result<(), (Ipv4Addr, [u8; 6])> {
+        ips: impl IntoIterator<Item = IpAddr>,
+    ) -> Result<(), (IpAddr, [u8; 6])> {
         let Some(memory) = self.memory else {
             return Ok(());
         };
         for check in late {
-            if let Ok(Some(claim)) = memory.arp_claim(check.ip)
+            if let Ok(Some(claim)) = self.claim(memory, check.ip)
                 && claim.seen_ns >= check.since_ns
                 && claim.mac != pod_mac
             {
-                let _ = memory.forget_arp_probe(check.ip);
+                let _ = memory.forget_wire_probe(check.ip);
                 return Err((check.ip, claim.mac));
             }
         }
         for ip in ips {
-            let _ = memory.forget_arp_probe(ip);
-            if let Err(error) = memory.forget_arp_claim(ip) {
+            let _ = memory.forget_wire_probe(ip);
+            if let Err(error) = memory.forget_wire_claim(ip) {
                 log::debug!("failed to forget the claims of {ip}: {error}");
             }
         }
@@ -346,7 +429,7 @@ impl<'a> Wire<'a> {
 
 /// Whether an entry of `probes` was named by the latest ADD that named any (the addresses
 /// the next ADDs hand out; one stamp per ADD, see [`Wire::probe_ahead`]).
-pub fn of_latest_add(probes: &[(Ipv4Addr, ArpProbe)]) -> impl Fn(&ArpProbe) -> bool {
+pub fn of_latest_add(probes: &[(IpAddr, ArpProbe)]) -> impl Fn(&ArpProbe) -> bool {
     let latest = probes.iter().map(|(_, probe)| probe.wanted_ns).max().unwrap_or(0);
     move |probe| latest != 0 && probe.wanted_ns == latest
 }
@@ -356,10 +439,10 @@ pub fn of_latest_add(probes: &[(Ipv4Addr, ArpProbe)]) -> impl Fn(&ArpProbe) -> b
 /// latest ADD and probed [`REPROBE_AFTER`] ago or more). Only the latest ADD's next
 /// addresses are kept fresh, so an idle node sends a bounded number of probes.
 pub fn upkeep(
-    probes: &[(Ipv4Addr, ArpProbe)],
-    pods: &std::collections::HashSet<Ipv4Addr>,
+    probes: &[(IpAddr, ArpProbe)],
+    pods: &std::collections::HashSet<IpAddr>,
     now_ns: u64,
-) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
+) -> (Vec<IpAddr>, Vec<IpAddr>) {
     let of_latest_add = of_latest_add(probes);
     let age = |at: u64| now_ns.saturating_sub(at);
     let mut forget = Vec::new();
@@ -375,21 +458,6 @@ pub fn upkeep(
     (forget, reprobe)
 }
 
-/// Waits until `wait` after the probe of `ip` at `probed_ns`, then says who claimed `ip`
-/// since the probe, if anybody did.
-fn claim_after_wait(
-    memory: &Datapath,
-    ip: Ipv4Addr,
-    probed_ns: u64,
-    wait: Duration,
-) -> Result<Option<[u8; 6]>, CniError> {
-    sleep_until(probed_ns.saturating_add(ns(wait)));
-    Ok(memory
-        .arp_claim(ip)?
-        .filter(|claim| claim.seen_ns >= probed_ns)
-        .map(|claim| claim.mac))
-}
-
 /// Sleeps until CLOCK_MONOTONIC reads `at_ns` (not at all if it is past).
 fn sleep_until(at_ns: u64) {
     std::thread::sleep(Duration::from_nanos(at_ns.saturating_sub(monotonic_ns())));
@@ -400,10 +468,31 @@ enum Checked {
     InUse([u8; 6]),
 }
 
+/// Where the check of one address stands after the memory was asked.
+enum Step {
+    Done(Checked),
+    Wait(Waiting),
+}
+
+/// An address whose check waits: for its second probe (if it still needs one), then until
+/// `check_ns`, when the memory says whether anybody claimed it since `since_ns`.
+struct Waiting {
+    ip: IpAddr,
+    since_ns: u64,
+    second_probe_ns: Option<u64>,
+    check_ns: u64,
+}
+
+impl Waiting {
+    fn next_ns(&self) -> u64 {
+        self.second_probe_ns.unwrap_or(self.check_ns)
+    }
+}
+
 impl Checked {
     /// `ip`, first probed at `since_ns`, after its check: in use by whoever claimed it, or
     /// to be asked again at the end of ADD.
-    fn after(claimed_by: Option<[u8; 6]>, ip: Ipv4Addr, since_ns: u64) -> Self {
+    fn after(claimed_by: Option<[u8; 6]>, ip: IpAddr, since_ns: u64) -> Self {
         match claimed_by {
             Some(mac) => Checked::InUse(mac),
             None => Checked::Late(LateCheck { ip, since_ns }),
@@ -423,7 +512,7 @@ pub enum Marked {
 }
 
 /// The error of an ADD whose address was claimed on the wire while it ran.
-pub fn late_conflict(ip: Ipv4Addr, mac: [u8; 6], marked: Marked) -> CniError {
+pub fn late_conflict(ip: IpAddr, mac: [u8; 6], marked: Marked) -> CniError {
     let then = match marked {
         Marked::Yes => "it is marked as conflicting, a retried ADD takes another",
         Marked::NotReallocatable => {
@@ -468,7 +557,7 @@ mod tests {
     fn the_agent_keeps_only_the_latest_adds_addresses_fresh() {
         let entry = |last: u8, last_ago_s: u64, wanted: u64| {
             (
-                Ipv4Addr::new(10, 10, 1, last),
+                IpAddr::from([10, 10, 1, last]),
                 ArpProbe {
                     last_ns: NOW - last_ago_s * 1000 * MS,
                     previous_ns: 0,
@@ -483,10 +572,13 @@ mod tests {
             entry(4, 90, 5),  // an earlier ADD's, not stale yet: left, not probed
             entry(5, 90, 7),  // the latest ADD's, but a pod has it now: forgotten
         ];
-        let pods = [Ipv4Addr::new(10, 10, 1, 5)].into_iter().collect();
+        let pods = [IpAddr::from([10, 10, 1, 5])].into_iter().collect();
         let (forget, reprobe) = upkeep(&probes, &pods, NOW);
-        assert_eq!(forget, [Ipv4Addr::new(10, 10, 1, 3), Ipv4Addr::new(10, 10, 1, 5)]);
-        assert_eq!(reprobe, [Ipv4Addr::new(10, 10, 1, 1)]);
+        assert_eq!(
+            forget,
+            [IpAddr::from([10, 10, 1, 3]), IpAddr::from([10, 10, 1, 5])]
+        );
+        assert_eq!(reprobe, [IpAddr::from([10, 10, 1, 1])]);
         assert_eq!(upkeep(&[], &pods, NOW), (vec![], vec![]));
     }
 

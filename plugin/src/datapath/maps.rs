@@ -519,128 +519,174 @@ impl Datapath {
     }
 }
 
-/// What the wire said of IPv4 addresses: who claimed them (`arp_claims`, written by the
-/// uplink program) and when they were probed (`arp_probes`, written here). A node whose
-/// pins predate these maps has neither: reads find nothing and writes fail, so callers
-/// probe and wait as without a datapath.
+/// What the wire said of addresses: who claimed them (`arp_claims` and `nd_claims`,
+/// written by the uplink program) and when they were probed (`arp_probes` and
+/// `nd_probes`, written here), each family in its own maps. A node whose pins predate
+/// these maps has neither: reads find nothing and writes fail, so callers probe and wait as
+/// without a datapath.
 impl Datapath {
     /// The last claim of `ip` seen on the wire.
-    pub fn arp_claim(&self, ip: Ipv4Addr) -> Result<Option<ArpClaim>, DatapathError> {
-        self.ipv4_entry(map_name::ARP_CLAIMS, ip)
+    pub fn wire_claim(&self, ip: IpAddr) -> Result<Option<ArpClaim>, DatapathError> {
+        match ip {
+            IpAddr::V4(ip) => self.entry(map_name::ARP_CLAIMS, ipv4_key(ip)),
+            IpAddr::V6(ip) => self.entry(map_name::ND_CLAIMS, ipv6_key(ip)),
+        }
     }
 
-    /// Every remembered claim.
-    pub fn arp_claims(&self) -> Result<Vec<(Ipv4Addr, ArpClaim)>, DatapathError> {
-        self.ipv4_entries(map_name::ARP_CLAIMS)
+    /// Every remembered claim, IPv4 first. Fails only when the IPv4 map cannot be read
+    /// (pins that predate the IPv6 one have only IPv4 claims).
+    pub fn wire_claims(&self) -> Result<Vec<(IpAddr, ArpClaim)>, DatapathError> {
+        let mut claims = self.entries(map_name::ARP_CLAIMS, |ip: Ipv4| IpAddr::from(ip.addr))?;
+        claims.extend(
+            self.entries(map_name::ND_CLAIMS, |ip: Ipv6| IpAddr::from(ip.addr))
+                .unwrap_or_default(),
+        );
+        Ok(claims)
     }
 
     /// Forgets the claims of `ip` (a pod took it: only later claims are conflicts).
-    pub fn forget_arp_claim(&self, ip: Ipv4Addr) -> Result<(), DatapathError> {
-        self.forget_ipv4_entry::<ArpClaim>(map_name::ARP_CLAIMS, ip)
+    pub fn forget_wire_claim(&self, ip: IpAddr) -> Result<(), DatapathError> {
+        match ip {
+            IpAddr::V4(ip) => self.forget_entry::<_, ArpClaim>(map_name::ARP_CLAIMS, ipv4_key(ip)),
+            IpAddr::V6(ip) => self.forget_entry::<_, ArpClaim>(map_name::ND_CLAIMS, ipv6_key(ip)),
+        }
     }
 
     /// When `ip` was probed, if it was.
-    pub fn arp_probe(&self, ip: Ipv4Addr) -> Result<Option<ArpProbe>, DatapathError> {
-        self.ipv4_entry(map_name::ARP_PROBES, ip)
+    pub fn wire_probe(&self, ip: IpAddr) -> Result<Option<ArpProbe>, DatapathError> {
+        match ip {
+            IpAddr::V4(ip) => self.entry(map_name::ARP_PROBES, ipv4_key(ip)),
+            IpAddr::V6(ip) => self.entry(map_name::ND_PROBES, ipv6_key(ip)),
+        }
     }
 
-    /// Every probed address.
-    pub fn arp_probes(&self) -> Result<Vec<(Ipv4Addr, ArpProbe)>, DatapathError> {
-        self.ipv4_entries(map_name::ARP_PROBES)
+    /// Every probed address, IPv4 first; as [`Self::wire_claims`].
+    pub fn wire_probes(&self) -> Result<Vec<(IpAddr, ArpProbe)>, DatapathError> {
+        let mut probes = self.entries(map_name::ARP_PROBES, |ip: Ipv4| IpAddr::from(ip.addr))?;
+        probes.extend(
+            self.entries(map_name::ND_PROBES, |ip: Ipv6| IpAddr::from(ip.addr))
+                .unwrap_or_default(),
+        );
+        Ok(probes)
     }
 
     /// Records that `ip` was probed at `now_ns`; the probe before stays as the previous one.
     /// Concurrent writers may lose one's record: it then looks probed less, never more.
-    pub fn record_arp_probe(&self, ip: Ipv4Addr, now_ns: u64) -> Result<ArpProbe, DatapathError> {
-        self.update_arp_probe(ip, |probe| {
+    pub fn record_wire_probe(&self, ip: IpAddr, now_ns: u64) -> Result<ArpProbe, DatapathError> {
+        let record = |probe: &mut ArpProbe| {
             probe.previous_ns = probe.last_ns;
             probe.last_ns = now_ns;
-        })
+        };
+        match ip {
+            IpAddr::V4(ip) => self.change_probes(map_name::ARP_PROBES, &[ipv4_key(ip)], record),
+            IpAddr::V6(ip) => self.change_probes(map_name::ND_PROBES, &[ipv6_key(ip)], record),
+        }
+        .map(|probes| probes[0])
     }
 
     /// Records that an ADD at `stamp_ns` named each of `ips` among the next addresses to
     /// hand out (a later stamp of a concurrent ADD stays); returns what is known of their
-    /// probes. One open of the map for all of them.
-    pub fn want_arp_probes(
+    /// probes. One open of each family's map for all of them.
+    pub fn want_wire_probes(
         &self,
-        ips: &[Ipv4Addr],
+        ips: &[IpAddr],
         stamp_ns: u64,
-    ) -> Result<Vec<(Ipv4Addr, ArpProbe)>, DatapathError> {
-        let name = map_name::ARP_PROBES;
-        let mut probes = self.lru_map::<Ipv4, ArpProbe>(name)?;
-        ips.iter()
-            .map(|&ip| {
-                let probe = change_arp_probe(&mut probes, ip, |probe| {
-                    probe.wanted_ns = probe.wanted_ns.max(stamp_ns);
-                })
-                .map_err(|error| self.map_error(name, error))?;
-                Ok((ip, probe))
+    ) -> Result<Vec<(IpAddr, ArpProbe)>, DatapathError> {
+        let want = |probe: &mut ArpProbe| probe.wanted_ns = probe.wanted_ns.max(stamp_ns);
+        let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = ips.iter().partition(|ip| ip.is_ipv4());
+        let mut wanted = Vec::with_capacity(ips.len());
+        if !v4.is_empty() {
+            let keys: Vec<Ipv4> = v4.iter().filter_map(|ip| as_ipv4(*ip)).map(ipv4_key).collect();
+            let probes = self.change_probes(map_name::ARP_PROBES, &keys, want)?;
+            wanted.extend(v4.into_iter().zip(probes));
+        }
+        if !v6.is_empty() {
+            let keys: Vec<Ipv6> = v6.iter().filter_map(|ip| as_ipv6(*ip)).map(ipv6_key).collect();
+            let probes = self.change_probes(map_name::ND_PROBES, &keys, want)?;
+            wanted.extend(v6.into_iter().zip(probes));
+        }
+        Ok(wanted)
+    }
+
+    /// Forgets the probes of `ip` (handed out, or found in use).
+    pub fn forget_wire_probe(&self, ip: IpAddr) -> Result<(), DatapathError> {
+        match ip {
+            IpAddr::V4(ip) => self.forget_entry::<_, ArpProbe>(map_name::ARP_PROBES, ipv4_key(ip)),
+            IpAddr::V6(ip) => self.forget_entry::<_, ArpProbe>(map_name::ND_PROBES, ipv6_key(ip)),
+        }
+    }
+
+    /// Reads the probes of each of `keys` in the probe map `name` (none yet: all zero),
+    /// changes them and writes them back; one open of the map.
+    fn change_probes<K: aya::Pod>(
+        &self,
+        name: &str,
+        keys: &[K],
+        change: impl Fn(&mut ArpProbe),
+    ) -> Result<Vec<ArpProbe>, DatapathError> {
+        let mut probes = self.lru_map::<K, ArpProbe>(name)?;
+        keys.iter()
+            .map(|key| {
+                let mut probe = match probes.get(key, 0) {
+                    Ok(probe) => probe,
+                    Err(MapError::KeyNotFound) => ArpProbe::default(),
+                    Err(error) => return Err(self.map_error(name, error)),
+                };
+                change(&mut probe);
+                probes
+                    .insert(key, probe, 0)
+                    .map_err(|error| self.map_error(name, error))?;
+                Ok(probe)
             })
             .collect()
     }
 
-    /// Forgets the probes of `ip` (handed out, or found in use).
-    pub fn forget_arp_probe(&self, ip: Ipv4Addr) -> Result<(), DatapathError> {
-        self.forget_ipv4_entry::<ArpProbe>(map_name::ARP_PROBES, ip)
-    }
-
-    /// Reads the probes of `ip` (none yet: all zero), changes them and writes them back.
-    fn update_arp_probe(
-        &self,
-        ip: Ipv4Addr,
-        change: impl FnOnce(&mut ArpProbe),
-    ) -> Result<ArpProbe, DatapathError> {
-        let name = map_name::ARP_PROBES;
-        let mut probes = self.lru_map::<Ipv4, ArpProbe>(name)?;
-        change_arp_probe(&mut probes, ip, change).map_err(|error| self.map_error(name, error))
-    }
-
-    /// The entry of `ip` in the IPv4-keyed LRU map `name`, if there is one.
-    fn ipv4_entry<V: aya::Pod>(&self, name: &str, ip: Ipv4Addr) -> Result<Option<V>, DatapathError> {
-        let map = self.lru_map::<Ipv4, V>(name)?;
-        match map.get(&ipv4_key(ip), 0) {
+    /// The entry of `key` in the LRU map `name`, if there is one.
+    fn entry<K: aya::Pod, V: aya::Pod>(&self, name: &str, key: K) -> Result<Option<V>, DatapathError> {
+        let map = self.lru_map::<K, V>(name)?;
+        match map.get(&key, 0) {
             Ok(value) => Ok(Some(value)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(error) => Err(self.map_error(name, error)),
         }
     }
 
-    /// Every entry of the IPv4-keyed LRU map `name`.
-    fn ipv4_entries<V: aya::Pod>(&self, name: &str) -> Result<Vec<(Ipv4Addr, V)>, DatapathError> {
-        let map = self.lru_map::<Ipv4, V>(name)?;
+    /// Every entry of the LRU map `name`, its key turned into an address by `address`.
+    fn entries<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &str,
+        address: impl Fn(K) -> IpAddr,
+    ) -> Result<Vec<(IpAddr, V)>, DatapathError> {
+        let map = self.lru_map::<K, V>(name)?;
         Ok(map
             .iter()
             .filter_map(Result::ok)
-            .map(|(ip, value)| (Ipv4Addr::from(ip.addr), value))
+            .map(|(key, value)| (address(key), value))
             .collect())
     }
 
-    /// Removes the entry of `ip` from the IPv4-keyed LRU map `name`; none is success.
-    fn forget_ipv4_entry<V: aya::Pod>(&self, name: &str, ip: Ipv4Addr) -> Result<(), DatapathError> {
-        let mut map = self.lru_map::<Ipv4, V>(name)?;
-        match map.remove(&ipv4_key(ip)) {
+    /// Removes the entry of `key` from the LRU map `name`; none is success.
+    fn forget_entry<K: aya::Pod, V: aya::Pod>(&self, name: &str, key: K) -> Result<(), DatapathError> {
+        let mut map = self.lru_map::<K, V>(name)?;
+        match map.remove(&key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(error) => Err(self.map_error(name, error)),
         }
     }
 }
 
-/// Reads the probes of `ip` in `probes` (none yet: all zero), changes them and writes them
-/// back.
-fn change_arp_probe(
-    probes: &mut HashMap<MapData, Ipv4, ArpProbe>,
-    ip: Ipv4Addr,
-    change: impl FnOnce(&mut ArpProbe),
-) -> Result<ArpProbe, MapError> {
-    let key = ipv4_key(ip);
-    let mut probe = match probes.get(&key, 0) {
-        Ok(probe) => probe,
-        Err(MapError::KeyNotFound) => ArpProbe::default(),
-        Err(error) => return Err(error),
-    };
-    change(&mut probe);
-    probes.insert(key, probe, 0)?;
-    Ok(probe)
+fn as_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn as_ipv6(ip: IpAddr) -> Option<Ipv6Addr> {
+    match ip {
+        IpAddr::V6(ip) => Some(ip),
+        IpAddr::V4(_) => None,
+    }
 }
 
 /// Removes every entry of `map` that points at port `ifindex`.
