@@ -130,7 +130,11 @@ const CLAIM_MIN_LEN: usize = ETH_HLEN + core::mem::size_of::<Ipv6Hdr>() + ND_HEA
 pub fn claim(ctx: &TcContext) -> Option<Claim> {
     let len = ctx.len() as usize;
     let with_option = len >= CLAIM_MIN_LEN + 8;
-    let want = if with_option { CLAIM_MIN_LEN + 8 } else { CLAIM_MIN_LEN };
+    let want = if with_option {
+        CLAIM_MIN_LEN + 8
+    } else {
+        CLAIM_MIN_LEN
+    };
     if len < CLAIM_MIN_LEN || readable(ctx, want).is_err() {
         return None;
     }
