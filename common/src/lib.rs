@@ -510,6 +510,39 @@ impl FlowKey6 {
     }
 }
 
+/// What the programs' decisions and the plugin's report need of a flow direction's key,
+/// IPv4 ([`FlowKey`]) or IPv6 ([`FlowKey6`]).
+pub trait FlowDirection: Copy {
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    fn protocol(&self) -> u8;
+    /// The other direction of the same flow.
+    fn reversed(&self) -> Self;
+}
+
+impl FlowDirection for FlowKey {
+    #[inline(always)]
+    fn protocol(&self) -> u8 {
+        self.protocol
+    }
+
+    #[inline(always)]
+    fn reversed(&self) -> Self {
+        FlowKey::reversed(self)
+    }
+}
+
+impl FlowDirection for FlowKey6 {
+    #[inline(always)]
+    fn protocol(&self) -> u8 {
+        self.protocol
+    }
+
+    #[inline(always)]
+    fn reversed(&self) -> Self {
+        FlowKey6::reversed(self)
+    }
+}
+
 /// What an ingress program saw of a flow direction. Written only by ingress programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! no helpers, only `core` and the map ABI. The host's tests compile this very file
 //! (tests/tests/ebpf_decisions.rs includes it) and check each decision directly; the
 //! BPF_PROG_TEST_RUN and namespace tests check the programs that call them.
-use flatbridge_common::{FlowConfirmed, FlowKey, FlowKey6, FlowSeen};
+use flatbridge_common::{FlowConfirmed, FlowKey, FlowSeen};
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const TCP_FIN: u8 = 0x01;
@@ -32,37 +32,8 @@ pub fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
     a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
 }
 
-/// What the decisions need of a flow direction's key, IPv4 ([`FlowKey`]) or IPv6
-/// ([`FlowKey6`]).
-pub trait Key: Copy {
-    fn protocol(&self) -> u8;
-    /// The other direction of the same flow.
-    fn reversed(&self) -> Self;
-}
-
-impl Key for FlowKey {
-    #[inline(always)]
-    fn protocol(&self) -> u8 {
-        self.protocol
-    }
-
-    #[inline(always)]
-    fn reversed(&self) -> Self {
-        FlowKey::reversed(self)
-    }
-}
-
-impl Key for FlowKey6 {
-    #[inline(always)]
-    fn protocol(&self) -> u8 {
-        self.protocol
-    }
-
-    #[inline(always)]
-    fn reversed(&self) -> Self {
-        FlowKey6::reversed(self)
-    }
-}
+/// What the decisions need of a flow direction's key, IPv4 or IPv6.
+pub use flatbridge_common::FlowDirection as Key;
 
 /// A frame's flow direction and TCP flags (0 for UDP).
 pub struct Flow<K = FlowKey> {

@@ -12,8 +12,8 @@ use std::{
 };
 
 use flatbridge_common::{
-    Endpoint, FlowKey, FlowKey6, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED, NODE_TCP_OFFLOAD,
-    Verdict, program_name,
+    Endpoint, FlowDirection, FlowKey, FlowKey6, NODE_ANTI_SPOOF, NODE_CONFIRM_FLOWS, NODE_ENABLED,
+    NODE_TCP_OFFLOAD, Verdict, program_name,
 };
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -576,20 +576,12 @@ pub fn wire_conflicts(
 }
 
 /// What the report needs of a flow key of either family.
-trait ReportedKey: Copy + Eq + std::hash::Hash {
-    fn reversed(&self) -> Self;
-    fn protocol(&self) -> u8;
+trait ReportedKey: FlowDirection + Eq + std::hash::Hash {
     fn src(&self) -> SocketAddr;
     fn dst(&self) -> SocketAddr;
 }
 
 impl ReportedKey for FlowKey {
-    fn reversed(&self) -> Self {
-        FlowKey::reversed(self)
-    }
-    fn protocol(&self) -> u8 {
-        self.protocol
-    }
     fn src(&self) -> SocketAddr {
         SocketAddr::new(Ipv4Addr::from(self.src).into(), u16::from_be(self.src_port))
     }
@@ -599,12 +591,6 @@ impl ReportedKey for FlowKey {
 }
 
 impl ReportedKey for FlowKey6 {
-    fn reversed(&self) -> Self {
-        FlowKey6::reversed(self)
-    }
-    fn protocol(&self) -> u8 {
-        self.protocol
-    }
     fn src(&self) -> SocketAddr {
         SocketAddr::new(Ipv6Addr::from(self.src).into(), u16::from_be(self.src_port))
     }

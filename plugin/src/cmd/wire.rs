@@ -243,13 +243,16 @@ impl<'a> Wire<'a> {
         let Some(memory) = self.memory else {
             return;
         };
-        let probes = match memory.want_wire_probes(upcoming, monotonic_ns()) {
-            Ok(probes) => probes,
-            Err(error) => {
-                log::debug!("marking the next addresses to probe ahead failed: {error}");
-                return;
+        // Each family on its own: pins older than the IPv6 maps still probe IPv4 ahead.
+        let stamp = monotonic_ns();
+        let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = upcoming.iter().partition(|ip| ip.is_ipv4());
+        let mut probes = Vec::with_capacity(upcoming.len());
+        for family in [v4, v6].iter().filter(|family| !family.is_empty()) {
+            match memory.want_wire_probes(family, stamp) {
+                Ok(wanted) => probes.extend(wanted),
+                Err(error) => log::debug!("marking the next addresses to probe ahead failed: {error}"),
             }
-        };
+        }
         for (ip, probe) in probes {
             if !wants_probe_ahead(probe, monotonic_ns(), wait) {
                 continue;
