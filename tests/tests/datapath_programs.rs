@@ -146,6 +146,12 @@ impl World {
         out
     }
 
+    /// As [`World::expect`] for a frame from a pod on `port` that goes on to the bridge
+    /// unchanged in verdict (`pod_to_bridge`, TC_ACT_OK); returns the frame as it left.
+    fn to_bridge(&self, port: u32, frame: &[u8], what: &str) -> Vec<u8> {
+        self.expect(FROM_POD, port, frame, Verdict::PodToBridge, TC_ACT_OK, what)
+    }
+
     /// As [`World::run`], with the skb mark set to `mark`; also returns the mark after.
     fn run_marked(
         &self,
@@ -259,14 +265,7 @@ fn gratuitous_arp_own_address_probes_and_unknown_targets_go_to_the_bridge() {
         ("unknown target", arp_request(MAC_A, IP_A, IP_OUTSIDE)),
         ("reply", arp(2, MAC_A, IP_A, MAC_B, IP_B)),
     ] {
-        let out = world.expect(
-            FROM_POD,
-            world.host_a,
-            &frame,
-            Verdict::PodToBridge,
-            TC_ACT_OK,
-            what,
-        );
+        let out = world.to_bridge(world.host_a, &frame, what);
         assert_eq!(out, frame, "{what}: the frame was changed");
     }
 }
@@ -341,14 +340,7 @@ fn ipv4_to_a_local_pod_is_redirected_into_it() {
     );
     assert_eq!(out, frame, "a redirected frame is not rewritten");
     // To its own port (hairpin) it is the bridge's business.
-    world.expect(
-        FROM_POD,
-        world.host_b,
-        &ipv4(MAC_B, MAC_B, IP_B, IP_B),
-        Verdict::PodToBridge,
-        TC_ACT_OK,
-        "",
-    );
+    world.to_bridge(world.host_b, &ipv4(MAC_B, MAC_B, IP_B, IP_B), "");
 }
 
 #[test]
@@ -362,24 +354,10 @@ fn ipv4_to_other_macs_leaves_by_the_uplink_and_to_the_node_goes_to_the_bridge() 
         TC_ACT_REDIRECT,
         "",
     );
-    world.expect(
-        FROM_POD,
-        world.host_a,
-        &ipv4(BRIDGE_MAC, MAC_A, IP_A, IP_GATEWAY),
-        Verdict::PodToBridge,
-        TC_ACT_OK,
-        "",
-    );
+    world.to_bridge(world.host_a, &ipv4(BRIDGE_MAC, MAC_A, IP_A, IP_GATEWAY), "");
     // Without an uplink, unknown MACs go to the bridge.
     let world = World::new(NODE_ENABLED | NODE_ANTI_SPOOF, false);
-    world.expect(
-        FROM_POD,
-        world.host_a,
-        &ipv4(MAC_OUTSIDE, MAC_A, IP_A, IP_OUTSIDE),
-        Verdict::PodToBridge,
-        TC_ACT_OK,
-        "",
-    );
+    world.to_bridge(world.host_a, &ipv4(MAC_OUTSIDE, MAC_A, IP_A, IP_OUTSIDE), "");
 }
 
 /// Frames no program takes: from the wire, and from a pod when anti-spoofing is off, they
@@ -441,14 +419,7 @@ fn frames_the_programs_do_not_own_reach_the_bridge_unchanged() {
         let (action, out, _) = world.run(FROM_UPLINK, world.uplink, &frame, Verdict::UplinkToBridge);
         assert_eq!(action, TC_ACT_OK, "{what} from the uplink");
         assert_eq!(out, frame, "{what} from the uplink: the frame was changed");
-        let out = unchecked.expect(
-            FROM_POD,
-            unchecked.host_a,
-            &frame,
-            Verdict::PodToBridge,
-            TC_ACT_OK,
-            what,
-        );
+        let out = unchecked.to_bridge(unchecked.host_a, &frame, what);
         assert_eq!(out, frame, "{what} without anti-spoofing: the frame was changed");
     }
     for what in ["broadcast IPv4", "multicast IPv4"] {
@@ -457,14 +428,7 @@ fn frames_the_programs_do_not_own_reach_the_bridge_unchanged() {
         } else {
             ipv4([0x01, 0, 0x5e, 0, 0, 1], MAC_A, IP_A, [224, 0, 0, 1])
         };
-        let out = world.expect(
-            FROM_POD,
-            world.host_a,
-            &frame,
-            Verdict::PodToBridge,
-            TC_ACT_OK,
-            what,
-        );
+        let out = world.to_bridge(world.host_a, &frame, what);
         assert_eq!(out, frame, "{what}: the frame was changed");
     }
 }
@@ -519,12 +483,9 @@ fn from_the_uplink_pod_traffic_and_arp_are_handled_and_the_rest_passes() {
 #[test]
 fn without_the_nodes_settings_pods_are_checked_and_nothing_is_offloaded() {
     let world = World::new(0, true);
-    world.expect(
-        FROM_POD,
+    world.to_bridge(
         world.host_a,
         &ipv4(MAC_B, MAC_A, IP_A, IP_B),
-        Verdict::PodToBridge,
-        TC_ACT_OK,
         "its own frame to another pod",
     );
     for (what, port, frame, verdict) in [
@@ -616,14 +577,7 @@ fn a_flow_is_offloaded_once_both_directions_were_confirmed() {
     let world = confirmed_world();
     let (request, reply) = udp_pair();
     // First packet: only the bridge knows what to do with it.
-    world.expect(
-        FROM_POD,
-        world.host_a,
-        &request,
-        Verdict::PodToBridge,
-        TC_ACT_OK,
-        "",
-    );
+    world.to_bridge(world.host_a, &request, "");
     let (_, _, confirmed) = world.run(TO_POD, world.host_b, &request, Verdict::FlowConfirmed);
     assert_eq!(confirmed, 1);
     // One direction confirmed is not enough.
@@ -1087,14 +1041,7 @@ fn a_pod_speaks_ipv6_and_neighbour_discovery_only_for_itself() {
         ),
     ];
     for (what, frame) in allowed {
-        let out = world.expect(
-            FROM_POD,
-            world.host_a,
-            &frame,
-            Verdict::PodToBridge,
-            TC_ACT_OK,
-            what,
-        );
+        let out = world.to_bridge(world.host_a, &frame, what);
         assert_eq!(out, frame, "{what}: the frame was changed");
     }
 }
@@ -1126,14 +1073,7 @@ fn a_leased_ipv6_address_is_the_pods_and_no_one_elses() {
             b"v6",
         )
     };
-    world.expect(
-        FROM_POD,
-        port,
-        &from(MAC_OUTSIDE, leased),
-        Verdict::PodToBridge,
-        TC_ACT_OK,
-        "own lease",
-    );
+    world.to_bridge(port, &from(MAC_OUTSIDE, leased), "own lease");
     world.expect(
         FROM_POD,
         world.host_a,
@@ -1158,12 +1098,9 @@ fn a_leased_ipv6_address_is_the_pods_and_no_one_elses() {
         matches!(refused, Err(flatbridge::datapath::DatapathError::Taken { .. })),
         "a pod took another's IPv6 lease: {refused:?}"
     );
-    world.expect(
-        FROM_POD,
+    world.to_bridge(
         port,
         &from(MAC_OUTSIDE, leased),
-        Verdict::PodToBridge,
-        TC_ACT_OK,
         "own lease, after a refused claim",
     );
     world.expect(
@@ -1360,14 +1297,7 @@ fn a_confirmed_flow_is_redirected_only_from_the_port_that_confirmed_it() {
     // Nor from another pod's port, when nothing else checks the sender.
     let unchecked = World::new(NODE_ENABLED | NODE_CONFIRM_FLOWS | NODE_TCP_OFFLOAD, true);
     through_the_bridge(&unchecked, &request, &reply);
-    unchecked.expect(
-        FROM_POD,
-        unchecked.host_c,
-        &request,
-        Verdict::PodToBridge,
-        TC_ACT_OK,
-        "from pod C's port",
-    );
+    unchecked.to_bridge(unchecked.host_c, &request, "from pod C's port");
 }
 
 #[test]
@@ -1380,14 +1310,7 @@ fn a_deleted_pods_flows_are_never_followed() {
         TC_ACT_REDIRECT
     );
     assert!(world.datapath.remove_endpoint(world.host_b).expect("remove B"));
-    world.expect(
-        FROM_POD,
-        world.host_a,
-        &request,
-        Verdict::PodToBridge,
-        TC_ACT_OK,
-        "to deleted B",
-    );
+    world.to_bridge(world.host_a, &request, "to deleted B");
     // A new pod with B's address and MAC behind another port is not reached through B's old one.
     let replacement = Endpoint {
         ifindex: world.stray,
@@ -1399,14 +1322,7 @@ fn a_deleted_pods_flows_are_never_followed() {
         .datapath
         .add_endpoint(replacement, &[Ipv4Addr::from(IP_B)], &[])
         .expect("replacement");
-    world.expect(
-        FROM_POD,
-        world.host_a,
-        &request,
-        Verdict::PodToBridge,
-        TC_ACT_OK,
-        "to B's replacement",
-    );
+    world.to_bridge(world.host_a, &request, "to B's replacement");
 }
 
 #[test]
@@ -1677,7 +1593,7 @@ fn a_neighbour_solicitation_for_a_local_pod_or_the_gateway_becomes_the_advertise
     );
     assert_eq!(out, to_b, "to another pod's MAC: the frame was changed");
     for (what, port, frame) in not_answered {
-        let out = world.expect(FROM_POD, port, &frame, Verdict::PodToBridge, TC_ACT_OK, what);
+        let out = world.to_bridge(port, &frame, what);
         assert_eq!(out, frame, "{what}: the frame was changed");
     }
     for (what, frame) in [
@@ -1712,14 +1628,7 @@ fn a_neighbour_solicitation_for_a_local_pod_or_the_gateway_becomes_the_advertise
     // Once B is gone, nobody answers for its address.
     world.datapath.remove_endpoint(world.host_b).expect("remove B");
     let frame = frames::neighbor_solicitation(MAC_A, ll(MAC_A), IPV6_B, Some(MAC_A));
-    world.expect(
-        FROM_POD,
-        world.host_a,
-        &frame,
-        Verdict::PodToBridge,
-        TC_ACT_OK,
-        "for a deleted pod",
-    );
+    world.to_bridge(world.host_a, &frame, "for a deleted pod");
 }
 
 /// A UDP/IPv6 datagram between two MACs and addresses.
@@ -1766,14 +1675,7 @@ fn ipv6_to_a_local_pod_or_another_mac_bypasses_the_bridge_in_always_mode() {
             frames::udp_ipv6(MAC_A, ALL_NODES_MAC, IPV6_A, frames::ALL_NODES, 5000, 5001, b"m"),
         ),
     ] {
-        world.expect(
-            FROM_POD,
-            world.host_a,
-            &frame,
-            Verdict::PodToBridge,
-            TC_ACT_OK,
-            what,
-        );
+        world.to_bridge(world.host_a, &frame, what);
     }
 }
 
@@ -1782,14 +1684,7 @@ fn an_ipv6_flow_is_offloaded_once_both_directions_were_confirmed_pod_to_pod_and_
     let world = dual_stack(confirmed_world());
     let request = udp6((MAC_B, MAC_A), IPV6_A, IPV6_B, (40000, 53));
     let reply = udp6((MAC_A, MAC_B), IPV6_B, IPV6_A, (53, 40000));
-    world.expect(
-        FROM_POD,
-        world.host_a,
-        &request,
-        Verdict::PodToBridge,
-        TC_ACT_OK,
-        "first",
-    );
+    world.to_bridge(world.host_a, &request, "first");
     through_the_bridge(&world, &request, &reply);
     let out = world.expect(
         FROM_POD,
@@ -1845,14 +1740,7 @@ fn an_ipv6_flow_is_offloaded_once_both_directions_were_confirmed_pod_to_pod_and_
         ("echo request", echo),
         ("behind destination options", behind_options),
     ] {
-        world.expect(
-            FROM_POD,
-            world.host_a,
-            &frame,
-            Verdict::PodToBridge,
-            TC_ACT_OK,
-            what,
-        );
+        world.to_bridge(world.host_a, &frame, what);
     }
 }
 
