@@ -57,10 +57,11 @@ pub mod map_name {
     /// the plugin and the agent; no program touches it.
     pub const ARP_PROBES: &str = "arp_probes";
     /// As [`ARP_CLAIMS`], for IPv6 addresses: who neighbour discovery from the wire says uses
-    /// an address (the target of an advertisement or of duplicate address detection, the
-    /// source of a solicitation). Written by from_uplink only.
+    /// an address (the target of an advertisement, the source of a solicitation), for the
+    /// addresses in [`ND_PROBES`] and local pods' only. Written by from_uplink only.
     pub const ND_CLAIMS: &str = "nd_claims";
-    /// As [`ARP_PROBES`], for the IPv6 addresses probed by duplicate address detection.
+    /// As [`ARP_PROBES`], for the IPv6 addresses probed by duplicate address detection
+    /// (written by the plugin and the agent, read by from_uplink).
     pub const ND_PROBES: &str = "nd_probes";
 
     /// Every map, for loading, pinning and removal.
@@ -196,7 +197,7 @@ pub enum Verdict {
     DropOwnAdvertisement = 25,
     /// from_uplink: a neighbour solicitation or advertisement from the wire that claims a
     /// local pod's IPv6 address with another MAC (an advertisement for it, a solicitation
-    /// from it, or duplicate address detection of it). The frame goes on to the bridge.
+    /// from it). The frame goes on to the bridge.
     UplinkNdConflict = 26,
 }
 

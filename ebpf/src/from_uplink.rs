@@ -12,7 +12,7 @@ use crate::{
     arp,
     counters::{count, finish},
     flow::{self, now_ns},
-    maps::{ARP_CLAIMS, ND_CLAIMS, PODS_BY_IP, PODS_BY_IPV6, PODS_BY_MAC, enabled_node},
+    maps::{ARP_CLAIMS, ND_CLAIMS, ND_PROBES, PODS_BY_IP, PODS_BY_IPV6, PODS_BY_MAC, enabled_node},
     ndp,
     parse::{
         ARPOP_REQUEST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Frame, Ipv4Hdr, Ipv6Hdr, ethernet,
@@ -105,9 +105,11 @@ fn always(ctx: &TcContext, node: &NodeConfig, dst: &[u8; 6]) -> Result<i32, Verd
     }
 }
 
-/// Remembers who neighbour discovery from the wire says uses an IPv6 address (and counts a
-/// claim of a local pod's address under another MAC), then answers a solicitation for a
-/// local pod's address, out of the uplink.
+/// Remembers who neighbour discovery from the wire says uses an IPv6 address the plugin
+/// probed or a local pod has (and counts a claim of a pod's address under another MAC),
+/// then answers a solicitation for a local pod's address, out of the uplink. Only those
+/// addresses: every other IPv6 address of a busy wire would crowd the answers to the
+/// plugin's probes out of the LRU map.
 #[inline(always)]
 fn nd_from_wire(ctx: &TcContext) -> Result<i32, Verdict> {
     if let Some(claim) = ndp::claim(ctx) {
@@ -117,13 +119,16 @@ fn nd_from_wire(ctx: &TcContext) -> Result<i32, Verdict> {
             mac: claim.mac,
             op: u16::from(claim.icmp_type),
         };
-        // As for ARP: a failed insert costs one remembered claim.
-        let _ = ND_CLAIMS.insert(user, remembered, 0);
-        // SAFETY: the value is read and not kept.
-        if let Some(pod) = unsafe { PODS_BY_IPV6.get(user) }
-            && !same_mac(&pod.mac, &claim.mac)
-        {
-            count(ctx, Verdict::UplinkNdConflict);
+        // SAFETY (both): the values are read and not kept. Two lookups, not one test of
+        // both (the verifier refuses the OR of two map value pointers that makes).
+        if let Some(pod) = unsafe { PODS_BY_IPV6.get(user) } {
+            // As for ARP: a failed insert costs one remembered claim.
+            let _ = ND_CLAIMS.insert(user, remembered, 0);
+            if !same_mac(&pod.mac, &claim.mac) {
+                count(ctx, Verdict::UplinkNdConflict);
+            }
+        } else if unsafe { ND_PROBES.get(user) }.is_some() {
+            let _ = ND_CLAIMS.insert(user, remembered, 0);
         }
     }
     if enabled_node().is_none() {

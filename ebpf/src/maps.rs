@@ -87,6 +87,7 @@ pub static ARP_PROBES: LruHashMap<Ipv4, ArpProbe, { MAX_ARP_PROBES as usize }> =
 #[btf_map(name = "nd_claims")]
 pub static ND_CLAIMS: LruHashMap<Ipv6, ArpClaim, { MAX_ARP_CLAIMS as usize }> = LruHashMap::new();
 
-/// As `arp_probes`, for IPv6 duplicate address detection. Userspace only.
+/// As `arp_probes`, for IPv6 duplicate address detection. Written by userspace; from_uplink
+/// remembers claims only of the addresses in it (and of local pods').
 #[btf_map(name = "nd_probes")]
 pub static ND_PROBES: LruHashMap<Ipv6, ArpProbe, { MAX_ARP_PROBES as usize }> = LruHashMap::new();

@@ -117,25 +117,33 @@ pub struct Claim {
 const ND_HEAD_LEN: usize = 24;
 const CLAIM_MIN_LEN: usize = ETH_HLEN + core::mem::size_of::<Ipv6Hdr>() + ND_HEAD_LEN;
 
-/// The claim the frame makes, if it is a neighbour solicitation or advertisement (no
-/// extension headers, hop limit 255, code 0): an advertisement claims its target, duplicate
-/// address detection (a solicitation from ::) the address it is about to take, another
-/// solicitation its source. The MAC is the one the message's first option names (the
-/// target's link-layer address of an advertisement, the source's of a solicitation) or
-/// else the frame's sender. Link-local, multicast and unspecified addresses claim nothing
-/// (no pod is given one). The checksum is not verified: a forged claim only keeps an
-/// address from being handed out, which anybody on the wire can do with a valid one.
-/// Makes the frame readable (which may move it).
+/// The claim the frame makes, if it is a neighbour solicitation or advertisement as RFC 4861
+/// 7.1 has hosts accept them (no extension headers, hop limit 255, code 0, and a right
+/// checksum when the message has the usual 32 bytes): an advertisement claims its target
+/// (unless it says Solicited to a multicast group), a solicitation from an address that
+/// address. The MAC is the one the message's first option names (the target's link-layer
+/// address of an advertisement, the source's of a solicitation) or else the frame's sender.
+/// Duplicate address detection (a solicitation from ::) claims nothing, as an ARP probe
+/// does not: the prober does not have the address yet, and flatbridge's own probes, seen by
+/// the other nodes, would otherwise keep every probed address "in use". Link-local,
+/// multicast and unspecified addresses claim nothing (no pod is given one). Makes the frame
+/// readable (which may move it), only for ICMPv6.
 #[inline(always)]
 pub fn claim(ctx: &TcContext) -> Option<Claim> {
     let len = ctx.len() as usize;
-    let with_option = len >= CLAIM_MIN_LEN + 8;
-    let want = if with_option {
-        CLAIM_MIN_LEN + 8
-    } else {
-        CLAIM_MIN_LEN
-    };
-    if len < CLAIM_MIN_LEN || readable(ctx, want).is_err() {
+    if len < CLAIM_MIN_LEN {
+        return None;
+    }
+    // Multicast that is not ICMPv6 (MLD reports aside: mDNS, streams) is not pulled.
+    if let Some(ip) = header::<Ipv6Hdr>(ctx, ETH_HLEN)
+        // SAFETY: bounds-checked by `header`.
+        && unsafe { (*ip).next_header } != IPPROTO_ICMPV6
+    {
+        return None;
+    }
+    let with_option = len >= FRAME_LEN;
+    let want = if with_option { FRAME_LEN } else { CLAIM_MIN_LEN };
+    if readable(ctx, want).is_err() {
         return None;
     }
     let eth: *mut EthHdr = header(ctx, 0)?;
@@ -156,12 +164,12 @@ pub fn claim(ctx: &TcContext) -> Option<Claim> {
         }
         let mut target = [0u8; 16];
         target.copy_from_slice(&nd_ref[8..24]);
-        let src = ip_ref.src;
+        let (src, dst) = (ip_ref.src, ip_ref.dst);
         let icmp_type = nd_ref[0];
         let (addr, option) = match icmp_type {
+            ICMPV6_NEIGHBOR_ADVERT if dst[0] == 0xff && nd_ref[4] & NA_SOLICITED != 0 => return None,
             ICMPV6_NEIGHBOR_ADVERT => (target, ND_OPT_TARGET_LLADDR),
-            ICMPV6_NEIGHBOR_SOLICIT if src == [0; 16] => (target, 0),
-            ICMPV6_NEIGHBOR_SOLICIT => (src, ND_OPT_SOURCE_LLADDR),
+            ICMPV6_NEIGHBOR_SOLICIT if src != [0; 16] => (src, ND_OPT_SOURCE_LLADDR),
             _ => return None,
         };
         let link_local = addr[0] == 0xfe && addr[1] & 0xc0 == 0x80;
@@ -169,8 +177,11 @@ pub fn claim(ctx: &TcContext) -> Option<Claim> {
             return None;
         }
         let mut mac = (*eth).src;
+        // A multicast sender is no host (nor is a multicast link-layer option, below).
+        if mac[0] & 1 == 1 {
+            return None;
+        }
         if with_option
-            && option != 0
             && payload_len >= ND_HEAD_LEN + 8
             && let Some(first) = header::<[u8; 8]>(ctx, CLAIM_MIN_LEN)
         {
@@ -178,6 +189,13 @@ pub fn claim(ctx: &TcContext) -> Option<Claim> {
             if first[0] == option && first[1] == 1 {
                 mac.copy_from_slice(&first[2..8]);
             }
+        }
+        if payload_len == ND_MESSAGE_LEN as usize
+            && len == FRAME_LEN
+            && let Some(covered) = header::<[u8; 64]>(ctx, ADDRESSES)
+            && !nd_checksum_valid(&*covered)
+        {
+            return None;
         }
         if mac[0] & 1 == 1 {
             return None;

@@ -16,9 +16,9 @@ use std::{
 
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
-/// What a probe reads of a frame: Ethernet, IPv6 and a neighbour discovery message up to
-/// its target.
-const RECEIVED_LEN: usize = 14 + 40 + 24;
+/// What a probe reads of a frame: Ethernet, IPv6 and a neighbour discovery message with
+/// one option.
+const RECEIVED_LEN: usize = 14 + 40 + 32;
 pub const ARP_FRAME_LEN: usize = 42;
 
 /// An Ethernet frame carrying ARP for IPv4.
@@ -97,6 +97,9 @@ impl ArpSocket {
             own_mac,
             protocol,
         };
+        if protocol == ETH_P_IPV6 {
+            socket.only_neighbour_discovery()?;
+        }
         let address = socket.address([0; 6]);
         // SAFETY: `address` is a valid sockaddr_ll of the given size.
         let bound = unsafe {
@@ -110,6 +113,48 @@ impl ArpSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(socket)
+    }
+
+    /// Lets only neighbour solicitations and advertisements (ICMPv6 right after the IPv6
+    /// header, hop limit 255) reach the socket, before it receives anything: the bridge's
+    /// other IPv6 traffic would fill its buffer while a probe waits.
+    fn only_neighbour_discovery(&self) -> io::Result<()> {
+        let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+        const LD_H: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
+        const LD_B: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+        const JEQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+        const RET: u16 = 0x06; // BPF_RET | BPF_K
+        let mut program = [
+            op(LD_H, 0, 0, 12),
+            op(JEQ, 0, 7, u32::from(ETH_P_IPV6)),
+            op(LD_B, 0, 0, 20),
+            op(JEQ, 0, 5, 58),
+            op(LD_B, 0, 0, 21),
+            op(JEQ, 0, 3, 255),
+            op(LD_B, 0, 0, 54),
+            op(JEQ, 2, 0, 136),
+            op(JEQ, 1, 0, 135),
+            op(RET, 0, 0, 0),
+            op(RET, 0, 0, 0xffff),
+        ];
+        let filter = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_mut_ptr(),
+        };
+        // SAFETY: `filter` points at `program`, alive for the call.
+        let attached = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&raw const filter).cast(),
+                size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if attached < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     fn address(&self, dst: [u8; 6]) -> libc::sockaddr_ll {
@@ -232,9 +277,11 @@ impl ArpSocket {
 }
 
 /// Who `frame` says uses `ip`, if it does. IPv4: any ARP packet whose sender is `ip` (a
-/// reply, or another prober's announcement; probes have sender 0.0.0.0). IPv6: a neighbour
-/// advertisement for `ip`, or another host's duplicate address detection of it (RFC 4862
-/// 5.4.3), by the frame's sender.
+/// reply, or another prober's announcement; probes have sender 0.0.0.0). IPv6: as the
+/// uplink program's claims (ebpf/src/ndp.rs): a neighbour advertisement for `ip` (not one
+/// that says Solicited to a group), or a solicitation from `ip`, by the MAC of the
+/// message's first option when it is the link-layer address, else the frame's sender;
+/// duplicate address detection (from ::) claims nothing.
 fn claimed_by(frame: &[u8; RECEIVED_LEN], ip: IpAddr) -> Option<[u8; 6]> {
     let mut sender = [0u8; 6];
     match ip {
@@ -245,15 +292,25 @@ fn claimed_by(frame: &[u8; RECEIVED_LEN], ip: IpAddr) -> Option<[u8; 6]> {
         }
         IpAddr::V6(ip) => {
             sender.copy_from_slice(&frame[6..12]);
-            let is_nd = frame[12..14] == ETH_P_IPV6.to_be_bytes() && frame[20] == 58 && frame[21] == 255;
-            let (icmp_type, target) = (frame[54], &frame[62..78]);
-            let from_unspecified = frame[22..38] == [0; 16];
-            let claims = match icmp_type {
-                136 => true,
-                135 => from_unspecified,
-                _ => false,
+            let is_nd = frame[12..14] == ETH_P_IPV6.to_be_bytes()
+                && frame[20] == 58
+                && frame[21] == 255
+                && frame[55] == 0;
+            let (src, dst, target) = (&frame[22..38], &frame[38..54], &frame[62..78]);
+            let (claimed, option) = match frame[54] {
+                136 if dst[0] == 0xff && frame[58] & 0x40 != 0 => return None,
+                136 => (target, 2),
+                135 => (src, 1),
+                _ => return None,
             };
-            (is_nd && claims && target == ip.octets()).then_some(sender)
+            if !is_nd || claimed != ip.octets() || sender[0] & 1 == 1 {
+                return None;
+            }
+            let with_option = u16::from_be_bytes([frame[18], frame[19]]) >= 32;
+            if with_option && frame[78] == option && frame[79] == 1 {
+                sender.copy_from_slice(&frame[80..86]);
+            }
+            Some(sender)
         }
     }
 }
@@ -280,15 +337,27 @@ mod tests {
         frame.copy_from_slice(&advertisement[..RECEIVED_LEN]);
         assert_eq!(claimed_by(&frame, IpAddr::V6(v6)), Some(mac));
         assert_eq!(claimed_by(&frame, "fd10:10::1:8".parse().expect("ip")), None);
+        let mut routed = frame;
+        routed[21] = 64;
+        assert_eq!(claimed_by(&routed, IpAddr::V6(v6)), None, "hop limit not 255");
+        let mut solicited = frame;
+        solicited[58] |= 0x40;
+        assert_eq!(
+            claimed_by(&solicited, IpAddr::V6(v6)),
+            None,
+            "Solicited, to all nodes"
+        );
+        // By the MAC its option names, not the frame's sender.
+        let mut relayed = frame;
+        relayed[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        assert_eq!(claimed_by(&relayed, IpAddr::V6(v6)), Some(mac));
         let detection = crate::ndp::dad_solicitation(mac, v6);
         frame.copy_from_slice(&detection[..RECEIVED_LEN]);
         assert_eq!(
             claimed_by(&frame, IpAddr::V6(v6)),
-            Some(mac),
-            "another host's detection of the address"
+            None,
+            "duplicate address detection claims nothing"
         );
-        frame[21] = 64;
-        assert_eq!(claimed_by(&frame, IpAddr::V6(v6)), None, "hop limit not 255");
     }
 
     #[test]

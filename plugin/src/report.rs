@@ -528,18 +528,16 @@ async fn network_report(netlink: &Netlink, datapath: &Datapath) -> Result<Networ
 
 /// The claims on the wire of local pods' addresses by other MACs within the claim memory
 /// (`wire::CLAIM_MEMORY`: a conflict nobody repeats for that long is over), most recent
-/// first (ADD forgets a pod's addresses' claims, so each is younger than its pod). Pins
-/// older than the claims map have none.
+/// first (ADD forgets a pod's addresses' claims, so each is younger than its pod). One
+/// lookup per pod address, not a walk of the claim maps (8192 entries each). Pins older
+/// than a claims map have none of its family.
 pub fn wire_conflicts(
     datapath: &Datapath,
     endpoints: &[(Endpoint, Vec<Ipv4Addr>)],
 ) -> Vec<WireConflictReport> {
-    let Ok(claims) = datapath.wire_claims() else {
-        return Vec::new();
-    };
     let now = kernel::monotonic_ns();
     let memory = kernel::nanos(crate::cmd::wire::CLAIM_MEMORY);
-    let mut pods: HashMap<IpAddr, &Endpoint> = endpoints
+    let mut pods: Vec<(IpAddr, &Endpoint)> = endpoints
         .iter()
         .flat_map(|(endpoint, addresses)| {
             addresses
@@ -557,10 +555,10 @@ pub fn wire_conflicts(
             );
         }
     }
-    let mut conflicts: Vec<WireConflictReport> = claims
+    let mut conflicts: Vec<WireConflictReport> = pods
         .into_iter()
-        .filter_map(|(address, claim)| {
-            let pod = pods.get(&address)?;
+        .filter_map(|(address, pod)| {
+            let claim = datapath.wire_claim(address).ok().flatten()?;
             let age_ns = now.saturating_sub(claim.seen_ns);
             (pod.mac != claim.mac && age_ns <= memory).then(|| WireConflictReport {
                 address,

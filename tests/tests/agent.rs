@@ -908,7 +908,17 @@ fn a_pods_ipv6_address_claimed_on_the_wire_is_reported_logged_and_defended() {
         ) >= 1.0,
         "{metrics}"
     );
-    // One defence is two frames.
+    // One defence is two frames, each the plugin's unsolicited advertisement byte for byte
+    // (to all nodes, hop limit 255, the pod's MAC in its option, a right checksum).
+    let expected = flatbridge::ndp::unsolicited_advertisement(pod_mac, ip);
+    let defences: Vec<&Vec<u8>> = frames
+        .iter()
+        .filter(|frame| advertisements(std::slice::from_ref(frame), pod_mac, ip.octets()) == 1)
+        .collect();
+    assert!(
+        defences.iter().all(|frame| frame[..] == expected[..]),
+        "{defences:02x?}"
+    );
     assert_eq!(
         advertisements(&frames, pod_mac, ip.octets()),
         2,

@@ -1803,40 +1803,93 @@ fn neighbour_discovery_from_the_wire_is_remembered_as_claims_and_a_pods_address_
         ip[15] = last;
         ip
     };
-    // Remembered whatever the node's settings (ADD probes before any pod enabled them).
+    // Remembered whatever the node's settings (ADD probes before any pod enabled them), for
+    // the addresses the plugin probes (and local pods') only.
     let world = dual_stack(World::new(0, true));
+    let probed = |ip: [u8; 16]| {
+        world
+            .datapath
+            .expect_wire_answers(std::net::Ipv6Addr::from(ip).into())
+            .expect("nd_probes entry");
+    };
+    let answer = |ip: [u8; 16]| frames::neighbor_advertisement(HOLDER, ip, frames::ALL_NODES, ip, 0, TLLA);
+    let (action, _, _) = world.run(
+        FROM_UPLINK,
+        world.uplink,
+        &answer(taken(9)),
+        Verdict::UplinkToBridge,
+    );
+    assert_eq!(action, TC_ACT_OK, "the advertisement goes on to the bridge");
+    assert_eq!(nd_claim(&world, taken(9)), None, "an address nobody probed");
     // An advertisement (the answer to a probe goes to all nodes): its target, by the MAC of
     // its target link-layer option.
-    let answer = frames::neighbor_advertisement(HOLDER, taken(10), frames::ALL_NODES, taken(10), 0, TLLA);
-    let (action, _, _) = world.run(FROM_UPLINK, world.uplink, &answer, Verdict::UplinkToBridge);
-    assert_eq!(action, TC_ACT_OK, "the advertisement goes on to the bridge");
+    probed(taken(10));
+    world.run(
+        FROM_UPLINK,
+        world.uplink,
+        &answer(taken(10)),
+        Verdict::UplinkToBridge,
+    );
     assert_eq!(nd_claim(&world, taken(10)), Some((TLLA, 136)));
-    // Another host's duplicate address detection: its target, by the frame's sender.
-    let detection = frames::neighbor_solicitation(HOLDER, [0; 16], taken(11), None);
-    world.run(FROM_UPLINK, world.uplink, &detection, Verdict::UplinkToBridge);
-    assert_eq!(nd_claim(&world, taken(11)), Some((HOLDER, 135)));
-    // A solicitation from an address: its source, by the source link-layer option.
+    // A solicitation from an address: its source, by the source link-layer option, or by
+    // the frame's sender without one.
+    probed(taken(12));
     let asking = frames::neighbor_solicitation(HOLDER, taken(12), taken(99), Some(TLLA));
     world.run(FROM_UPLINK, world.uplink, &asking, Verdict::UplinkToBridge);
     assert_eq!(nd_claim(&world, taken(12)), Some((TLLA, 135)));
+    probed(taken(99));
     assert_eq!(
         nd_claim(&world, taken(99)),
         None,
         "asking for an address claims nothing"
     );
-    // No claim: hop limit not 255 (off-link), a link-local target, a multicast sender.
-    let mut routed = frames::neighbor_advertisement(HOLDER, taken(13), frames::ALL_NODES, taken(13), 0, TLLA);
+    probed(taken(15));
+    let bare = frames::neighbor_solicitation(HOLDER, taken(15), taken(99), None);
+    world.run(FROM_UPLINK, world.uplink, &bare, Verdict::UplinkToBridge);
+    assert_eq!(nd_claim(&world, taken(15)), Some((HOLDER, 135)));
+    // Duplicate address detection claims nothing: the plugin's own probe (32 bytes, a nonce
+    // first), or another host's without options.
+    probed(taken(11));
+    let own_probe = flatbridge::ndp::dad_solicitation(HOLDER, std::net::Ipv6Addr::from(taken(11)));
+    world.run(FROM_UPLINK, world.uplink, &own_probe, Verdict::UplinkToBridge);
+    let detection = frames::neighbor_solicitation(HOLDER, [0; 16], taken(11), None);
+    world.run(FROM_UPLINK, world.uplink, &detection, Verdict::UplinkToBridge);
+    assert_eq!(nd_claim(&world, taken(11)), None, "detection");
+    // No claim either: hop limit not 255 (off-link), a bad checksum, Solicited to all
+    // nodes, a link-local target, a multicast sender.
+    probed(taken(13));
+    let mut routed = answer(taken(13));
     routed[14 + 7] = 64;
-    world.run(FROM_UPLINK, world.uplink, &routed, Verdict::UplinkToBridge);
-    assert_eq!(nd_claim(&world, taken(13)), None, "hop limit 64");
-    let link_local = ll(HOLDER);
-    let own_ll = frames::neighbor_advertisement(HOLDER, link_local, frames::ALL_NODES, link_local, 0, HOLDER);
-    world.run(FROM_UPLINK, world.uplink, &own_ll, Verdict::UplinkToBridge);
-    assert_eq!(nd_claim(&world, link_local), None, "a link-local address");
-    let mut group_sender = frames::neighbor_solicitation(HOLDER, [0; 16], taken(14), None);
+    let mut bad_checksum = answer(taken(13));
+    bad_checksum[14 + 40 + 2] ^= 0xff;
+    let solicited = frames::neighbor_advertisement(
+        HOLDER,
+        taken(13),
+        frames::ALL_NODES,
+        taken(13),
+        frames::NA_SOLICITED,
+        TLLA,
+    );
+    let mut group_sender = answer(taken(13));
     group_sender[6] |= 1;
-    world.run(FROM_UPLINK, world.uplink, &group_sender, Verdict::UplinkToBridge);
-    assert_eq!(nd_claim(&world, taken(14)), None, "a multicast sender");
+    for (what, frame) in [
+        ("hop limit 64", routed),
+        ("bad checksum", bad_checksum),
+        ("solicited to all nodes", solicited),
+        ("multicast sender", group_sender),
+    ] {
+        world.run(FROM_UPLINK, world.uplink, &frame, Verdict::UplinkToBridge);
+        assert_eq!(nd_claim(&world, taken(13)), None, "{what}");
+    }
+    let link_local = ll(HOLDER);
+    probed(link_local);
+    world.run(
+        FROM_UPLINK,
+        world.uplink,
+        &answer(link_local),
+        Verdict::UplinkToBridge,
+    );
+    assert_eq!(nd_claim(&world, link_local), None, "a link-local address");
 
     // A claim of a local pod's address under another MAC is a conflict, counted; the pod's
     // own MAC is none.
@@ -1850,6 +1903,7 @@ fn neighbour_discovery_from_the_wire_is_remembered_as_claims_and_a_pods_address_
     );
     let (action, _, counted) = world.run(FROM_UPLINK, world.uplink, &intruder, Verdict::UplinkNdConflict);
     assert_eq!((action, counted), (TC_ACT_OK, 1), "a claim of B's address");
+    assert_eq!(nd_claim(&world, IPV6_B), Some((HOLDER, 136)));
     let own = frames::neighbor_advertisement(
         MAC_B,
         IPV6_B,

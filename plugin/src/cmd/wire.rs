@@ -266,11 +266,23 @@ impl<'a> Wire<'a> {
 
     /// One probe for `ip`, recorded in the memory when there is one; when it was sent.
     pub fn probe(&self, ip: IpAddr) -> Result<u64, CniError> {
+        self.probe_recorded(ip, true)
+    }
+
+    /// One probe for `ip`, recorded in the memory after it was sent; when it was sent. The
+    /// address must have its entry already (probed before, or named by `probe_ahead`): the
+    /// uplink program remembers the answers for the IPv6 addresses in `nd_probes` only.
+    /// Failing to record fails the probe only when `must_record` (a node whose pins predate
+    /// the memory still probes).
+    fn probe_recorded(&self, ip: IpAddr, must_record: bool) -> Result<u64, CniError> {
         let sent = monotonic_ns();
         self.send(&self.probe_frame(ip))
             .map_err(|error| probe_error(ip, error))?;
         if let Some(memory) = self.memory {
-            memory.record_wire_probe(ip, sent)?;
+            match memory.record_wire_probe(ip, sent) {
+                Err(error) if must_record => return Err(error.into()),
+                _ => {}
+            }
         }
         Ok(sent)
     }
@@ -293,7 +305,7 @@ impl<'a> Wire<'a> {
             let waits = &mut waiting[next];
             sleep_until(waits.next_ns());
             if waits.second_probe_ns.take().is_some() {
-                let sent = self.probe_unrecorded_ok(waits.ip)?;
+                let sent = self.probe_recorded(waits.ip, false)?;
                 waits.check_ns = waits.check_ns.max(sent.saturating_add(ns(wait / 2)));
                 continue;
             }
@@ -354,8 +366,12 @@ impl<'a> Wire<'a> {
                 }
             }
         }
-        let probed_at = monotonic_ns();
         let frame = self.probe_frame(ip);
+        if let Some(memory) = self.memory {
+            // Before the probe: its answer can come back before a record made after it.
+            let _ = memory.expect_wire_answers(ip);
+        }
+        let probed_at = monotonic_ns();
         if let Some(memory) = self.memory
             && self.send(&frame).map_err(|error| probe_error(ip, error))?
         {
@@ -384,18 +400,6 @@ impl<'a> Wire<'a> {
         // claims is still asked at the end of ADD.
         let _ = memory.record_wire_probe(ip, probed_at);
         Ok(Step::Done(Checked::after(answer, ip, probed_at)))
-    }
-
-    /// One probe for `ip`, recorded when the memory can (a node whose pins predate it
-    /// still probes); when it was sent.
-    fn probe_unrecorded_ok(&self, ip: IpAddr) -> Result<u64, CniError> {
-        let sent = monotonic_ns();
-        self.send(&self.probe_frame(ip))
-            .map_err(|error| probe_error(ip, error))?;
-        if let Some(memory) = self.memory {
-            let _ = memory.record_wire_probe(ip, sent);
-        }
-        Ok(sent)
     }
 
     /// The end of ADD: a claim of a checked address since its first probe, by another MAC

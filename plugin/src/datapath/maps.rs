@@ -533,17 +533,6 @@ impl Datapath {
         }
     }
 
-    /// Every remembered claim, IPv4 first. Fails only when the IPv4 map cannot be read
-    /// (pins that predate the IPv6 one have only IPv4 claims).
-    pub fn wire_claims(&self) -> Result<Vec<(IpAddr, ArpClaim)>, DatapathError> {
-        let mut claims = self.entries(map_name::ARP_CLAIMS, |ip: Ipv4| IpAddr::from(ip.addr))?;
-        claims.extend(
-            self.entries(map_name::ND_CLAIMS, |ip: Ipv6| IpAddr::from(ip.addr))
-                .unwrap_or_default(),
-        );
-        Ok(claims)
-    }
-
     /// Forgets the claims of `ip` (a pod took it: only later claims are conflicts).
     pub fn forget_wire_claim(&self, ip: IpAddr) -> Result<(), DatapathError> {
         match ip {
@@ -560,7 +549,8 @@ impl Datapath {
         }
     }
 
-    /// Every probed address, IPv4 first; as [`Self::wire_claims`].
+    /// Every probed address, IPv4 first. Fails only when the IPv4 map cannot be read (pins
+    /// that predate the IPv6 one have only IPv4 probes).
     pub fn wire_probes(&self) -> Result<Vec<(IpAddr, ArpProbe)>, DatapathError> {
         let mut probes = self.entries(map_name::ARP_PROBES, |ip: Ipv4| IpAddr::from(ip.addr))?;
         probes.extend(
@@ -586,26 +576,43 @@ impl Datapath {
 
     /// Records that an ADD at `stamp_ns` named each of `ips` among the next addresses to
     /// hand out (a later stamp of a concurrent ADD stays); returns what is known of their
-    /// probes. One open of each family's map for all of them.
+    /// probes, each family after the other. One open of each family's map for all of them.
     pub fn want_wire_probes(
         &self,
         ips: &[IpAddr],
         stamp_ns: u64,
     ) -> Result<Vec<(IpAddr, ArpProbe)>, DatapathError> {
         let want = |probe: &mut ArpProbe| probe.wanted_ns = probe.wanted_ns.max(stamp_ns);
-        let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = ips.iter().partition(|ip| ip.is_ipv4());
-        let mut wanted = Vec::with_capacity(ips.len());
-        if !v4.is_empty() {
-            let keys: Vec<Ipv4> = v4.iter().filter_map(|ip| as_ipv4(*ip)).map(ipv4_key).collect();
-            let probes = self.change_probes(map_name::ARP_PROBES, &keys, want)?;
-            wanted.extend(v4.into_iter().zip(probes));
+        let (mut v4, mut v6) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for &ip in ips {
+            match ip {
+                IpAddr::V4(v4_ip) => (v4.0.push(ip), v4.1.push(ipv4_key(v4_ip))),
+                IpAddr::V6(v6_ip) => (v6.0.push(ip), v6.1.push(ipv6_key(v6_ip))),
+            };
         }
-        if !v6.is_empty() {
-            let keys: Vec<Ipv6> = v6.iter().filter_map(|ip| as_ipv6(*ip)).map(ipv6_key).collect();
-            let probes = self.change_probes(map_name::ND_PROBES, &keys, want)?;
-            wanted.extend(v6.into_iter().zip(probes));
+        let mut wanted = Vec::with_capacity(ips.len());
+        if !v4.1.is_empty() {
+            let probes = self.change_probes(map_name::ARP_PROBES, &v4.1, want)?;
+            wanted.extend(v4.0.into_iter().zip(probes));
+        }
+        if !v6.1.is_empty() {
+            let probes = self.change_probes(map_name::ND_PROBES, &v6.1, want)?;
+            wanted.extend(v6.0.into_iter().zip(probes));
         }
         Ok(wanted)
+    }
+
+    /// Makes sure `ip` has an entry in its family's probe map (all zero when new: never
+    /// probed), before a probe goes out: the uplink program remembers the answers for the
+    /// IPv6 addresses in `nd_probes` only.
+    /// (IPv4: nothing to do, every ARP sender is remembered.)
+    pub fn expect_wire_answers(&self, ip: IpAddr) -> Result<(), DatapathError> {
+        match ip {
+            IpAddr::V4(_) => Ok(()),
+            IpAddr::V6(ip) => self
+                .change_probes(map_name::ND_PROBES, &[ipv6_key(ip)], |_| {})
+                .map(drop),
+        }
     }
 
     /// Forgets the probes of `ip` (handed out, or found in use).
@@ -672,20 +679,6 @@ impl Datapath {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(error) => Err(self.map_error(name, error)),
         }
-    }
-}
-
-fn as_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
-    match ip {
-        IpAddr::V4(ip) => Some(ip),
-        IpAddr::V6(_) => None,
-    }
-}
-
-fn as_ipv6(ip: IpAddr) -> Option<Ipv6Addr> {
-    match ip {
-        IpAddr::V6(ip) => Some(ip),
-        IpAddr::V4(_) => None,
     }
 }
 
