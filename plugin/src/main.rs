@@ -147,7 +147,8 @@ enum Operator {
         bpf_root: PathBuf,
     },
     /// Addresses IPAM keeps out of allocations because another host on the wire answered
-    /// an ARP probe for them (address, MAC that answered, age). A marker expires 10 minutes
+    /// an ARP probe or an IPv6 duplicate address detection for them, or claimed them while
+    /// ADD ran (address, MAC that answered, age). A marker expires 10 minutes
     /// after it was written: its address is handed out, and so probed, again.
     #[command(args_conflicts_with_subcommands = true)]
     Conflicts {

@@ -57,8 +57,8 @@ pub struct NodeReport {
     pub kernel: KernelReport,
     /// Every network with a datapath under the BPF root (or the one asked for), by name.
     pub networks: Vec<NetworkReport>,
-    /// Addresses another host on the wire answered an ARP probe for, in every network's
-    /// lease directory.
+    /// Addresses another host on the wire answered an ARP probe or an IPv6 duplicate
+    /// address detection for, in every network's lease directory.
     pub conflicts: Vec<ConflictReport>,
 }
 

@@ -708,3 +708,54 @@ fn an_address_taken_silently_after_its_probe_fails_the_add_that_hands_it_out() {
     let (result, _) = timed_add(&one.node, &second, &config);
     assert_eq!(result["ips"][0]["address"], "10.10.1.4/16");
 }
+
+#[test]
+fn pins_of_a_build_without_the_ipv6_maps_are_shown_flushed_deleted_and_upgraded() {
+    require_root();
+    let fabric = Fabric::dual_stack(1, None);
+    let one = &fabric.nodes[0];
+    let config = one.dual_stack_config("1.0.0");
+    let (first, second) = (Pod::new("oldpins0"), Pod::new("oldpins1"));
+    for pod in [&first, &second] {
+        one.node.cni("ADD", &pod.env("eth0"), &config).ok("ADD");
+    }
+    // The pins an older build left: none of the IPv6 maps, and its own build marker.
+    let pins = one.node.bpffs.path().join("flatbridge").join(NET);
+    let ipv6_maps = ["nd_claims", "nd_probes", "flows6", "confirmed6", "gateways_v6"];
+    for map in ipv6_maps {
+        std::fs::remove_file(pins.join(map))
+            .unwrap_or_else(|error| panic!("remove the pin of {map}: {error}"));
+    }
+    for entry in std::fs::read_dir(&pins).expect("pins").flatten() {
+        if entry.file_name().to_string_lossy().starts_with("build-") {
+            std::fs::remove_dir(entry.path()).expect("remove the build marker");
+        }
+    }
+    std::fs::create_dir(pins.join("build-00000000000000ff")).expect("an older build's marker");
+    // Before any ADD loads this build: status, flush and DEL work on them.
+    let report = one.node.status();
+    let endpoints = report["networks"][0]["endpoints"].as_array().map(Vec::len);
+    assert_eq!(endpoints, Some(2), "{report}");
+    one.node.flatbridge(&["flows", "flush"]);
+    one.node
+        .cni("DEL", &first.env("eth0"), &config)
+        .ok("DEL on old pins");
+    assert!(second.ping(EXTERNAL_IP), "a pod of the old pins");
+    // The next ADD loads this build over them and creates the maps they lack.
+    let pod = Pod::new("oldpins2");
+    let result = one
+        .node
+        .cni("ADD", &pod.env("eth0"), &config)
+        .ok("ADD upgrading the pins");
+    // (host-local goes on from the last address it handed out.)
+    assert_eq!(result["ips"][1]["address"], "fd10:10::1:3/64", "{result}");
+    for map in ipv6_maps {
+        assert!(pins.join(map).exists(), "{map} not created by the upgrade");
+    }
+    assert!(pod.ping(EXTERNAL_IPV6));
+    assert!(pod.ping(&second.ipv6("eth0").expect("second's IPv6")));
+    for pod in [&pod, &second] {
+        one.node.cni("DEL", &pod.env("eth0"), &config).ok("DEL");
+    }
+    assert!(one.node.host_veths().is_empty(), "{:?}", one.node.host_veths());
+}

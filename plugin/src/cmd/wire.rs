@@ -339,12 +339,15 @@ impl<'a> Wire<'a> {
     /// (which reads the answers itself, and waits here) otherwise.
     fn start_check(&self, ip: IpAddr, wait: Duration) -> Result<Step, CniError> {
         let half = ns(wait / 2);
+        // A node whose pins predate the memory maps (of this family) has none: the socket
+        // probes and waits, as without a datapath.
+        let mut memory_answers = false;
         if let Some(memory) = self.memory {
-            // A node whose pins predate the memory maps has none: probe and wait.
             let remembered = memory
                 .wire_probe(ip)
                 .and_then(|probe| Ok((probe, self.claim(memory, ip)?)));
             if let Ok((probe, claim)) = remembered {
+                memory_answers = true;
                 match judge(probe, claim, monotonic_ns(), wait) {
                     Judgement::Free { since_ns } => {
                         // One more, whose answer the end of ADD may still see.
@@ -372,7 +375,7 @@ impl<'a> Wire<'a> {
             let _ = memory.expect_wire_answers(ip);
         }
         let probed_at = monotonic_ns();
-        if let Some(memory) = self.memory
+        if let Some(memory) = self.memory.filter(|_| memory_answers)
             && self.send(&frame).map_err(|error| probe_error(ip, error))?
         {
             let _ = memory.record_wire_probe(ip, probed_at);

@@ -9,7 +9,8 @@ use std::{
 
 use super::{IpamConfig, IpamError, Owner, RangeSet, Store};
 
-/// How long an address another host answered an ARP probe for stays out of allocations.
+/// How long an address another host answered a probe for (ARP, or IPv6 duplicate address
+/// detection) stays out of allocations.
 /// After it, the marker counts as free: the address is handed out, and so probed, again
 /// at its next allocation (a host that held it for a while may have gone; one that still
 /// answers gets it marked again). Without an expiry every ADD on a node next to a host

@@ -1,5 +1,6 @@
 //! `flatbridge conflicts [clear]`: the addresses IPAM keeps out of allocations because
-//! another host on the wire answered an ARP probe for them, and removing those markers.
+//! another host on the wire answered an ARP probe (or IPv6 duplicate address detection) for
+//! them, and removing those markers.
 //! Both take each network's IPAM lock, as an ADD does.
 use std::{
     net::IpAddr,
