@@ -531,55 +531,6 @@ fn ipv6_address_in_use_is_never_handed_out(fast_path: bool) {
         .error("ADD asking for the conflicting IPv6 address", 106);
 }
 
-#[test]
-fn an_ipv6_address_taken_silently_after_its_probe_fails_the_add_that_hands_it_out() {
-    require_root();
-    let fabric = Fabric::dual_stack(1, None);
-    let one = &fabric.nodes[0];
-    let mut config = one.dual_stack_config("1.0.0");
-    config["arpProbeMs"] = 300.into();
-    // As for IPv4: two ADDs probe the next addresses twice, so fd10:10::1:3 is then handed
-    // out without a wait, its probes long unanswered.
-    for (i, address) in ["fd10:10::1:1/64", "fd10:10::1:2/64"].iter().enumerate() {
-        let pod = Pod::new(&format!("silent6{i}"));
-        let (result, _) = timed_add(&one.node, &pod, &config);
-        assert_eq!(result["ips"][1]["address"], *address, "{result}");
-        std::thread::sleep(Duration::from_millis(400));
-    }
-    fabric.external.ok(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "fd10:10::1:3/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    let external_mac = fabric.external.mac("eth0");
-    let veths_before = one.node.host_veths();
-    let late = Pod::new("silent6x");
-    let msg = one
-        .node
-        .cni("ADD", &late.env("eth0"), &config)
-        .error("ADD handing out an IPv6 address taken after its probe", 102);
-    assert!(
-        msg.contains("fd10:10::1:3") && msg.contains(&external_mac),
-        "the error names neither the address nor its holder: {msg}"
-    );
-    assert_eq!(one.node.host_veths(), veths_before, "the failed ADD left a veth");
-    // The runtime's retry takes the next address.
-    let (result, _) = timed_add(&one.node, &late, &config);
-    assert_eq!(result["ips"][1]["address"], "fd10:10::1:4/64", "{result}");
-}
-
-/// The seed config of `node` with a probe time of `ms`.
-fn with_probe_ms(node: &flatbridge_tests::fabric::FabricNode, ms: u64) -> serde_json::Value {
-    let mut config = node.config("1.0.0");
-    config["arpProbeMs"] = ms.into();
-    config
-}
-
 fn timed_add(node: &Node, pod: &Pod, config: &serde_json::Value) -> (serde_json::Value, Duration) {
     let started = Instant::now();
     let result = node.cni("ADD", &pod.env("eth0"), config).ok("ADD");
@@ -660,40 +611,78 @@ fn probed_ahead_without_waiting(dual_stack: bool) {
 
 #[test]
 fn an_address_taken_silently_after_its_probe_fails_the_add_that_hands_it_out() {
+    taken_silently_after_its_probe(false);
+}
+
+#[test]
+fn an_ipv6_address_taken_silently_after_its_probe_fails_the_add_that_hands_it_out() {
+    taken_silently_after_its_probe(true);
+}
+
+fn taken_silently_after_its_probe(ipv6: bool) {
     require_root();
-    let fabric = Fabric::new(1, None);
+    let fabric = if ipv6 {
+        Fabric::dual_stack(1, None)
+    } else {
+        Fabric::new(1, None)
+    };
     let one = &fabric.nodes[0];
-    let config = with_probe_ms(one, 300);
+    let mut config = if ipv6 {
+        one.dual_stack_config("1.0.0")
+    } else {
+        one.config("1.0.0")
+    };
+    config["arpProbeMs"] = 300.into();
+    // The family's result slot, its n-th address of node 1's range, and its prefix.
+    let (slot, prefix) = if ipv6 { (1, 64) } else { (0, 16) };
+    let address = |n: u8| {
+        if ipv6 {
+            format!("fd10:10::1:{n}")
+        } else {
+            format!("10.10.1.{n}")
+        }
+    };
     // The first ADD probes the next addresses once, the second (after half the probe
-    // time) a second time: 10.10.1.3 is then handed out without a wait.
-    let earlier = [Pod::new("silent0"), Pod::new("silent00")];
-    for (pod, address) in earlier.iter().zip(["10.10.1.1/16", "10.10.1.2/16"]) {
-        let (result, _) = timed_add(&one.node, pod, &config);
-        assert_eq!(result["ips"][0]["address"], address);
-        std::thread::sleep(Duration::from_millis(400));
+    // time) a second time: the third address is then handed out without a wait.
+    // (Kept alive: a pod dropped takes its veth with it.)
+    let earlier: Vec<Pod> = [1, 2]
+        .into_iter()
+        .map(|n| {
+            let pod = Pod::new(&format!("silent{slot}{n}"));
+            let (result, _) = timed_add(&one.node, &pod, &config);
+            assert_eq!(result["ips"][slot]["address"], format!("{}/{prefix}", address(n)));
+            std::thread::sleep(Duration::from_millis(400));
+            pod
+        })
+        .collect();
+    // Nobody answered the third's probes; now the external host takes it without a word
+    // (Linux sends no ARP when an address is added, nor anything with nodad).
+    let held = format!("{}/{prefix}", address(3));
+    let mut add = vec!["ip", "addr", "add", held.as_str(), "dev", "eth0"];
+    if ipv6 {
+        add.push("nodad");
     }
-    // Nobody answered 10.10.1.3's probes; now the external host takes it without a word
-    // (Linux sends no ARP when an address is added).
-    fabric
-        .external
-        .ok(&["ip", "addr", "add", "10.10.1.3/16", "dev", "eth0"]);
+    fabric.external.ok(&add);
     let external_mac = fabric.external.mac("eth0");
     let veths_before = one.node.host_veths();
-    let second = Pod::new("silent1");
+    let late = Pod::new(&format!("silent{slot}x"));
     let msg = one
         .node
-        .cni("ADD", &second.env("eth0"), &config)
+        .cni("ADD", &late.env("eth0"), &config)
         .error("ADD handing out an address taken after its probe", 102);
     assert!(
-        msg.contains("10.10.1.3") && msg.contains(&external_mac),
+        msg.contains(&address(3)) && msg.contains(&external_mac),
         "the error names neither the address nor its holder: {msg}"
     );
     assert_eq!(one.node.host_veths(), veths_before, "the failed ADD left a veth");
-    // 10.10.1.3's file is now the conflict marker, nobody's lease.
-    assert_eq!(one.node.leases(NET), ["10.10.1.1", "10.10.1.2", "10.10.1.3"]);
-    let marker = std::fs::read_to_string(one.node.ipam_dir(NET).join("10.10.1.3")).expect("marker");
+    // The third address's file is now the conflict marker, nobody's lease; the failed
+    // ADD's other leases are gone.
+    let leases = one.node.leases(NET);
+    assert!(leases.contains(&address(3)), "{leases:?}");
+    assert_eq!(leases.len(), if ipv6 { 5 } else { 3 }, "{leases:?}");
+    let marker = std::fs::read_to_string(one.node.ipam_dir(NET).join(address(3))).expect("marker");
     assert!(
-        !marker.contains(&second.container_id),
+        !marker.contains(&late.container_id),
         "the failed ADD left its lease: {marker}"
     );
     let report = one.node.status();
@@ -701,12 +690,14 @@ fn an_address_taken_silently_after_its_probe_fails_the_add_that_hands_it_out() {
     assert!(
         conflicts
             .iter()
-            .any(|conflict| conflict["address"] == "10.10.1.3" && conflict["mac"] == external_mac.as_str()),
+            .any(|conflict| conflict["address"] == address(3).as_str()
+                && conflict["mac"] == external_mac.as_str()),
         "{report}"
     );
     // The runtime's retry takes the next address.
-    let (result, _) = timed_add(&one.node, &second, &config);
-    assert_eq!(result["ips"][0]["address"], "10.10.1.4/16");
+    let (result, _) = timed_add(&one.node, &late, &config);
+    assert_eq!(result["ips"][slot]["address"], format!("{}/{prefix}", address(4)));
+    drop(earlier);
 }
 
 #[test]
