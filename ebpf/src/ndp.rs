@@ -134,7 +134,8 @@ pub fn claim(ctx: &TcContext) -> Option<Claim> {
     if len < CLAIM_MIN_LEN {
         return None;
     }
-    // Multicast that is not ICMPv6 (MLD reports aside: mDNS, streams) is not pulled.
+    // Multicast that is not ICMPv6 (mDNS, streams) is not pulled when its IPv6 header is in
+    // the linear part already (the usual case).
     if let Some(ip) = header::<Ipv6Hdr>(ctx, ETH_HLEN)
         // SAFETY: bounds-checked by `header`.
         && unsafe { (*ip).next_header } != IPPROTO_ICMPV6
@@ -158,6 +159,7 @@ pub fn claim(ctx: &TcContext) -> Option<Claim> {
             || ip_ref.next_header != IPPROTO_ICMPV6
             || ip_ref.hop_limit != 255
             || payload_len < ND_HEAD_LEN
+            || len < ETH_HLEN + core::mem::size_of::<Ipv6Hdr>() + payload_len
             || nd_ref[1] != 0
         {
             return None;
@@ -191,7 +193,6 @@ pub fn claim(ctx: &TcContext) -> Option<Claim> {
             }
         }
         if payload_len == ND_MESSAGE_LEN as usize
-            && len == FRAME_LEN
             && let Some(covered) = header::<[u8; 64]>(ctx, ADDRESSES)
             && !nd_checksum_valid(&*covered)
         {

@@ -306,9 +306,16 @@ fn claimed_by(frame: &[u8; RECEIVED_LEN], ip: IpAddr) -> Option<[u8; 6]> {
             if !is_nd || claimed != ip.octets() || sender[0] & 1 == 1 {
                 return None;
             }
-            let with_option = u16::from_be_bytes([frame[18], frame[19]]) >= 32;
-            if with_option && frame[78] == option && frame[79] == 1 {
+            let payload_len = u16::from_be_bytes([frame[18], frame[19]]);
+            if payload_len >= 32 && frame[78] == option && frame[79] == 1 {
                 sender.copy_from_slice(&frame[80..86]);
+            }
+            let mut covered = [0u8; 64];
+            covered.copy_from_slice(&frame[22..86]);
+            if sender[0] & 1 == 1
+                || (payload_len == 32 && !flatbridge_common::nd::nd_checksum_valid(&covered))
+            {
+                return None;
             }
             Some(sender)
         }

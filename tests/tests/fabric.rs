@@ -745,8 +745,53 @@ fn pins_of_a_build_without_the_ipv6_maps_are_shown_flushed_deleted_and_upgraded(
     }
     assert!(pod.ping(EXTERNAL_IPV6));
     assert!(pod.ping(&second.ipv6("eth0").expect("second's IPv6")));
+    // The old pod's IPv6 gateway is answered again (the upgrade's gateways_v6 is new).
+    assert!(
+        second.ping(EXTERNAL_IPV6),
+        "the old pod over IPv6 after the upgrade"
+    );
     for pod in [&pod, &second] {
         one.node.cni("DEL", &pod.env("eth0"), &config).ok("DEL");
     }
     assert!(one.node.host_veths().is_empty(), "{:?}", one.node.host_veths());
+}
+
+#[test]
+fn without_the_ipv6_memory_maps_ipv6_addresses_are_probed_over_a_socket() {
+    require_root();
+    let fabric = Fabric::dual_stack(1, None);
+    let one = &fabric.nodes[0];
+    let config = one.dual_stack_config("1.0.0");
+    let first = Pod::new("nomem0");
+    one.node.cni("ADD", &first.env("eth0"), &config).ok("first ADD");
+    // The loaded build's pins without the IPv6 claims and probes (removed by hand: an
+    // upgrade loads them again, see above): the probes of IPv6 addresses cannot be read
+    // back from the datapath.
+    let pins = one.node.bpffs.path().join("flatbridge").join(NET);
+    for map in ["nd_claims", "nd_probes"] {
+        std::fs::remove_file(pins.join(map))
+            .unwrap_or_else(|error| panic!("remove the pin of {map}: {error}"));
+    }
+    fabric.external.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd10:10::1:2/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let pod = Pod::new("nomem1");
+    let result = one.node.cni("ADD", &pod.env("eth0"), &config).ok("ADD");
+    assert_eq!(result["ips"][1]["address"], "fd10:10::1:3/64", "{result}");
+    let report = one.node.status();
+    let conflicts = report["conflicts"].as_array().cloned().unwrap_or_default();
+    assert!(
+        conflicts
+            .iter()
+            .any(|conflict| conflict["address"] == "fd10:10::1:2"),
+        "{report}"
+    );
+    assert!(pod.ping(EXTERNAL_IPV6));
 }

@@ -398,7 +398,15 @@ impl Reconciler {
         };
         let (forget, reprobe) = wire::upkeep(&probes, &pods, now);
         for ip in forget {
-            let _ = datapath.forget_wire_probe(ip);
+            // Only as it was listed: an ADD that probed or stamped it since needs it (the
+            // uplink program remembers IPv6 answers only for the entries there).
+            let listed = probes
+                .iter()
+                .find(|(probed, _)| *probed == ip)
+                .map(|(_, probe)| *probe);
+            if datapath.wire_probe(ip).ok().flatten() == listed {
+                let _ = datapath.forget_wire_probe(ip);
+            }
         }
         let mut probed = 0;
         for ip in reprobe {

@@ -257,7 +257,8 @@ impl<'a> Wire<'a> {
             if !wants_probe_ahead(probe, monotonic_ns(), wait) {
                 continue;
             }
-            if let Err(error) = self.probe(ip) {
+            // Its entry was just stamped: the program remembers the answers.
+            if let Err(error) = self.probe_recorded(ip, true, false) {
                 log::debug!("probing {ip} ahead failed: {error}");
                 return;
             }
@@ -266,15 +267,18 @@ impl<'a> Wire<'a> {
 
     /// One probe for `ip`, recorded in the memory when there is one; when it was sent.
     pub fn probe(&self, ip: IpAddr) -> Result<u64, CniError> {
-        self.probe_recorded(ip, true)
+        self.probe_recorded(ip, true, true)
     }
 
     /// One probe for `ip`, recorded in the memory after it was sent; when it was sent. The
-    /// address must have its entry already (probed before, or named by `probe_ahead`): the
-    /// uplink program remembers the answers for the IPv6 addresses in `nd_probes` only.
-    /// Failing to record fails the probe only when `must_record` (a node whose pins predate
-    /// the memory still probes).
-    fn probe_recorded(&self, ip: IpAddr, must_record: bool) -> Result<u64, CniError> {
+    /// uplink program remembers the answers for the IPv6 addresses in `nd_probes` only, so
+    /// with `ensure_entry` the entry is made first when missing (the agent's upkeep may have
+    /// just forgotten it; `probe_ahead` stamped its own). Failing to record fails the probe
+    /// only when `must_record` (a node whose pins predate the memory still probes).
+    fn probe_recorded(&self, ip: IpAddr, must_record: bool, ensure_entry: bool) -> Result<u64, CniError> {
+        if let Some(memory) = self.memory.filter(|_| ensure_entry) {
+            let _ = memory.expect_wire_answers(ip);
+        }
         let sent = monotonic_ns();
         self.send(&self.probe_frame(ip))
             .map_err(|error| probe_error(ip, error))?;
@@ -305,7 +309,7 @@ impl<'a> Wire<'a> {
             let waits = &mut waiting[next];
             sleep_until(waits.next_ns());
             if waits.second_probe_ns.take().is_some() {
-                let sent = self.probe_recorded(waits.ip, false)?;
+                let sent = self.probe_recorded(waits.ip, false, true)?;
                 waits.check_ns = waits.check_ns.max(sent.saturating_add(ns(wait / 2)));
                 continue;
             }
@@ -370,7 +374,7 @@ impl<'a> Wire<'a> {
             }
         }
         let frame = self.probe_frame(ip);
-        if let Some(memory) = self.memory {
+        if let Some(memory) = self.memory.filter(|_| memory_answers) {
             // Before the probe: its answer can come back before a record made after it.
             let _ = memory.expect_wire_answers(ip);
         }

@@ -605,13 +605,20 @@ impl Datapath {
     /// Makes sure `ip` has an entry in its family's probe map (all zero when new: never
     /// probed), before a probe goes out: the uplink program remembers the answers for the
     /// IPv6 addresses in `nd_probes` only.
-    /// (IPv4: nothing to do, every ARP sender is remembered.)
+    /// (IPv4: nothing to do, every ARP sender is remembered.) Never overwrites an entry: a
+    /// concurrent record or stamp stays.
     pub fn expect_wire_answers(&self, ip: IpAddr) -> Result<(), DatapathError> {
-        match ip {
-            IpAddr::V4(_) => Ok(()),
-            IpAddr::V6(ip) => self
-                .change_probes(map_name::ND_PROBES, &[ipv6_key(ip)], |_| {})
-                .map(drop),
+        let IpAddr::V6(ip) = ip else {
+            return Ok(());
+        };
+        let name = map_name::ND_PROBES;
+        let mut probes = self.lru_map::<Ipv6, ArpProbe>(name)?;
+        match probes.insert(ipv6_key(ip), ArpProbe::default(), NO_EXIST) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(error)) if error.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(())
+            }
+            Err(error) => Err(self.map_error(name, error)),
         }
     }
 
