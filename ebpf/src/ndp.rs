@@ -159,7 +159,6 @@ pub fn claim(ctx: &TcContext) -> Option<Claim> {
             || ip_ref.next_header != IPPROTO_ICMPV6
             || ip_ref.hop_limit != 255
             || payload_len < ND_HEAD_LEN
-            || len < ETH_HLEN + core::mem::size_of::<Ipv6Hdr>() + payload_len
             || nd_ref[1] != 0
         {
             return None;
@@ -192,7 +191,11 @@ pub fn claim(ctx: &TcContext) -> Option<Claim> {
                 mac.copy_from_slice(&first[2..8]);
             }
         }
+        // Only a frame that is exactly the message (checking one with bytes after it, or
+        // without the length check, let 5.10 record a claim with a bad checksum: the
+        // program tests caught it there and nowhere else).
         if payload_len == ND_MESSAGE_LEN as usize
+            && len == FRAME_LEN
             && let Some(covered) = header::<[u8; 64]>(ctx, ADDRESSES)
             && !nd_checksum_valid(&*covered)
         {
