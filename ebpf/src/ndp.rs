@@ -191,9 +191,9 @@ pub fn claim(ctx: &TcContext) -> Option<Claim> {
                 mac.copy_from_slice(&first[2..8]);
             }
         }
-        // Only a frame that is exactly the message (checking one with bytes after it, or
-        // without the length check, let 5.10 record a claim with a bad checksum: the
-        // program tests caught it there and nowhere else).
+        // Only a frame that is exactly the message (a refusal of messages longer than the
+        // frame, added beside checking any length, let 5.10 record a bad checksum's claim;
+        // checking any length alone passed there: the next step, see issue 21's note).
         if payload_len == ND_MESSAGE_LEN as usize
             && len == FRAME_LEN
             && let Some(covered) = header::<[u8; 64]>(ctx, ADDRESSES)
