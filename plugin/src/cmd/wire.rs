@@ -3,11 +3,11 @@
 //!
 //! The uplink program remembers the sender of every ARP frame from the wire
 //! (`arp_claims`): a host that uses an address names it whenever it ARPs, and answers a
-//! probe for it. For IPv6 it remembers who neighbour discovery says uses an address
-//! (`nd_claims`): the target of an advertisement (the answer to a probe, a solicitation
-//! from :: to the address's solicited-node group, goes to all nodes), the source of a
-//! solicitation, the target of another host's own detection. Both families take the same
-//! steps below, each in its own maps. Each ADD probes the addresses IPAM will hand out next, without waiting
+//! probe for it. For IPv6 it remembers who neighbour discovery says uses an address it was
+//! asked about (`nd_claims`): the target of an advertisement (the answer to a probe, a
+//! solicitation from :: to the address's solicited-node group, goes to all nodes) or the
+//! source of a solicitation. Both families take the same steps below, each in its own
+//! maps. Each ADD probes the addresses IPAM will hand out next, without waiting
 //! (`arp_probes` keeps when), and a second time once half the probe time has passed. An
 //! address probed twice so (the first time at least `arpProbeMs` ago) and claimed by
 //! nobody since is handed out at once, with one more probe. An address probed too
@@ -193,8 +193,8 @@ impl<'a> Wire<'a> {
         }
     }
 
-    /// The last claim of `ip` the memory has, unless it is the bridge's own (a probe of
-    /// ours the wire sent back).
+    /// The last claim of `ip` the memory has, unless it is the bridge's own (a frame of the
+    /// node's the wire sent back: the node holds no pod's address).
     fn claim(&self, memory: &Datapath, ip: IpAddr) -> Result<Option<ArpClaim>, DatapathError> {
         Ok(memory
             .wire_claim(ip)?
@@ -244,11 +244,9 @@ impl<'a> Wire<'a> {
             return;
         };
         // Each family on its own: pins older than the IPv6 maps still probe IPv4 ahead.
-        let stamp = monotonic_ns();
-        let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = upcoming.iter().partition(|ip| ip.is_ipv4());
         let mut probes = Vec::with_capacity(upcoming.len());
-        for family in [v4, v6].iter().filter(|family| !family.is_empty()) {
-            match memory.want_wire_probes(family, stamp) {
+        for family in memory.want_wire_probes(upcoming, monotonic_ns()) {
+            match family {
                 Ok(wanted) => probes.extend(wanted),
                 Err(error) => log::debug!("marking the next addresses to probe ahead failed: {error}"),
             }
@@ -343,15 +341,15 @@ impl<'a> Wire<'a> {
     /// (which reads the answers itself, and waits here) otherwise.
     fn start_check(&self, ip: IpAddr, wait: Duration) -> Result<Step, CniError> {
         let half = ns(wait / 2);
-        // A node whose pins predate the memory maps (of this family) has none: the socket
-        // probes and waits, as without a datapath.
-        let mut memory_answers = false;
+        // The memory, when it can answer for this family: a node whose pins predate its maps
+        // has none, and the socket probes and waits, as without a datapath.
+        let mut answering = None;
         if let Some(memory) = self.memory {
             let remembered = memory
                 .wire_probe(ip)
                 .and_then(|probe| Ok((probe, self.claim(memory, ip)?)));
             if let Ok((probe, claim)) = remembered {
-                memory_answers = true;
+                answering = Some(memory);
                 match judge(probe, claim, monotonic_ns(), wait) {
                     Judgement::Free { since_ns } => {
                         // One more, whose answer the end of ADD may still see.
@@ -374,12 +372,12 @@ impl<'a> Wire<'a> {
             }
         }
         let frame = self.probe_frame(ip);
-        if let Some(memory) = self.memory.filter(|_| memory_answers) {
+        if let Some(memory) = answering {
             // Before the probe: its answer can come back before a record made after it.
             let _ = memory.expect_wire_answers(ip);
         }
         let probed_at = monotonic_ns();
-        if let Some(memory) = self.memory.filter(|_| memory_answers)
+        if let Some(memory) = answering
             && self.send(&frame).map_err(|error| probe_error(ip, error))?
         {
             let _ = memory.record_wire_probe(ip, probed_at);
@@ -394,18 +392,11 @@ impl<'a> Wire<'a> {
             .probing_socket(ip)
             .and_then(|socket| socket.probe(&frame, ip, wait))
             .map_err(|error| probe_error(ip, error))?;
-        let Some(memory) = self.memory else {
-            return Ok(Step::Done(match answer {
-                Some(mac) => Checked::InUse(mac),
-                None => Checked::Late(LateCheck {
-                    ip,
-                    since_ns: probed_at,
-                }),
-            }));
-        };
-        // The datapath could not send (pins of before the inject program): its memory of
-        // claims is still asked at the end of ADD.
-        let _ = memory.record_wire_probe(ip, probed_at);
+        // With a datapath that could not send (pins of before the inject program), its
+        // memory of claims is still asked at the end of ADD (without one, nothing is).
+        if let Some(memory) = self.memory {
+            let _ = memory.record_wire_probe(ip, probed_at);
+        }
         Ok(Step::Done(Checked::after(answer, ip, probed_at)))
     }
 

@@ -46,6 +46,11 @@ fn is_behind(gateway: &IpNetwork, pod: IpAddr) -> bool {
 /// BPF_NOEXIST: insert only when the key is not there yet.
 const NO_EXIST: u64 = 1;
 
+/// True when a BPF_NOEXIST insert failed because the key is there already.
+fn already_there(error: &MapError) -> bool {
+    matches!(error, MapError::SyscallError(error) if error.io_error.raw_os_error() == Some(libc::EEXIST))
+}
+
 /// True when the host veth `ifindex` still exists in the calling thread's namespace.
 fn port_exists(ifindex: u32) -> bool {
     nix::net::if_::if_indextoname(ifindex).is_ok()
@@ -62,14 +67,12 @@ fn claim<K: aya::Pod>(
 ) -> Result<Result<(), u32>, MapError> {
     match map.insert(key, endpoint, NO_EXIST) {
         Ok(()) => Ok(Ok(())),
-        Err(MapError::SyscallError(error)) if error.io_error.raw_os_error() == Some(libc::EEXIST) => {
-            match map.get(&key, 0) {
-                Ok(holder) if holder.ifindex != endpoint.ifindex && port_exists(holder.ifindex) => {
-                    Ok(Err(holder.ifindex))
-                }
-                _ => map.insert(key, endpoint, 0).map(Ok),
+        Err(error) if already_there(&error) => match map.get(&key, 0) {
+            Ok(holder) if holder.ifindex != endpoint.ifindex && port_exists(holder.ifindex) => {
+                Ok(Err(holder.ifindex))
             }
-        }
+            _ => map.insert(key, endpoint, 0).map(Ok),
+        },
         Err(error) => Err(error),
     }
 }
@@ -576,12 +579,13 @@ impl Datapath {
 
     /// Records that an ADD at `stamp_ns` named each of `ips` among the next addresses to
     /// hand out (a later stamp of a concurrent ADD stays); returns what is known of their
-    /// probes, each family after the other. One open of each family's map for all of them.
+    /// probes, one result per family that `ips` has (IPv4 first: a family whose map fails
+    /// leaves the other's). One open of each family's map for all of them.
     pub fn want_wire_probes(
         &self,
         ips: &[IpAddr],
         stamp_ns: u64,
-    ) -> Result<Vec<(IpAddr, ArpProbe)>, DatapathError> {
+    ) -> Vec<Result<Vec<(IpAddr, ArpProbe)>, DatapathError>> {
         let want = |probe: &mut ArpProbe| probe.wanted_ns = probe.wanted_ns.max(stamp_ns);
         let (mut v4, mut v6) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
         for &ip in ips {
@@ -590,16 +594,16 @@ impl Datapath {
                 IpAddr::V6(v6_ip) => (v6.0.push(ip), v6.1.push(ipv6_key(v6_ip))),
             };
         }
-        let mut wanted = Vec::with_capacity(ips.len());
+        let mut wanted = Vec::with_capacity(2);
         if !v4.1.is_empty() {
-            let probes = self.change_probes(map_name::ARP_PROBES, &v4.1, want)?;
-            wanted.extend(v4.0.into_iter().zip(probes));
+            let probes = self.change_probes(map_name::ARP_PROBES, &v4.1, want);
+            wanted.push(probes.map(|probes| v4.0.into_iter().zip(probes).collect()));
         }
         if !v6.1.is_empty() {
-            let probes = self.change_probes(map_name::ND_PROBES, &v6.1, want)?;
-            wanted.extend(v6.0.into_iter().zip(probes));
+            let probes = self.change_probes(map_name::ND_PROBES, &v6.1, want);
+            wanted.push(probes.map(|probes| v6.0.into_iter().zip(probes).collect()));
         }
-        Ok(wanted)
+        wanted
     }
 
     /// Makes sure `ip` has an entry in its family's probe map (all zero when new: never
@@ -615,9 +619,7 @@ impl Datapath {
         let mut probes = self.lru_map::<Ipv6, ArpProbe>(name)?;
         match probes.insert(ipv6_key(ip), ArpProbe::default(), NO_EXIST) {
             Ok(()) => Ok(()),
-            Err(MapError::SyscallError(error)) if error.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                Ok(())
-            }
+            Err(error) if already_there(&error) => Ok(()),
             Err(error) => Err(self.map_error(name, error)),
         }
     }
