@@ -5,7 +5,7 @@
 //! renders it as text or prints it as JSON (`docs/status.schema.json` is its schema, checked
 //! by the tests), and whatever exports the node's state reads this same value.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     time::SystemTime,
@@ -456,7 +456,8 @@ async fn network_report(netlink: &Netlink, datapath: &Datapath) -> Result<Networ
         });
     }
     let node = datapath.node_config()?;
-    let wire_conflicts = wire_conflicts(datapath, &endpoints);
+    let mut ipv6_by_port = datapath.ipv6_addresses_by_port()?;
+    let wire_conflicts = wire_conflicts(datapath, &pod_addresses(&endpoints, &ipv6_by_port));
     // Pins older than the probe map have none: nothing is probed ahead.
     let probed_ahead = datapath.wire_probes().map_or(0, |probes| {
         // The latest ADD's next addresses (the agent keeps only those fresh).
@@ -464,7 +465,6 @@ async fn network_report(netlink: &Netlink, datapath: &Datapath) -> Result<Networ
         probes.iter().filter(|(_, probe)| of_latest_add(probe)).count()
     });
     let from_pod_id = datapath.program_id(program_name::FROM_POD);
-    let mut ipv6_by_port = datapath.ipv6_addresses_by_port()?;
     let endpoints = endpoints
         .into_iter()
         .map(|(endpoint, addresses)| EndpointReport {
@@ -526,38 +526,36 @@ async fn network_report(netlink: &Netlink, datapath: &Datapath) -> Result<Networ
     })
 }
 
-/// The claims on the wire of local pods' addresses by other MACs within the claim memory
-/// (`wire::CLAIM_MEMORY`: a conflict nobody repeats for that long is over), most recent
-/// first (ADD forgets a pod's addresses' claims, so each is younger than its pod). One
-/// lookup per pod address, not a walk of the claim maps (8192 entries each). Pins older
-/// than a claims map have none of its family.
-pub fn wire_conflicts(
-    datapath: &Datapath,
-    endpoints: &[(Endpoint, Vec<Ipv4Addr>)],
-) -> Vec<WireConflictReport> {
-    let now = kernel::monotonic_ns();
-    let memory = kernel::nanos(crate::cmd::wire::CLAIM_MEMORY);
-    let mut pods: Vec<(IpAddr, &Endpoint)> = endpoints
+/// Every address of every pod, with its endpoint: the IPv4 ones `endpoints` lists and the
+/// IPv6 ones of `ipv6_by_port` (`Datapath::ipv6_addresses_by_port`) of those endpoints.
+pub fn pod_addresses<'a>(
+    endpoints: &'a [(Endpoint, Vec<Ipv4Addr>)],
+    ipv6_by_port: &BTreeMap<u32, Vec<Ipv6Addr>>,
+) -> Vec<(IpAddr, &'a Endpoint)> {
+    endpoints
         .iter()
         .flat_map(|(endpoint, addresses)| {
+            let ipv6 = ipv6_by_port.get(&endpoint.ifindex).into_iter().flatten();
             addresses
                 .iter()
-                .map(move |address| (IpAddr::V4(*address), endpoint))
+                .map(|&address| IpAddr::V4(address))
+                .chain(ipv6.map(|&address| IpAddr::V6(address)))
+                .map(move |address| (address, endpoint))
         })
-        .collect();
-    // Pins older than the IPv6 map: IPv4 only.
-    for (ifindex, addresses) in datapath.ipv6_addresses_by_port().unwrap_or_default() {
-        if let Some((endpoint, _)) = endpoints.iter().find(|(endpoint, _)| endpoint.ifindex == ifindex) {
-            pods.extend(
-                addresses
-                    .into_iter()
-                    .map(|address| (IpAddr::V6(address), endpoint)),
-            );
-        }
-    }
+        .collect()
+}
+
+/// The claims on the wire of the pods' addresses (`pods`, see [`pod_addresses`]) by other
+/// MACs within the claim memory (`wire::CLAIM_MEMORY`: a conflict nobody repeats for that
+/// long is over), most recent first (ADD forgets a pod's addresses' claims, so each is
+/// younger than its pod). One lookup per pod address, not a walk of the claim maps (8192
+/// entries each). Pins older than a claims map have none of its family.
+pub fn wire_conflicts(datapath: &Datapath, pods: &[(IpAddr, &Endpoint)]) -> Vec<WireConflictReport> {
+    let now = kernel::monotonic_ns();
+    let memory = kernel::nanos(crate::cmd::wire::CLAIM_MEMORY);
     let mut conflicts: Vec<WireConflictReport> = pods
-        .into_iter()
-        .filter_map(|(address, pod)| {
+        .iter()
+        .filter_map(|&(address, pod)| {
             let claim = datapath.wire_claim(address).ok().flatten()?;
             let age_ns = now.saturating_sub(claim.seen_ns);
             (pod.mac != claim.mac && age_ns <= memory).then(|| WireConflictReport {

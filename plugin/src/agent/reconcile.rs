@@ -322,7 +322,10 @@ impl Reconciler {
         // Frames go out through the datapath (a packet socket only where it cannot send).
         let wire = Wire::new(settings.bridge_ifindex, settings.bridge_mac, Some(datapath));
         let now = kernel::monotonic_ns();
-        for conflict in report::wire_conflicts(datapath, &endpoints) {
+        // Pins older than the IPv6 map: IPv4 only.
+        let ipv6_by_port = datapath.ipv6_addresses_by_port().unwrap_or_default();
+        let addresses = report::pod_addresses(&endpoints, &ipv6_by_port);
+        for conflict in report::wire_conflicts(datapath, &addresses) {
             let key = (network.clone(), conflict.address, conflict.claimed_by.0);
             seen.insert(key.clone());
             if self.conflicts_logged.insert(key) {
@@ -382,13 +385,7 @@ impl Reconciler {
                 Err(error) => self.failed(&format!("defending {}", conflict.address), &error),
             }
         }
-        let mut pods: HashSet<IpAddr> = endpoints
-            .iter()
-            .flat_map(|(_, addresses)| addresses.iter().map(|address| IpAddr::V4(*address)))
-            .collect();
-        // Pins older than the IPv6 map: IPv4 only.
-        let ipv6 = datapath.ipv6_addresses_by_port().unwrap_or_default();
-        pods.extend(ipv6.into_values().flatten().map(IpAddr::V6));
+        let pods: HashSet<IpAddr> = addresses.iter().map(|&(address, _)| address).collect();
         self.defended
             .retain(|(owner, address), _| *owner != network || pods.contains(address));
         let probes = match datapath.wire_probes() {
