@@ -500,6 +500,12 @@ pub fn neighbor_advertisement(
     icmpv6(src_mac, dst_mac, src, dst, 136, 0, &body)
 }
 
+/// An unsolicited Neighbor Advertisement (Override) that `ip` is at `mac`, from `ip` and
+/// `mac` to all nodes: what a host sends to announce (or defend) its address.
+pub fn unsolicited_advertisement(mac: [u8; 6], ip: [u8; 16]) -> Vec<u8> {
+    neighbor_advertisement(mac, ip, ALL_NODES, ip, NA_OVERRIDE, mac)
+}
+
 /// A Neighbor Solicitation (135) for `target`, to its solicited-node group and MAC, with a
 /// source link-layer option when `slla` is given (none for DAD, whose `src` is ::).
 pub fn neighbor_solicitation(

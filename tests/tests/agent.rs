@@ -841,7 +841,7 @@ fn advertisements(frames: &[Vec<u8>], mac: [u8; 6], ip: [u8; 16]) -> usize {
 fn a_pods_ipv6_address_claimed_on_the_wire_is_reported_logged_and_defended() {
     use flatbridge_tests::{
         fabric::{EXTERNAL_IPV6, Fabric},
-        frames::{ALL_NODES, NA_OVERRIDE, format_mac, neighbor_advertisement, parse_mac},
+        frames::{format_mac, parse_mac, unsolicited_advertisement},
         raw::{Capture, Sender, send_frame},
     };
     require_root();
@@ -864,14 +864,7 @@ fn a_pods_ipv6_address_claimed_on_the_wire_is_reported_logged_and_defended() {
     let agent = Agent::start(&one.node, 200, 300);
     let capture = Capture::start(&fabric.external, "eth0");
     // A host on the wire advertises the pod's address with its own MAC.
-    let claim = neighbor_advertisement(
-        intruder,
-        ip.octets(),
-        ALL_NODES,
-        ip.octets(),
-        NA_OVERRIDE,
-        intruder,
-    );
+    let claim = unsolicited_advertisement(intruder, ip.octets());
     send_frame(&fabric.external, "eth0", &claim, Sender::Plain).expect("send the claim");
     wait_for("the agent's defence", &agent, || {
         advertisements(&capture.frames(), pod_mac, ip.octets()) > 0

@@ -959,14 +959,7 @@ fn a_pod_speaks_ipv6_and_neighbour_discovery_only_for_itself() {
         (
             "its own advertisement in the first of several fragments",
             frames::ipv6_with_ext(
-                &frames::neighbor_advertisement(
-                    MAC_A,
-                    ll(MAC_A),
-                    frames::ALL_NODES,
-                    ll(MAC_A),
-                    frames::NA_OVERRIDE,
-                    MAC_A,
-                ),
+                &frames::unsolicited_advertisement(MAC_A, ll(MAC_A)),
                 &[ExtensionHeader::FirstFragment],
             ),
             Verdict::DropMalformed,
@@ -1001,14 +994,7 @@ fn a_pod_speaks_ipv6_and_neighbour_discovery_only_for_itself() {
         ),
         (
             "advertisement of its own address",
-            frames::neighbor_advertisement(
-                MAC_A,
-                ll(MAC_A),
-                frames::ALL_NODES,
-                ll(MAC_A),
-                frames::NA_OVERRIDE,
-                MAC_A,
-            ),
+            frames::unsolicited_advertisement(MAC_A, ll(MAC_A)),
         ),
         (
             "router solicitation",
@@ -1747,14 +1733,7 @@ fn an_ipv6_flow_is_offloaded_once_both_directions_were_confirmed_pod_to_pod_and_
 #[test]
 fn a_pods_own_advertisement_never_comes_back_to_it_and_anothers_does() {
     let world = dual_stack_world();
-    let own = frames::neighbor_advertisement(
-        MAC_B,
-        IPV6_B,
-        frames::ALL_NODES,
-        IPV6_B,
-        frames::NA_OVERRIDE,
-        MAC_B,
-    );
+    let own = frames::unsolicited_advertisement(MAC_B, IPV6_B);
     let (action, _, counted) = world.run(TO_POD, world.host_b, &own, Verdict::DropOwnAdvertisement);
     assert_eq!(
         (action, counted),
@@ -1768,14 +1747,7 @@ fn a_pods_own_advertisement_never_comes_back_to_it_and_anothers_does() {
         (
             "another host's, for its address",
             world.host_b,
-            frames::neighbor_advertisement(
-                MAC_OUTSIDE,
-                IPV6_B,
-                frames::ALL_NODES,
-                IPV6_B,
-                frames::NA_OVERRIDE,
-                MAC_OUTSIDE,
-            ),
+            frames::unsolicited_advertisement(MAC_OUTSIDE, IPV6_B),
         ),
     ] {
         let (action, out, counted) = world.run(TO_POD, port, &frame, Verdict::DropOwnAdvertisement);
@@ -1893,25 +1865,11 @@ fn neighbour_discovery_from_the_wire_is_remembered_as_claims_and_a_pods_address_
 
     // A claim of a local pod's address under another MAC is a conflict, counted; the pod's
     // own MAC is none.
-    let intruder = frames::neighbor_advertisement(
-        HOLDER,
-        IPV6_B,
-        frames::ALL_NODES,
-        IPV6_B,
-        frames::NA_OVERRIDE,
-        HOLDER,
-    );
+    let intruder = frames::unsolicited_advertisement(HOLDER, IPV6_B);
     let (action, _, counted) = world.run(FROM_UPLINK, world.uplink, &intruder, Verdict::UplinkNdConflict);
     assert_eq!((action, counted), (TC_ACT_OK, 1), "a claim of B's address");
     assert_eq!(nd_claim(&world, IPV6_B), Some((HOLDER, 136)));
-    let own = frames::neighbor_advertisement(
-        MAC_B,
-        IPV6_B,
-        frames::ALL_NODES,
-        IPV6_B,
-        frames::NA_OVERRIDE,
-        MAC_B,
-    );
+    let own = frames::unsolicited_advertisement(MAC_B, IPV6_B);
     let (_, _, counted) = world.run(FROM_UPLINK, world.uplink, &own, Verdict::UplinkNdConflict);
     assert_eq!(counted, 0, "B's own MAC");
     assert_eq!(nd_claim(&world, IPV6_B), Some((MAC_B, 136)), "the latest claim");
